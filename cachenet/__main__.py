@@ -1,0 +1,5 @@
+import sys
+
+from cachenet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,186 @@
+"""Cache bundles: a directory holding the cache model and a manifest that vouches for it.
+
+Layout::
+
+    <bundle>/
+        manifest.json        what the model is, how to feed it, how to gate it
+        model.onnx           the fp32 cache model
+        model.int8.onnx      optional int8 variant
+        canary.npz           inputs and expected logits, checked after loading
+        full/                optional: the full model for the cloud (see cachenet.full)
+
+``manifest.json`` lists every file with its sha256 and size; nothing in the
+bundle is trusted until :func:`verify_bundle` has checked all of them. The
+``signature`` field is reserved for a signature over the manifest. This module
+uses only the standard library and numpy: the edge runs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from cachenet.exceptions import IntegrityError, ManifestError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+REQUIRED_FIELDS = ("format", "name", "version", "created", "input", "output", "classes",
+                   "model", "gate", "files")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Manifest:
+    """The parsed ``manifest.json``; ``data`` keeps every field, known or not."""
+
+    data: dict[str, Any]
+    root: Path = field(default=Path("."))
+
+    @property
+    def name(self) -> str:
+        return str(self.data["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.data["version"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.data["classes"])
+
+    @property
+    def input(self) -> dict[str, Any]:
+        return dict(self.data["input"])
+
+    @property
+    def gate(self) -> dict[str, Any]:
+        return dict(self.data["gate"])
+
+    @property
+    def files(self) -> dict[str, dict[str, Any]]:
+        return dict(self.data["files"])
+
+    def model_file(self, precision: str = "fp32") -> str:
+        variants = {"fp32": self.data["model"]["file"], **self.data.get("variants", {})}
+        if precision not in variants:
+            raise ManifestError(f"bundle {self.name} has no '{precision}' model; it has "
+                                f"{sorted(variants)}")
+        return str(variants[precision])
+
+
+def _safe_relpath(name: str) -> PurePosixPath:
+    rel = PurePosixPath(name)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise ManifestError(f"manifest names the file '{name}', which is outside the bundle")
+    return rel
+
+
+def read_manifest(root: Path) -> Manifest:
+    """Parse and check ``root/manifest.json``, without verifying the files."""
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise ManifestError(f"bundle directory {root} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"{path} is missing: {root} is not a cache bundle") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path} is not readable JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path} must hold a JSON object")
+    missing = [k for k in REQUIRED_FIELDS if k not in data]
+    if missing:
+        raise ManifestError(f"{path} lacks the field(s) {', '.join(missing)}")
+    if data["format"] != FORMAT_VERSION:
+        raise ManifestError(f"{path} has format {data['format']}; this cachenet reads "
+                            f"format {FORMAT_VERSION}")
+    for key in ("name", "shape", "dtype"):
+        if key not in data["input"]:
+            raise ManifestError(f"{path}: input lacks '{key}'")
+    for key in ("score", "threshold"):
+        if key not in data["gate"]:
+            raise ManifestError(f"{path}: gate lacks '{key}'")
+    if not isinstance(data["files"], dict) or not data["files"]:
+        raise ManifestError(f"{path}: 'files' must map file names to their sha256")
+    for name, entry in data["files"].items():
+        _safe_relpath(name)
+        if not isinstance(entry, dict) or "sha256" not in entry:
+            raise ManifestError(f"{path}: files['{name}'] lacks its sha256")
+    if data["model"].get("file") not in data["files"]:
+        raise ManifestError(f"{path}: the model file is not listed in 'files'")
+    return Manifest(data, root)
+
+
+def verify_bundle(root: Path) -> Manifest:
+    """Read the manifest and check every listed file's size and sha256.
+
+    Raises :class:`IntegrityError` naming the first file that is missing or
+    does not match.
+    """
+    manifest = read_manifest(root)
+    for name, entry in manifest.files.items():
+        path = root / _safe_relpath(name)
+        if not path.is_file():
+            raise IntegrityError(f"bundle {root}: file '{name}' listed in the manifest is missing")
+        if "bytes" in entry and path.stat().st_size != entry["bytes"]:
+            raise IntegrityError(f"bundle {root}: '{name}' is {path.stat().st_size} bytes, the "
+                                 f"manifest says {entry['bytes']} (truncated or replaced?)")
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            raise IntegrityError(f"bundle {root}: sha256 of '{name}' is {digest[:16]}..., the "
+                                 f"manifest says {str(entry['sha256'])[:16]}... (corrupted or "
+                                 "tampered with)")
+    return manifest
+
+
+def write_bundle(root: Path, fields: dict[str, Any], files: dict[str, Path]) -> Manifest:
+    """Assemble a bundle at ``root`` from ``files`` (bundle name -> source path).
+
+    The bundle is built in a temporary sibling directory and renamed into
+    place, so ``root`` never holds a half-written bundle. ``version``
+    defaults to a digest of the files' hashes; ``signature`` is left null.
+    """
+    root = root.resolve()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        entries: dict[str, dict[str, Any]] = {}
+        for name, src in sorted(files.items()):
+            dst = staging / _safe_relpath(name)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            entries[name] = {"sha256": sha256_file(dst), "bytes": dst.stat().st_size}
+        digest = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
+        data = {"format": FORMAT_VERSION, "version": digest[:12],
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **fields, "files": entries, "signature": None}
+        missing = [k for k in REQUIRED_FIELDS if k not in data]
+        if missing:
+            raise ManifestError(f"cannot write a bundle without {', '.join(missing)}")
+        (staging / MANIFEST).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        os.chmod(staging, 0o755)
+        if root.exists():
+            old = root.with_name(f".{root.name}.old-{os.getpid()}")
+            root.rename(old)
+            staging.rename(root)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return read_manifest(root)

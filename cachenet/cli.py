@@ -1,0 +1,176 @@
+"""The ``cachenet`` command: a thin layer over keyword-only library functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cachenet.exceptions import CachenetError
+
+log = logging.getLogger("cachenet")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got '{text}'")
+    return values
+
+
+def _unit(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text}")
+    return value
+
+
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build", help="build a calibrated, verified cache bundle",
+                       description="Train (or load) the full model, distil a cache model, "
+                       "export it to ONNX, calibrate its gate and write a cache bundle.")
+    p.add_argument("--dataset", required=True,
+                   help="'digits' (embedded), a .npz file, or an image folder or .zip")
+    p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    p.add_argument("--full", default="resnet20",
+                   help="full model: resnet20, resnet18, package.module:factory (with "
+                   "--full-weights) or a TorchScript file (default: resnet20)")
+    p.add_argument("--full-weights", type=Path, help="state dict or cachenet checkpoint")
+    p.add_argument("--cache-arch", choices=["tinycnn", "mlp"],
+                   help="cache model family (default: mlp for <= 8x8 inputs, else tinycnn)")
+    p.add_argument("--cache-widths", type=_ints, help="tinycnn stage widths, e.g. 12,24,48")
+    p.add_argument("--cache-depth", type=int, help="tinycnn convolutions per stage")
+    p.add_argument("--cache-hidden", type=_ints, help="mlp hidden sizes, e.g. 64")
+    p.add_argument("--epochs", type=int, help="full-model training epochs")
+    p.add_argument("--time-budget", type=float, metavar="MIN",
+                   help="full-model training budget in minutes (the schedule fits it)")
+    p.add_argument("--distill-epochs", type=int, help="cache-model distillation epochs")
+    p.add_argument("--score", default="max_softmax", choices=["max_softmax", "margin", "entropy"])
+    p.add_argument("--target", type=_unit, default=0.99,
+                   help="agreement with the full model among edge answers (default 0.99)")
+    p.add_argument("--delta", type=_unit, default=0.05, help="1 - confidence of the bound")
+    p.add_argument("--escalation-budget", type=_unit,
+                   help="calibrate to escalate at most this share instead of to --target")
+    p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
+    p.add_argument("--int8", action="store_true", help="also write an int8 model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", help="bundle name (default: <dataset>-<arch>)")
+    p.add_argument("--cache-dir", type=Path,
+                   help="where decoded data and trained models are cached "
+                   "(default: $CACHENET_CACHE_DIR or .cachenet-cache)")
+    p.add_argument("--limit-per-class", type=int, help="read at most this many images a class")
+    p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=_run_build)
+
+
+def _configs(args: argparse.Namespace, dataset_spec: str):
+    """Full and distillation configs: the data set's defaults, with flags applied."""
+    from dataclasses import replace
+
+    from cachenet.data import load_splits
+    from cachenet.distill import default_distill_config
+    from cachenet.full import default_full_config
+
+    if args.epochs is None and args.time_budget is None and args.distill_epochs is None:
+        return None, None
+    splits = load_splits(dataset_spec, seed=args.seed, cache_dir=args.cache_dir,
+                         limit_per_class=args.limit_per_class)
+    full_cfg = default_full_config(splits)
+    if args.epochs is not None:
+        full_cfg = replace(full_cfg, epochs=args.epochs)
+    if args.time_budget is not None:
+        full_cfg = replace(full_cfg, time_budget_s=args.time_budget * 60.0)
+    distill_cfg = default_distill_config(splits)
+    if args.distill_epochs is not None:
+        distill_cfg = replace(distill_cfg, epochs=args.distill_epochs)
+    return full_cfg, distill_cfg
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else format(value, spec)
+
+
+def format_report(r) -> str:
+    rows = [
+        ("full model accuracy (test)", _fmt(r.full_accuracy, ".4f")),
+        ("cache model accuracy (test)", _fmt(r.cache_accuracy, ".4f")),
+        ("cachenet accuracy (edge + cloud)", _fmt(r.system_accuracy, ".4f")),
+        (f"gate ({r.score}) threshold", _fmt(r.threshold, ".4f")),
+        ("agreement at threshold (test)", _fmt(r.agreement, ".4f")),
+        ("hit rate, answered at edge (test)", _fmt(r.hit_rate, ".4f")),
+        ("calibration: agreement / bound", f"{_fmt(r.calibration['agreement'], '.4f')} / "
+         f">= {_fmt(1 - r.calibration['disagreement_ucb'], '.4f')} "
+         f"(n={r.calibration['n']})"),
+        ("cache / full MACs", (f"{r.cache_macs / 1e6:.3f}M / {r.full_macs / 1e6:.2f}M = "
+                               f"1/{1 / r.macs_ratio:.1f}") if r.macs_ratio else
+         f"{r.cache_macs / 1e6:.3f}M / n/a"),
+        ("bundle size (edge files)", f"{r.bundle_bytes / 1024:.1f} KiB"),
+        ("cache model, ONNX Runtime, batch 1", f"{r.cache_onnx_us:.1f} us"),
+        ("full model, torch, batch 1", f"{r.full_torch_us:.1f} us"),
+        ("ONNX parity max |diff|", f"{r.parity_max_abs_diff:.2e}"),
+    ]
+    if r.int8:
+        rows.append(("int8: accuracy change / size", f"{r.int8['accuracy_change']:+.4f} / "
+                     f"{r.int8['size_ratio']:.2f}x of fp32"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([f"bundle {r.bundle}"] + [f"  {k:<{width}}  {v}" for k, v in rows])
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from cachenet.build import build
+
+    full_cfg, distill_cfg = _configs(args, args.dataset)
+    report = build(dataset=args.dataset, out=args.out, full=args.full,
+                   full_weights=args.full_weights, cache_arch=args.cache_arch,
+                   cache_widths=args.cache_widths, cache_depth=args.cache_depth,
+                   cache_hidden=args.cache_hidden, full_config=full_cfg,
+                   distill_config=distill_cfg, score_kind=args.score, target=args.target,
+                   delta=args.delta, escalation_budget=args.escalation_budget,
+                   exporter=args.exporter, int8=args.int8, seed=args.seed,
+                   cache_dir=args.cache_dir, name=args.name,
+                   progress=not args.no_progress and sys.stderr.isatty(),
+                   limit_per_class=args.limit_per_class)
+    print(format_report(report))
+    if args.json:
+        print(json.dumps(report.to_dict(), default=float))
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cachenet", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_build(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else
+                        logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose < 3 else logging.DEBUG)
+    try:
+        return args.func(args)
+    except CachenetError as exc:
+        print(f"cachenet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cachenet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

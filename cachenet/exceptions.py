@@ -1,0 +1,60 @@
+"""Every error cachenet raises on purpose, in one tree.
+
+::
+
+    CachenetError
+    ├── ConfigError            a flag, option or spec that cannot be used
+    ├── DatasetError           data that is missing, malformed or unreadable
+    ├── ModelError             a model that cannot be built, imported or loaded
+    │   └── ExportError        ONNX export failed or disagrees with torch
+    ├── CalibrationError       the confidence gate cannot be calibrated
+    └── BundleError            a cache bundle that cannot be trusted
+        ├── ManifestError      manifest.json missing, unreadable or incomplete
+        ├── IntegrityError     a file is missing or its sha256 does not match
+        └── InputSpecError     an input of the wrong shape or dtype for the model
+
+Callers catch :class:`CachenetError` to handle all of them; the CLI turns them
+into one-line messages and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+
+class CachenetError(Exception):
+    """Base class of every error cachenet raises on purpose."""
+
+
+class ConfigError(CachenetError):
+    """A flag, option or spec that cannot be used as given."""
+
+
+class DatasetError(CachenetError):
+    """Data that is missing, malformed or unreadable."""
+
+
+class ModelError(CachenetError):
+    """A model that cannot be built, imported or loaded."""
+
+
+class ExportError(ModelError):
+    """ONNX export failed, or the exported model disagrees with torch."""
+
+
+class CalibrationError(CachenetError):
+    """The confidence gate cannot be calibrated on the data given."""
+
+
+class BundleError(CachenetError):
+    """A cache bundle that cannot be trusted or used."""
+
+
+class ManifestError(BundleError):
+    """manifest.json is missing, unreadable or lacks a required field."""
+
+
+class IntegrityError(BundleError):
+    """A bundle file is missing, corrupted, or its sha256 does not match."""
+
+
+class InputSpecError(BundleError):
+    """An input tensor whose shape or dtype does not fit the model."""

@@ -1,0 +1,111 @@
+"""The full model: the user's own, or one of ours trained once and cached.
+
+Users bring a model as an import string ``package.module:factory`` plus a state
+dict, or as a TorchScript file. Otherwise a registered architecture is trained
+on the data's training split; the result is cached under
+``<cache>/models/`` keyed by the architecture, the training configuration and a
+fingerprint of the training data, so that a rerun does not retrain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cachenet.data import Splits
+from cachenet.exceptions import ConfigError
+from cachenet.models import (
+    ARCHITECTURES,
+    ModelSpec,
+    build_model,
+    load_checkpoint,
+    load_torchscript,
+    save_checkpoint,
+)
+from cachenet.train import TrainConfig, accuracy, fit, predict_logits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FullModel:
+    model: nn.Module
+    spec: ModelSpec | None  # None for a TorchScript model
+    source: str  # "trained", "cached", "user-state-dict" or "torchscript"
+    meta: dict
+
+
+def data_fingerprint(splits: Splits) -> str:
+    h = hashlib.sha256()
+    for arr in (splits.train.x, splits.train.y):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    h.update(json.dumps(splits.classes).encode())
+    return h.hexdigest()[:16]
+
+
+def arch_spec(arch: str, splits: Splits) -> ModelSpec:
+    """The spec of a registered architecture for ``splits``' input and classes."""
+    c, h, _ = splits.input_shape
+    return ModelSpec(arch, {"in_channels": c, "num_classes": len(splits.classes),
+                            "mean": list(splits.normalization.mean),
+                            "std": list(splits.normalization.std), "image_size": h})
+
+
+def default_full_config(splits: Splits) -> TrainConfig:
+    c, h, _ = splits.input_shape
+    if h >= 16:
+        # CIFAR-size: 40 epochs or 80 minutes, whichever ends first (~113 s an
+        # epoch for ResNet-20 on 2 cores).
+        return TrainConfig(epochs=40, batch_size=128, lr=0.1, weight_decay=5e-4,
+                           augment="crop-flip" if c == 3 else "crop", channels_last=True,
+                           time_budget_s=4800.0)
+    return TrainConfig(epochs=30, batch_size=64, lr=0.05, weight_decay=5e-4, augment="crop")
+
+
+def obtain_full_model(splits: Splits, *, full: str = "resnet20", weights: Path | None = None,
+                      cfg: TrainConfig | None = None, cache_dir: Path,
+                      progress: bool = True) -> FullModel:
+    """Return the full model named by ``full`` (and ``weights``), training it if needed.
+
+    ``full`` is a registered architecture, ``package.module:factory``, or a
+    path to a TorchScript file (``.pt``/``.ts``) when ``weights`` is None.
+    """
+    path = Path(full)
+    if weights is None and path.suffix in {".pt", ".ts", ".pth", ".jit"} and path.exists():
+        return FullModel(load_torchscript(path), None, "torchscript", {"path": str(path)})
+    if weights is not None:
+        spec = (arch_spec(full, splits) if full in ARCHITECTURES else ModelSpec(full, {}))
+        model, spec, meta = load_checkpoint(weights, spec)
+        return FullModel(model, spec, "user-state-dict", {"weights": str(weights), **meta})
+    if full not in ARCHITECTURES:
+        raise ConfigError(f"full model '{full}' is not a registered architecture "
+                          f"({', '.join(sorted(ARCHITECTURES))}); a user model needs weights "
+                          "(a state dict) or must be a TorchScript file")
+    spec = arch_spec(full, splits)
+    cfg = cfg or default_full_config(splits)
+    key = hashlib.sha256(json.dumps([spec.to_dict(), cfg.to_dict(), data_fingerprint(splits)],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    ckpt = cache_dir / "models" / f"full-{full}-{splits.name}-{key}.pt"
+    if ckpt.exists():
+        model, spec, meta = load_checkpoint(ckpt)
+        log.info("reusing the trained full model %s", ckpt)
+        return FullModel(model, spec, "cached", {**meta, "checkpoint": str(ckpt)})
+    torch.manual_seed(cfg.seed)
+    model = build_model(spec)
+    log.info("training full model %s on %d examples (%s)", full, len(splits.train), cfg)
+    history = fit(model, splits.train, cfg, checkpoint=ckpt.with_name(ckpt.name + ".partial"),
+                  progress=progress)
+    meta = {"train": history, "config": cfg.to_dict(),
+            "test_accuracy": accuracy(predict_logits(model, splits.test.x), splits.test.y)}
+    save_checkpoint(ckpt, model, spec, meta)
+    ckpt.with_name(ckpt.name + ".partial").unlink(missing_ok=True)
+    log.info("full model test accuracy %.4f after %s s", meta["test_accuracy"],
+             history["elapsed_s"])
+    return FullModel(model, spec, "trained", {**meta, "checkpoint": str(ckpt)})

@@ -1,0 +1,81 @@
+"""The confidence gate: score the cache model's logits; answer at the edge or escalate.
+
+Every score is a confidence in [0, 1], higher meaning surer, so one rule fits
+all: answer at the edge when ``score >= threshold``, escalate otherwise.
+
+* ``max_softmax``: the largest softmax probability.
+* ``margin``: the top-1 probability minus the top-2 probability.
+* ``entropy``: one minus the softmax entropy divided by log(number of classes).
+
+numpy only: this module runs on the edge, where there is no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from cachenet.exceptions import ConfigError
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def max_softmax(probs: np.ndarray) -> np.ndarray:
+    return probs.max(axis=-1)
+
+
+def margin(probs: np.ndarray) -> np.ndarray:
+    if probs.shape[-1] < 2:
+        return np.ones(probs.shape[:-1], dtype=probs.dtype)
+    top2 = np.partition(probs, -2, axis=-1)[..., -2:]
+    return top2[..., 1] - top2[..., 0]
+
+
+def entropy_confidence(probs: np.ndarray) -> np.ndarray:
+    k = probs.shape[-1]
+    if k < 2:
+        return np.ones(probs.shape[:-1], dtype=probs.dtype)
+    h = -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(axis=-1)
+    return (1.0 - h / np.log(k)).clip(0.0, 1.0)
+
+
+SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "max_softmax": max_softmax,
+    "margin": margin,
+    "entropy": entropy_confidence,
+}
+
+
+def score(logits: np.ndarray, kind: str) -> np.ndarray:
+    """Confidence of each row of ``logits`` (N x K) under score ``kind``."""
+    try:
+        fn = SCORES[kind]
+    except KeyError:
+        raise ConfigError(f"unknown gate score '{kind}'; known: {', '.join(SCORES)}") from None
+    return fn(softmax(np.asarray(logits, dtype=np.float64))).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A score and a threshold: ``decide`` says which inputs the edge answers."""
+
+    score: str
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise ConfigError(f"unknown gate score '{self.score}'; known: {', '.join(SCORES)}")
+
+    def confidence(self, logits: np.ndarray) -> np.ndarray:
+        return score(logits, self.score)
+
+    def decide(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(predicted labels, confidences, True where the edge answers)."""
+        conf = self.confidence(logits)
+        return np.asarray(logits).argmax(axis=-1), conf, conf >= self.threshold

@@ -1,0 +1,38 @@
+"""Load the full model that ``cachenet build`` saved beside a cache bundle."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cachenet.bundle import Manifest, verify_bundle
+from cachenet.exceptions import ManifestError
+from cachenet.models import ModelSpec, load_checkpoint, load_torchscript
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """``requested`` if given, else CUDA when available, else CPU; logs the choice."""
+    device = torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+    log.info("full model runs on %s%s", device,
+             f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    return device
+
+
+def load_full_model(bundle: Path, *, device: str | None = None) -> tuple[nn.Module, Manifest]:
+    """Verify ``bundle`` and load its full model, in eval mode, on ``device``."""
+    manifest = verify_bundle(Path(bundle))
+    info = manifest.data.get("full_model")
+    if not info or not info.get("files"):
+        raise ManifestError(f"bundle {bundle} carries no full model")
+    path = Path(bundle) / info["files"][0]
+    if info.get("format") == "torchscript":
+        model = load_torchscript(path)
+    else:
+        spec = ModelSpec.from_dict(info["spec"]) if info.get("spec") else None
+        model, _, _ = load_checkpoint(path, spec)
+    return model.to(pick_device(device)).eval(), manifest

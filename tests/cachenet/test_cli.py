@@ -1,0 +1,57 @@
+"""``cachenet build`` end to end, as a user runs it: a real process, the embedded digits."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args, cache_dir, timeout=300):
+    env = {**os.environ, "CACHENET_CACHE_DIR": str(cache_dir)}
+    return subprocess.run([sys.executable, "-m", "cachenet", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def cli_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli-cache")
+
+
+@pytest.mark.slow
+def test_build_digits_reaches_the_figures_and_reuses_models(tmp_path, cli_cache):
+    out = tmp_path / "bundle"
+    proc = run_cli("build", "--dataset", "digits", "--out", str(out), "--json",
+                   cache_dir=cli_cache)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("full_accuracy", "cache_accuracy", "threshold", "hit_rate", "agreement",
+                "parity_max_abs_diff", "bundle"):
+        assert key in report
+    assert report["agreement"] >= 0.98
+    assert report["hit_rate"] > 0.5
+    assert report["parity_max_abs_diff"] <= 1e-4
+    assert report["bundle"] == str(out) and (out / "manifest.json").exists()
+    for label in ("full model accuracy", "cache model accuracy", "agreement at threshold",
+                  "hit rate", "cache / full MACs", "bundle size", "ONNX Runtime, batch 1",
+                  "full model, torch, batch 1"):
+        assert label in proc.stdout
+    again = run_cli("build", "--dataset", "digits", "--out", str(tmp_path / "b2"), "--json",
+                    cache_dir=cli_cache)
+    second = json.loads(again.stdout.strip().splitlines()[-1])
+    assert (second["full_source"], second["cache_source"]) == ("cached", "cached")
+    assert second["threshold"] == report["threshold"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset", "no-such-data"], "neither 'digits' nor an existing path"),
+    (["--dataset", "digits", "--full", "nope"], "not a registered architecture"),
+    (["--dataset", "digits", "--target", "1.5"], "expected a number in (0, 1)"),
+    (["--dataset", "digits", "--cache-widths", "a,b"], "comma-separated integers"),
+])
+def test_build_bad_arguments_exit_with_a_clear_message(tmp_path, cli_cache, args, message):
+    proc = run_cli("build", "--out", str(tmp_path / "b"), *args, cache_dir=cli_cache)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,29 @@
+import numpy as np
+import pytest
+
+from cachenet.exceptions import ConfigError
+from cachenet.gate import SCORES, Gate, score, softmax
+
+
+def test_scores_rank_a_sure_row_above_an_unsure_one():
+    logits = np.array([[10.0, 0.0, 0.0], [1.0, 0.9, 0.8]])
+    for kind in SCORES:
+        s = score(logits, kind)
+        assert s.shape == (2,) and np.all((s >= 0) & (s <= 1))
+        assert s[0] > s[1], kind
+
+
+def test_score_values():
+    uniform = np.zeros((1, 4))
+    assert score(uniform, "max_softmax")[0] == pytest.approx(0.25)
+    assert score(uniform, "margin")[0] == pytest.approx(0.0)
+    assert score(uniform, "entropy")[0] == pytest.approx(0.0, abs=1e-9)
+    assert softmax(np.array([[1000.0, 0.0]]))[0, 0] == pytest.approx(1.0)  # no overflow
+
+
+def test_gate_decides_by_threshold():
+    gate = Gate("max_softmax", 0.9)
+    labels, _conf, local = gate.decide(np.array([[5.0, 0.0], [0.1, 0.0]]))
+    assert labels.tolist() == [0, 0] and local.tolist() == [True, False]
+    with pytest.raises(ConfigError, match="unknown gate score"):
+        Gate("vibes", 0.5)

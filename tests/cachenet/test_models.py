@@ -1,0 +1,88 @@
+import sys
+
+import pytest
+import torch
+
+from cachenet.exceptions import ModelError
+from cachenet.models import ModelSpec, build_model, count_macs, load_checkpoint, save_checkpoint
+
+CIFAR = {"in_channels": 3, "num_classes": 10, "mean": [0.5] * 3, "std": [0.25] * 3,
+         "image_size": 32}
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "resnet18", "tinycnn"])
+def test_models_give_logits_for_any_batch(arch):
+    model = build_model(ModelSpec(arch, CIFAR)).eval()
+    with torch.no_grad():
+        assert model(torch.rand(3, 3, 32, 32)).shape == (3, 10)
+
+
+def test_mlp_for_tiny_inputs():
+    spec = ModelSpec("mlp", {**CIFAR, "in_channels": 1, "mean": [0.3], "std": [0.4],
+                             "image_size": 8, "hidden": [32, 16]})
+    assert build_model(spec)(torch.rand(5, 1, 8, 8)).shape == (5, 10)
+
+
+def test_macs_of_the_reference_models():
+    resnet20 = count_macs(build_model(ModelSpec("resnet20", CIFAR)), (3, 32, 32))
+    tiny = count_macs(build_model(ModelSpec("tinycnn", CIFAR)), (3, 32, 32))
+    assert 40e6 < resnet20 < 42e6  # He et al.: ~41M multiply-adds
+    assert tiny <= resnet20 / 20
+    wider = count_macs(build_model(ModelSpec("tinycnn", {**CIFAR, "widths": [16, 32, 64],
+                                                         "depth": 2})), (3, 32, 32))
+    assert wider > tiny
+
+
+def test_checkpoint_roundtrip_and_user_factory(tmp_path, monkeypatch):
+    module = tmp_path / "my_models.py"
+    module.write_text("import torch\n"
+                      "def small(num_classes=10):\n"
+                      "    return torch.nn.Sequential(torch.nn.Flatten(),"
+                      " torch.nn.Linear(64, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = ModelSpec("my_models:small", {"num_classes": 4})
+    model = build_model(spec)
+    state = tmp_path / "state.pt"
+    torch.save(model.state_dict(), state)
+    loaded, _, _ = load_checkpoint(state, spec)
+    x = torch.rand(2, 1, 8, 8)
+    torch.testing.assert_close(loaded(x), model(x))
+    ckpt = tmp_path / "ckpt.pt"
+    save_checkpoint(ckpt, model, spec, {"note": "x"})
+    _again, spec2, meta = load_checkpoint(ckpt)
+    assert spec2 == spec and meta == {"note": "x"}
+    sys.modules.pop("my_models", None)
+
+
+@pytest.mark.parametrize("arch,match", [
+    ("nonsense", "unknown architecture"),
+    ("no_such_module_xyz:f", "cannot import module"),
+    ("json:no_such_factory", "no callable"),
+    ("json:dumps", "not a torch.nn.Module|cannot build"),
+])
+def test_bad_architectures_fail_clearly(arch, match):
+    with pytest.raises(ModelError, match=match):
+        build_model(ModelSpec(arch, {"obj": 1} if arch == "json:dumps" else {}))
+
+
+def test_state_dict_that_does_not_fit(tmp_path):
+    state = tmp_path / "s.pt"
+    torch.save({"weight": torch.zeros(3)}, state)
+    with pytest.raises(ModelError, match="does not fit"):
+        load_checkpoint(state, ModelSpec("tinycnn", CIFAR))
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ModelError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt", ModelSpec("tinycnn", CIFAR))
+
+
+def test_user_torchscript_full_model(tmp_path, digits_splits):
+    from cachenet.full import obtain_full_model
+
+    net = build_model(ModelSpec("mlp", {"in_channels": 1, "num_classes": 10, "mean": [0.3],
+                                        "std": [0.4], "image_size": 8})).eval()
+    path = tmp_path / "user.ts"
+    torch.jit.trace(net, torch.rand(1, 1, 8, 8)).save(str(path))
+    fm = obtain_full_model(digits_splits, full=str(path), cache_dir=tmp_path)
+    assert fm.source == "torchscript" and fm.spec is None
+    x = torch.from_numpy(digits_splits.test.x[:4])
+    torch.testing.assert_close(fm.model(x), net(x))

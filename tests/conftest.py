@@ -1,0 +1,81 @@
+"""Shared fixtures: small real data, and one digits bundle built once per session."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpg.zip"
+
+
+@pytest.fixture(scope="session")
+def digits_splits():
+    from cachenet.data import load_splits
+
+    return load_splits("digits", seed=0)
+
+
+def write_digit_images(per_class: int, *, layout: str = "split") -> dict[str, bytes]:
+    """Real digit scans as PNG files, keyed by their path in an image folder."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    files: dict[str, bytes] = {}
+    counts: dict[int, int] = {}
+    for img, label in zip(d.images, d.target, strict=True):
+        i = counts.get(int(label), 0)
+        if i >= per_class:
+            continue
+        counts[int(label)] = i + 1
+        buf = io.BytesIO()
+        Image.fromarray((img * 15).astype(np.uint8), mode="L").save(buf, format="PNG")
+        split = ""
+        if layout == "split":
+            split = "test/" if i % 4 == 0 else "train/"
+        files[f"{split}d{label}/{i:04d}.png"] = buf.getvalue()
+    return files
+
+
+@pytest.fixture
+def digits_zip(tmp_path: Path) -> Path:
+    path = tmp_path / "digits-images.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in write_digit_images(12).items():
+            zf.writestr(name, data)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(tmp_path_factory) -> tuple[Path, object]:
+    """A digits bundle (with an int8 variant) built once, with short training."""
+    from cachenet.build import build
+    from cachenet.train import TrainConfig
+
+    root = tmp_path_factory.mktemp("bundle")
+    report = build(dataset="digits", out=root / "digits", cache_dir=root / "cache",
+                   full_config=TrainConfig(epochs=8, batch_size=64, lr=0.05, augment="crop"),
+                   distill_config=TrainConfig(epochs=25, batch_size=64, lr=3e-3,
+                                              optimizer="adam", weight_decay=1e-4),
+                   exporter="torchscript", int8=True, progress=False)
+    return root / "digits", report
+
+
+@pytest.fixture
+def bundle_copy(digits_bundle, tmp_path: Path) -> Path:
+    """A private copy of the session bundle that a test may damage."""
+    import shutil
+
+    dst = tmp_path / "bundle"
+    shutil.copytree(digits_bundle[0], dst)
+    return dst
+
+
+def require_cifar() -> Path:
+    if not SHARED_CIFAR.exists():
+        pytest.skip(f"CIFAR-10 zip not found at {SHARED_CIFAR} (../shared/data is absent)")
+    return SHARED_CIFAR
