@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from cachenet.exceptions import IntegrityError, ManifestError
+from cachenet.exceptions import BundleError, IntegrityError, ManifestError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -152,9 +152,13 @@ def write_bundle(root: Path, fields: dict[str, Any], files: dict[str, Path]) -> 
 
     The bundle is built in a temporary sibling directory and renamed into
     place, so ``root`` never holds a half-written bundle. ``version``
-    defaults to a digest of the files' hashes; ``signature`` is left null.
+    defaults to a digest of the files' hashes; ``signature`` is left null. An
+    existing bundle at ``root`` is replaced; any other non-empty path is refused.
     """
     root = root.resolve()
+    if root.exists() and (not root.is_dir() or (any(root.iterdir())
+                                                and not (root / MANIFEST).exists())):
+        raise BundleError(f"{root} exists and is not a cache bundle; refusing to replace it")
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:

@@ -130,3 +130,29 @@ def test_unreadable_or_absent_manifest(bundle_copy, tmp_path):
 def test_unknown_precision(digits_bundle):
     with pytest.raises(ManifestError, match="no 'fp16' model"):
         load_cache_model(digits_bundle[0], precision="fp16")
+
+
+def test_write_bundle_refuses_to_replace_a_directory_that_is_not_a_bundle(tmp_path):
+    from cachenet.bundle import write_bundle
+    from cachenet.exceptions import BundleError
+
+    precious = tmp_path / "documents"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("do not delete")
+    src = tmp_path / "m.onnx"
+    src.write_bytes(b"x")
+    with pytest.raises(BundleError, match="is not a cache bundle"):
+        write_bundle(precious, {}, {"model.onnx": src})
+    assert (precious / "thesis.txt").read_text() == "do not delete"
+
+
+def test_rebuilding_replaces_a_bundle_atomically(digits_bundle, bundle_copy):
+    from cachenet.bundle import write_bundle
+
+    m = verify_bundle(bundle_copy)
+    fields = {k: v for k, v in m.data.items()
+              if k not in ("files", "format", "version", "created", "signature")}
+    files = {name: digits_bundle[0] / name for name in m.files}
+    again = write_bundle(bundle_copy, fields, files)
+    assert again.version == m.version  # same content, same version
+    assert not [p for p in bundle_copy.parent.iterdir() if p.name.startswith(".bundle")]
