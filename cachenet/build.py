@@ -65,6 +65,7 @@ class BuildReport:
     full_torch_us: float
     full_source: str
     cache_source: str
+    target_met_on_test: bool | None = None  # agreement mode: test agreement >= target
     int8: dict[str, Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -166,6 +167,9 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
         test_logits = onnx_logits(onnx_path, splits.test.x)
         ev = _evaluate(score(test_logits, score_kind), test_logits.argmax(1), full_test,
                        splits.test.y, cal.threshold)
+        if escalation_budget is None and cal.feasible and ev["agreement"] < target:
+            log.warning("agreement on the test split is %.4f, below the target %.4f",
+                        ev["agreement"], target)
         canary_x = np.ascontiguousarray(splits.test.x[:N_CANARY])
         canary = {"x": canary_x, "logits": test_logits[:N_CANARY]}
         files = {"model.onnx": onnx_path, "canary.npz": work / "canary.npz"}
@@ -224,5 +228,7 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
         cache_macs=cache_macs, macs_ratio=(cache_macs / full_macs) if full_macs else None,
         bundle_bytes=bundle_bytes, cache_onnx_us=cache_us, full_torch_us=full_us,
         full_source=fm.source, cache_source=cache_meta["source"], int8=int8_info,
+        target_met_on_test=(None if escalation_budget is not None or not cal.feasible
+                            else bool(ev["agreement"] >= target)),
         extras={"version": loaded.version, "torch_threads": torch.get_num_threads(),
                 "full_train": fm.meta.get("train"), "cache_train": cache_meta.get("train")})

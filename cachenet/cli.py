@@ -106,7 +106,10 @@ def format_report(r) -> str:
         ("cache model accuracy (test)", _fmt(r.cache_accuracy, ".4f")),
         ("cachenet accuracy (edge + cloud)", _fmt(r.system_accuracy, ".4f")),
         (f"gate ({r.score}) threshold", _fmt(r.threshold, ".4f")),
-        ("agreement at threshold (test)", _fmt(r.agreement, ".4f")),
+        ("agreement at threshold (test)", _fmt(r.agreement, ".4f") + (
+            "" if r.target_met_on_test is None else
+            f"  (target {r.calibration['target']}: "
+            f"{'met' if r.target_met_on_test else 'NOT met'})")),
         ("hit rate, answered at edge (test)", _fmt(r.hit_rate, ".4f")),
         ("calibration: agreement / bound", f"{_fmt(r.calibration['agreement'], '.4f')} / "
          f">= {_fmt(1 - r.calibration['disagreement_ucb'], '.4f')} "

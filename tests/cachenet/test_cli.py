@@ -30,6 +30,8 @@ def test_build_digits_reaches_the_figures_and_reuses_models(tmp_path, cli_cache)
                 "parity_max_abs_diff", "bundle"):
         assert key in report
     assert report["agreement"] >= 0.98
+    assert report["target_met_on_test"] in (True, False)
+    assert "(target 0.99: " in proc.stdout
     assert report["hit_rate"] > 0.5
     assert report["parity_max_abs_diff"] <= 1e-4
     assert report["bundle"] == str(out) and (out / "manifest.json").exists()
