@@ -8,10 +8,17 @@
     ├── ModelError             a model that cannot be built, imported or loaded
     │   └── ExportError        ONNX export failed or disagrees with torch
     ├── CalibrationError       the confidence gate cannot be calibrated
-    └── BundleError            a cache bundle that cannot be trusted
-        ├── ManifestError      manifest.json missing, unreadable or incomplete
-        ├── IntegrityError     a file is missing or its sha256 does not match
-        └── InputSpecError     an input of the wrong shape or dtype for the model
+    ├── BundleError            a cache bundle that cannot be trusted
+    │   ├── ManifestError      manifest.json missing, unreadable or incomplete
+    │   ├── IntegrityError     a file is missing or its sha256 does not match
+    │   └── InputSpecError     an input of the wrong shape or dtype for the model
+    ├── ProtocolError          a message that does not decode (bad tensor, unknown field)
+    ├── QueueFullError         the server's request queue is full
+    └── CloudError             a call to the cloud failed (mapped from gRPC in cachenet.client)
+        ├── CloudUnavailable   no connection, or the server is shutting down
+        ├── CloudTimeout       the deadline passed before the answer came
+        ├── CloudOverloaded    the server's queue is full (RESOURCE_EXHAUSTED)
+        └── CloudRejected      the server refused the request (INVALID_ARGUMENT, ...)
 
 Callers catch :class:`CachenetError` to handle all of them; the CLI turns them
 into one-line messages and a non-zero exit status.
@@ -58,3 +65,35 @@ class IntegrityError(BundleError):
 
 class InputSpecError(BundleError):
     """An input tensor whose shape or dtype does not fit the model."""
+
+
+class ProtocolError(CachenetError):
+    """A message that does not decode: a bad tensor, an unknown field or operation."""
+
+
+class QueueFullError(CachenetError):
+    """The server's request queue is full; the caller should back off."""
+
+
+class CloudError(CachenetError):
+    """A call to the cloud server failed. ``code`` is the gRPC status name, if any."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CloudUnavailable(CloudError):
+    """No connection to the cloud, or the server is shutting down."""
+
+
+class CloudTimeout(CloudError):
+    """The deadline passed before the cloud answered."""
+
+
+class CloudOverloaded(CloudError):
+    """The cloud's queue is full (RESOURCE_EXHAUSTED)."""
+
+
+class CloudRejected(CloudError):
+    """The cloud refused the request as invalid or unsupported."""

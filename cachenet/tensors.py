@@ -1,0 +1,56 @@
+"""Tensors on the wire: dtype + shape + raw little-endian bytes (KServe v2 / Triton style).
+
+Shared by the gRPC protocol and the edge's ZeroMQ API. Decoding checks every
+field and raises :class:`~cachenet.exceptions.ProtocolError` with a message
+that says what is wrong. numpy only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from cachenet.exceptions import ProtocolError
+
+#: dtypes the wire accepts, by name.
+DTYPES = ("float32", "float16", "float64", "uint8", "int8", "int32", "int64", "bool")
+#: The largest tensor accepted by default: 64 MiB.
+MAX_TENSOR_BYTES = 64 << 20
+
+
+def encode(arr: np.ndarray) -> tuple[str, list[int], bytes]:
+    """(dtype name, shape, little-endian bytes) of ``arr``."""
+    arr = np.asarray(arr)
+    if arr.dtype.name not in DTYPES:
+        raise ProtocolError(f"dtype {arr.dtype} cannot be sent; supported: {', '.join(DTYPES)}")
+    le = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+    return arr.dtype.name, list(arr.shape), np.ascontiguousarray(le).tobytes()
+
+
+def decode(dtype: str, shape: Sequence[int], data: bytes | memoryview, *,
+           max_bytes: int = MAX_TENSOR_BYTES) -> np.ndarray:
+    """Rebuild a tensor from its wire form, without copying ``data``."""
+    if dtype not in DTYPES:
+        raise ProtocolError(f"unsupported dtype '{dtype}'; supported: {', '.join(DTYPES)}")
+    try:
+        dims = [int(d) for d in shape]
+    except (TypeError, ValueError):
+        raise ProtocolError(f"shape must be a list of integers, got {shape!r}") from None
+    if not dims or any(d < 0 for d in dims):
+        raise ProtocolError(f"shape must be non-empty with non-negative dimensions, got {dims}")
+    item = np.dtype(dtype).itemsize
+    expected = math.prod(dims) * item
+    if expected > max_bytes:
+        raise ProtocolError(f"tensor of shape {dims} is {expected} bytes, over the limit of "
+                            f"{max_bytes} bytes")
+    if len(data) != expected:
+        raise ProtocolError(f"tensor data is {len(data)} bytes, but shape {dims} of {dtype} "
+                            f"needs {expected}")
+    return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(dims)
+
+
+def check_finite(arr: np.ndarray) -> None:
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ProtocolError("tensor contains NaN or infinite values")

@@ -1,0 +1,60 @@
+"""``cachenet-cloud`` / ``python -m cloud_server``: serve a bundle's full model over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cachenet.exceptions import CachenetError
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"CACHENET_{name}", default)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cachenet-cloud", description=__doc__)
+    p.add_argument("--bundle", type=Path, default=_env("BUNDLE"), required=_env("BUNDLE") is None,
+                   help="bundle directory holding the full model (env CACHENET_BUNDLE)")
+    p.add_argument("--host", default=_env("HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(_env("PORT", "50051")),
+                   help="0 picks a free port (see --ready-file)")
+    p.add_argument("--device", default=_env("DEVICE"), help="cuda, cuda:1, cpu (default: auto)")
+    p.add_argument("--max-batch-size", type=int, default=int(_env("MAX_BATCH_SIZE", "32")))
+    p.add_argument("--max-queue-delay-us", type=int,
+                   default=int(_env("MAX_QUEUE_DELAY_US", "2000")))
+    p.add_argument("--max-queue-size", type=int, default=int(_env("MAX_QUEUE_SIZE", "1024")))
+    p.add_argument("--grace", type=float, default=10.0, help="seconds to drain on shutdown")
+    p.add_argument("--stats-interval", type=float, default=30.0)
+    p.add_argument("--ready-file", type=Path,
+                   help="write {port, pid} as JSON here once serving")
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cloud_server.server import CloudServer, ServerConfig
+
+    config = ServerConfig(bundle=args.bundle, host=args.host, port=args.port,
+                          device=args.device, max_batch_size=args.max_batch_size,
+                          max_queue_delay_us=args.max_queue_delay_us,
+                          max_queue_size=args.max_queue_size, grace_s=args.grace,
+                          stats_interval_s=args.stats_interval, ready_file=args.ready_file)
+    try:
+        asyncio.run(CloudServer(config).serve())
+    except CachenetError as exc:
+        print(f"cachenet-cloud: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

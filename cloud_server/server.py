@@ -1,0 +1,171 @@
+"""The cloud server: build it with :func:`create_server`, run it with :func:`serve`.
+
+``create_server`` binds a ``grpc.aio`` server (port 0 picks a free port) with
+the inference service, standard health checking and server reflection, and
+returns ``(server, port)``; the service and batcher hang off ``server.cachenet``.
+:class:`CloudServer` owns the lifecycle, as uvicorn's ``Server`` does:
+startup, main loop (periodic stats in the log), and a graceful shutdown on
+SIGTERM/SIGINT: health goes NOT_SERVING, no new RPCs are accepted, queued and
+in-flight work drains, then the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from torch import nn
+
+from cachenet.client import CHANNEL_OPTIONS
+from cachenet.v1 import inference_pb2 as pb
+from cloud_server.batcher import DynamicBatcher
+from cloud_server.model import load_full_model
+from cloud_server.service import InferenceService, ModelCard, add_to_server
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+
+@dataclass
+class ServerParts:
+    """What :func:`create_server` wires into the gRPC server (``server.cachenet``)."""
+
+    service: InferenceService
+    batcher: DynamicBatcher
+    health: health.aio.HealthServicer
+
+
+@dataclass
+class ServerConfig:
+    bundle: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    device: str | None = None
+    max_batch_size: int = 32
+    max_queue_delay_us: int = 2000
+    max_queue_size: int = 1024
+    grace_s: float = 10.0
+    stats_interval_s: float = 30.0
+    ready_file: Path | None = None
+
+
+def torch_runner(model: nn.Module, device: torch.device):
+    """``run_batch`` for the batcher: numpy in, numpy logits out, no autograd."""
+    @torch.inference_mode()
+    def run(x: np.ndarray) -> np.ndarray:
+        if not x.flags.writeable:  # a view of the request's bytes; torch wants its own
+            x = x.copy()
+        out = model(torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True))
+        return out.float().cpu().numpy()
+    return run
+
+
+def load_card_and_runner(bundle: Path, device: str | None):
+    model, manifest = load_full_model(bundle, device=device)
+    dev = next(model.parameters(), torch.empty(0)).device
+    spec = manifest.input
+    info = manifest.data["full_model"]
+    name = (info.get("spec") or {}).get("arch") or "full"
+    card = ModelCard(name=name, version=manifest.files[info["files"][0]]["sha256"][:12],
+                     input_shape=tuple(int(d) for d in spec["shape"][1:]),
+                     input_dtype=spec["dtype"], classes=manifest.classes, device=str(dev))
+    return card, torch_runner(model, dev)
+
+
+async def create_server(card: ModelCard, run_batch, *, host: str = "127.0.0.1", port: int = 0,
+                        max_batch_size: int = 32, max_queue_delay_us: int = 2000,
+                        max_queue_size: int = 1024) -> tuple[grpc.aio.Server, int]:
+    """A started batcher and a bound (not yet started) gRPC server; call in a running loop."""
+    batcher = DynamicBatcher(run_batch, max_batch_size=max_batch_size,
+                             max_queue_delay_us=max_queue_delay_us,
+                             max_queue_size=max_queue_size)
+    service = InferenceService(card, batcher)
+    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    add_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME], server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind {host}:{port}")
+    batcher.start()
+    server.cachenet = ServerParts(service, batcher, health_servicer)  # type: ignore[attr-defined]
+    return server, bound
+
+
+class CloudServer:
+    """Lifecycle of one cloud server process: startup, main loop, shutdown."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.should_exit = asyncio.Event()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def startup(self) -> None:
+        c = self.config
+        card, runner = load_card_and_runner(c.bundle, c.device)
+        self.server, self.port = await create_server(
+            card, runner, host=c.host, port=c.port, max_batch_size=c.max_batch_size,
+            max_queue_delay_us=c.max_queue_delay_us, max_queue_size=c.max_queue_size)
+        await self.server.start()
+        for name in ("", SERVICE_NAME):
+            await self.server.cachenet.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s version %s on %s:%d (device %s, max_batch_size %d, "
+                 "max_queue_delay_us %d)", card.name, card.version, c.host, self.port,
+                 card.device, c.max_batch_size, c.max_queue_delay_us)
+        if c.ready_file is not None:
+            tmp = c.ready_file.with_name(c.ready_file.name + ".tmp")
+            tmp.write_text(json.dumps({"port": self.port, "pid": os.getpid()}))
+            tmp.replace(c.ready_file)
+
+    def log_stats(self) -> None:
+        parts: ServerParts = self.server.cachenet  # type: ignore[union-attr]
+        s = parts.batcher.stats
+        log.info("requests %s; batches %d, mean batch size %.2f, sizes %s",
+                 parts.service.counts, s.batches, s.mean_batch_size(),
+                 dict(sorted(s.batch_sizes.items())))
+
+    async def main_loop(self) -> None:
+        while not self.should_exit.is_set():
+            try:
+                await asyncio.wait_for(self.should_exit.wait(), self.config.stats_interval_s)
+            except asyncio.TimeoutError:
+                self.log_stats()
+
+    async def shutdown(self) -> None:
+        assert self.server is not None
+        parts: ServerParts = self.server.cachenet
+        await parts.health.enter_graceful_shutdown()  # every service NOT_SERVING
+        log.info("shutting down: draining in-flight requests (grace %.1f s)",
+                 self.config.grace_s)
+        await self.server.stop(self.config.grace_s)
+        await parts.batcher.stop()
+        self.log_stats()
+        log.info("stopped")
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.should_exit.set)
+
+    async def serve(self) -> None:
+        self.install_signal_handlers()
+        await self.startup()
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown()

@@ -1,0 +1,57 @@
+"""``cachenet-edge`` / ``python -m edge_agent``: the edge agent daemon.
+
+Settings come from defaults, then ``--config FILE`` (JSON or TOML), then
+``CACHENET_*`` environment variables (``CACHENET_BUNDLE``, ``CACHENET_CLOUD``,
+``CACHENET_BIND``, ``CACHENET_DEADLINE_MS``, ...), then flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cachenet.exceptions import CachenetError
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cachenet-edge", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, help="JSON or TOML file of settings")
+    p.add_argument("--bundle", type=Path, help="cache bundle directory")
+    p.add_argument("--bind", help="ZeroMQ endpoint, e.g. tcp://127.0.0.1:5555 (port 0: any)")
+    p.add_argument("--cloud", help="cloud server host:port (omit for edge only)")
+    p.add_argument("--deadline-ms", type=float, help="escalation deadline (default 250)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default 1)")
+    p.add_argument("--precision", choices=["fp32", "int8"])
+    p.add_argument("--agent-id")
+    p.add_argument("--ready-file", type=Path, help="write {endpoint, pid} here once serving")
+    p.add_argument("--log-level")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    from edge_agent.agent import EdgeAgent
+    from edge_agent.config import load_config
+
+    try:
+        config = load_config(file=args.config, bundle=args.bundle, bind=args.bind,
+                             cloud=args.cloud, deadline_ms=args.deadline_ms,
+                             threads=args.threads, precision=args.precision,
+                             agent_id=args.agent_id, ready_file=args.ready_file,
+                             log_level=args.log_level)
+        logging.basicConfig(level=config.log_level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        asyncio.run(EdgeAgent(config).serve())
+    except CachenetError as exc:
+        print(f"cachenet-edge: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

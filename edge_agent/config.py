@@ -1,0 +1,106 @@
+"""Edge agent configuration: defaults < config file < ``CACHENET_*`` environment < flags."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from cachenet.exceptions import ConfigError
+
+
+@dataclass
+class AgentConfig:
+    bundle: Path | None = None
+    #: ZeroMQ endpoint the ROUTER socket binds; port 0 picks a free port.
+    bind: str = "tcp://127.0.0.1:5555"
+    #: host:port of the cloud server; None runs edge-only (everything unsure falls back).
+    cloud: str | None = None
+    #: deadline of one escalation, ms; past it the agent answers with its own prediction.
+    deadline_ms: float = 250.0
+    #: ONNX Runtime intra-op threads.
+    threads: int = 1
+    precision: str = "fp32"
+    agent_id: str = socket.gethostname()
+    #: latencies kept for the percentiles in ``stats``.
+    latency_window: int = 10_000
+    #: most escalations in flight at once; beyond it, unsure inputs fall back at once.
+    max_inflight: int = 256
+    ready_file: Path | None = None
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.bundle is not None:
+            self.bundle = Path(self.bundle)
+        if self.ready_file is not None:
+            self.ready_file = Path(self.ready_file)
+        if self.deadline_ms <= 0:
+            raise ConfigError(f"deadline_ms must be > 0, got {self.deadline_ms}")
+        if self.threads < 1 or self.max_inflight < 1 or self.latency_window < 1:
+            raise ConfigError("threads, max_inflight and latency_window must be >= 1")
+        if self.precision not in ("fp32", "int8"):
+            raise ConfigError(f"precision must be fp32 or int8, got '{self.precision}'")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = {f.name: f.type for f in fields(AgentConfig)}[name]
+    if value is None or not isinstance(value, str):
+        return value
+    try:
+        if "float" in str(kind):
+            return float(value)
+        if "int" in str(kind):
+            return int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got '{value}'") from None
+    return value
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """Settings from a JSON or TOML file; unknown keys are an error."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # json and tomllib raise their own types
+        raise ConfigError(f"config file {path} does not parse: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table/object of settings")
+    unknown = sorted(set(data) - set(AgentConfig.field_names()))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting(s) {unknown}")
+    return data
+
+
+def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    env = os.environ if environ is None else environ
+    return {name: env[f"CACHENET_{name.upper()}"] for name in AgentConfig.field_names()
+            if f"CACHENET_{name.upper()}" in env}
+
+
+def load_config(*, file: Path | None = None, environ: dict[str, str] | None = None,
+                **overrides: Any) -> AgentConfig:
+    """Merge the layers; ``overrides`` (flags) whose value is None are ignored."""
+    merged: dict[str, Any] = {}
+    if file is not None:
+        merged.update(read_file(file))
+    merged.update(from_env(environ))
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(merged) - set(AgentConfig.field_names()))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {unknown}")
+    return AgentConfig(**{k: _coerce(k, v) for k, v in merged.items()})

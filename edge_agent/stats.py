@@ -1,0 +1,56 @@
+"""Counters, latency percentiles and device telemetry for the agent's ``stats`` reply."""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+import numpy as np
+
+
+class AgentStats:
+    def __init__(self, window: int) -> None:
+        self.started = time.time()
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.latencies_us: collections.deque[float] = collections.deque(maxlen=window)
+        self.recent_labels: collections.deque[int] = collections.deque(maxlen=window)
+
+    def record(self, source: str, label: int, total_us: float) -> None:
+        self.counts["requests"] += 1
+        self.counts[{"edge": "hits", "cloud": "escalations",
+                     "edge-fallback": "fallbacks"}[source]] += 1
+        self.latencies_us.append(total_us)
+        self.recent_labels.append(label)
+
+    def snapshot(self) -> dict[str, Any]:
+        lat = np.fromiter(self.latencies_us, float) if self.latencies_us else None
+        pct = ({f"p{p}": float(np.percentile(lat, p)) for p in (50, 90, 99)}
+               | {"mean": float(lat.mean()), "n": len(lat)}) if lat is not None else {}
+        n = self.counts["requests"]
+        hist = collections.Counter(self.recent_labels)
+        return {"uptime_s": time.time() - self.started,
+                "requests": n, "hits": self.counts["hits"],
+                "escalations": self.counts["escalations"],
+                "fallbacks": self.counts["fallbacks"], "errors": self.counts["errors"],
+                "hit_rate": self.counts["hits"] / n if n else None,
+                "latency_us": pct,
+                "recent_classes": {str(k): v for k, v in sorted(hist.items())},
+                "fallback_reasons": {k[9:]: v for k, v in self.counts.items()
+                                     if k.startswith("fallback:")}}
+
+
+def telemetry() -> dict[str, Any]:
+    """CPU, memory and (where the platform reports it) temperature, from psutil."""
+    import psutil
+
+    proc = psutil.Process()
+    out: dict[str, Any] = {"cpu_percent": psutil.cpu_percent(interval=None),
+                           "memory_percent": psutil.virtual_memory().percent,
+                           "process_rss_bytes": proc.memory_info().rss,
+                           "process_cpu_s": sum(proc.cpu_times()[:2])}
+    sensors = getattr(psutil, "sensors_temperatures", None)
+    temps = sensors() if sensors else {}
+    readings = [t.current for entries in (temps or {}).values() for t in entries if t.current]
+    out["temperature_c"] = max(readings) if readings else None
+    return out

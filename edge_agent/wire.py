@@ -1,0 +1,100 @@
+"""The edge's local API on ZeroMQ: multipart messages, a JSON header plus raw tensor bytes.
+
+A client (DEALER or REQ) sends ``[b"", header, tensor]`` and receives
+``[b"", header]``; the ROUTER side sees the client's identity in front.
+
+Request headers::
+
+    {"op": "infer", "id": "42", "dtype": "float32", "shape": [1, 3, 32, 32],
+     "policy": "auto"}                 # optional: "auto" | "edge" | "cloud"
+    {"op": "stats", "id": "43"}        {"op": "ping", "id": "44"}
+
+``infer`` takes one input (C x H x W or 1 x C x H x W); its bytes are read in
+place, without a copy. Replies always carry ``id`` and ``ok``; an error reply
+has ``error: {"type", "message"}``. Unknown header fields are an error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from cachenet import tensors
+from cachenet.exceptions import ProtocolError
+
+OPS = ("infer", "stats", "ping")
+POLICIES = ("auto", "edge", "cloud")
+_FIELDS = {"infer": {"op", "id", "dtype", "shape", "policy", "deadline_ms"},
+           "stats": {"op", "id"}, "ping": {"op", "id"}}
+MAX_HEADER_BYTES = 4096
+
+
+def split_envelope(frames: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """(routing envelope, body) of a message received on a ROUTER socket."""
+    if len(frames) >= 2 and len(frames[1]) == 0:
+        return list(frames[:2]), list(frames[2:])
+    return list(frames[:1]), list(frames[1:])
+
+
+def parse_header(frame: Any) -> dict[str, Any]:
+    raw = frame.bytes if hasattr(frame, "bytes") else bytes(frame)
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header is {len(raw)} bytes, over {MAX_HEADER_BYTES}")
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header must be a JSON object")
+    op = header.get("op")
+    if op not in OPS:
+        raise ProtocolError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+    unknown = sorted(set(header) - _FIELDS[op])
+    if unknown:
+        raise ProtocolError(f"unknown header field(s) {unknown} for op '{op}'")
+    if "id" in header and not isinstance(header["id"], str | int):
+        raise ProtocolError("id must be a string or an integer")
+    return header
+
+
+def parse_request(body: Sequence[Any]) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Header and (for ``infer``) the input tensor, viewing the frame's buffer."""
+    if not body:
+        raise ProtocolError("empty message: expected a header frame")
+    header = parse_header(body[0])
+    if header["op"] != "infer":
+        if len(body) != 1:
+            raise ProtocolError(f"op '{header['op']}' takes no data frames, got {len(body) - 1}")
+        return header, None
+    if len(body) != 2:
+        raise ProtocolError(f"infer takes exactly one data frame, got {len(body) - 1}")
+    if header.get("policy", "auto") not in POLICIES:
+        raise ProtocolError(f"policy must be one of {', '.join(POLICIES)}")
+    for key in ("dtype", "shape"):
+        if key not in header:
+            raise ProtocolError(f"infer header lacks '{key}'")
+    frame = body[1]
+    data = frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
+    x = tensors.decode(str(header["dtype"]), header["shape"], data)
+    return header, x
+
+
+def encode_request(op: str, request_id: str, x: np.ndarray | None = None,
+                   **extra: Any) -> list[Any]:
+    header: dict[str, Any] = {"op": op, "id": request_id, **extra}
+    if x is None:
+        return [b"", json.dumps(header).encode()]
+    x = np.ascontiguousarray(x)
+    header.update(dtype=x.dtype.name, shape=list(x.shape))
+    return [b"", json.dumps(header).encode(), x]
+
+
+def encode_reply(envelope: list[Any], reply: dict[str, Any]) -> list[Any]:
+    return [*envelope, json.dumps(reply, separators=(",", ":")).encode()]
+
+
+def error_reply(request_id: Any, kind: str, message: str) -> dict[str, Any]:
+    return {"id": request_id, "ok": False, "error": {"type": kind, "message": message}}
