@@ -52,7 +52,11 @@ def digits_zip(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def digits_bundle(tmp_path_factory) -> tuple[Path, object]:
-    """A digits bundle (with an int8 variant) built once, with short training."""
+    """A digits bundle (with an int8 variant) built once, with short training.
+
+    Short training makes a weaker cache model, so the gate is calibrated to a
+    0.97 agreement target here to leave both edge hits and escalations.
+    """
     from cachenet.build import build
     from cachenet.train import TrainConfig
 
@@ -61,7 +65,8 @@ def digits_bundle(tmp_path_factory) -> tuple[Path, object]:
                    full_config=TrainConfig(epochs=8, batch_size=64, lr=0.05, augment="crop"),
                    distill_config=TrainConfig(epochs=25, batch_size=64, lr=3e-3,
                                               optimizer="adam", weight_decay=1e-4),
-                   exporter="torchscript", int8=True, progress=False)
+                   exporter="torchscript", int8=True, progress=False, target=0.97)
+    assert 0.2 < report.hit_rate < 0.95, "the fixture needs both sure and unsure inputs"
     return root / "digits", report
 
 

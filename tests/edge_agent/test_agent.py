@@ -1,0 +1,202 @@
+"""The edge agent as a real process: ZeroMQ API, gate, escalation through the WAN, fallbacks."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+
+from cachenet.exceptions import ConfigError, ProtocolError
+from cachenet.runtime import load_cache_model
+from cachenet.wan import LinkProfile, ProxyThread
+from edge_agent.client import EdgeClient
+from edge_agent.config import load_config
+from tests.processes import start_cloud, start_edge
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("edge")
+
+
+@pytest.fixture(scope="module")
+def cloud(digits_bundle, tmp):
+    daemon = start_cloud(digits_bundle[0], tmp)
+    yield daemon
+    assert daemon.terminate() == 0
+
+
+@pytest.fixture(scope="module")
+def wan(cloud):
+    with ProxyThread(("127.0.0.1", cloud.info["port"]), LinkProfile.from_rtt(20)) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="module")
+def edge(digits_bundle, wan, tmp):
+    daemon = start_edge(digits_bundle[0], tmp, "--cloud", f"127.0.0.1:{wan.port}",
+                        "--deadline-ms", "400")
+    yield daemon
+    assert daemon.terminate() == 0
+
+
+@pytest.fixture
+def client(edge):
+    with EdgeClient(edge.info["endpoint"]) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def sure_and_unsure(digits_bundle, digits_splits):
+    """Test inputs the gate answers locally, and inputs it escalates."""
+    model = load_cache_model(digits_bundle[0])
+    pred = model.predict(digits_splits.test.x)
+    x = digits_splits.test.x
+    return x[pred.local], x[~pred.local]
+
+
+def test_confident_inputs_are_answered_at_the_edge(client, sure_and_unsure, digits_bundle):
+    sure, _ = sure_and_unsure
+    answer = client.infer(sure[0], timeout=5)
+    assert answer["source"] == "edge" and answer["ok"]
+    assert answer["confidence"] >= load_cache_model(digits_bundle[0]).gate.threshold
+    assert answer["versions"]["cache"] == load_cache_model(digits_bundle[0]).version
+    assert {"edge_infer", "agent_total"} <= set(answer["latency_us"])
+
+
+def test_unsure_inputs_go_to_the_cloud_through_the_wan(client, sure_and_unsure):
+    _, unsure = sure_and_unsure
+    answer = client.infer(unsure[0], timeout=5)
+    assert answer["source"] == "cloud"
+    assert answer["versions"]["cloud"].startswith("resnet20:")
+    assert answer["latency_us"]["cloud"] >= 20_000  # the emulated 20 ms round trip
+    assert "edge_label" in answer and "cloud_server" in answer["latency_us"]
+
+
+def test_policies_force_a_side(client, sure_and_unsure):
+    sure, unsure = sure_and_unsure
+    assert client.infer(unsure[0], policy="edge")["source"] == "edge"
+    assert client.infer(sure[0], policy="cloud")["source"] == "cloud"
+
+
+def test_stats_count_every_request_and_report_telemetry(client, sure_and_unsure):
+    sure, unsure = sure_and_unsure
+    before = client.stats()["stats"]
+    for x in list(sure[:5]) + list(unsure[:3]):
+        client.infer(x)
+    reply = client.stats()
+    s = reply["stats"]
+    assert s["requests"] - before["requests"] == 8
+    assert s["hits"] - before["hits"] == 5
+    assert s["escalations"] + s["fallbacks"] - before["escalations"] - before["fallbacks"] == 3
+    assert s["requests"] == s["hits"] + s["escalations"] + s["fallbacks"]
+    assert s["latency_us"]["p50"] > 0 and s["latency_us"]["p99"] >= s["latency_us"]["p50"]
+    t = reply["telemetry"]
+    assert 0 <= t["cpu_percent"] <= 100 * 64 and t["process_rss_bytes"] > 0
+    assert "temperature_c" in t
+
+
+def malformed() -> dict[str, tuple[list[bytes], str]]:
+    head = {"op": "infer", "id": "m", "dtype": "float32", "shape": [1, 1, 8, 8]}
+    x = np.zeros((1, 1, 8, 8), np.float32).tobytes()
+
+    def h(**kw) -> bytes:
+        return json.dumps({**head, **kw}).encode()
+
+    return {
+        "garbage frame": ([b"", b"\x00\xff garbage"], "header is not JSON"),
+        "not an object": ([b"", b"[1, 2]"], "JSON object"),
+        "unknown op": ([b"", json.dumps({"op": "explode"}).encode()], "unknown op"),
+        "unknown field": ([b"", h(colour="red"), x], "unknown header field(s) ['colour']"),
+        "wrong dtype": ([b"", h(dtype="float64"), x + x], "dtype is float64"),
+        "wrong shape": ([b"", h(shape=[1, 3, 8, 8]), x * 3], "input shape is (1, 3, 8, 8)"),
+        "short data": ([b"", h(), x[:10]], "tensor data is 10 bytes"),
+        "oversize": ([b"", h(shape=[1 << 16, 1, 64, 64]), x], "over the limit"),
+        "missing data": ([b"", h()], "exactly one data frame"),
+        "extra frames": ([b"", h(), x, x], "exactly one data frame"),
+        "bad policy": ([b"", h(policy="yolo"), x], "policy must be one of"),
+        "empty": ([b""], "empty message"),
+    }
+
+
+@pytest.mark.parametrize("case", list(malformed()))
+def test_malformed_requests_get_clear_errors_and_the_agent_keeps_serving(client, case,
+                                                                         sure_and_unsure):
+    frames, message = malformed()[case]
+    reply = client.send_raw(frames, timeout=5)
+    assert reply["ok"] is False
+    assert message in reply["error"]["message"], reply
+    assert client.infer(sure_and_unsure[0][0], timeout=5)["source"] == "edge"
+
+
+def test_client_raises_on_an_error_reply(client):
+    with pytest.raises(ProtocolError, match="input shape"):
+        client.infer(np.zeros((2, 8), np.float32))
+
+
+def test_cloud_down_falls_back_to_the_edge(digits_bundle, tmp, sure_and_unsure):
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    daemon = start_edge(digits_bundle[0], tmp, "--cloud", f"127.0.0.1:{dead}",
+                        "--deadline-ms", "300")
+    try:
+        with EdgeClient(daemon.info["endpoint"]) as c:
+            answers = [c.infer(x, timeout=5) for x in sure_and_unsure[1][:5]]
+            assert all(a["source"] == "edge-fallback" for a in answers)
+            assert all("CloudUnavailable" in a["fallback_reason"] or "CloudTimeout"
+                       in a["fallback_reason"] for a in answers)
+            assert c.stats()["stats"]["fallbacks"] == 5
+    finally:
+        assert daemon.terminate() == 0
+
+
+def test_deadline_exceeded_on_a_slow_wan_falls_back(digits_bundle, cloud, tmp,
+                                                    sure_and_unsure):
+    with ProxyThread(("127.0.0.1", cloud.info["port"]), LinkProfile.from_rtt(400)) as slow:
+        daemon = start_edge(digits_bundle[0], tmp, "--cloud", f"127.0.0.1:{slow.port}",
+                            "--deadline-ms", "150")
+        try:
+            with EdgeClient(daemon.info["endpoint"]) as c:
+                answer = c.infer(sure_and_unsure[1][0], timeout=5)
+                assert answer["source"] == "edge-fallback"
+                assert "CloudTimeout" in answer["fallback_reason"]
+                assert 140_000 <= answer["latency_us"]["agent_total"] < 1_000_000
+                # The network recovers: the same agent escalates again.
+                slow.configure(LinkProfile.from_rtt(10))
+                answers = [c.infer(x, timeout=5) for x in sure_and_unsure[1][:20]]
+                assert any(a["source"] == "cloud" for a in answers)
+        finally:
+            assert daemon.terminate() == 0
+
+
+def test_edge_only_agent_without_a_cloud(digits_bundle, tmp, sure_and_unsure):
+    daemon = start_edge(digits_bundle[0], tmp)
+    try:
+        with EdgeClient(daemon.info["endpoint"]) as c:
+            answer = c.infer(sure_and_unsure[1][0])
+            assert answer["source"] == "edge-fallback"
+            assert answer["fallback_reason"] == "no cloud configured"
+            assert c.ping()
+    finally:
+        assert daemon.terminate() == 0
+
+
+def test_config_layers(tmp_path, digits_bundle):
+    f = tmp_path / "agent.json"
+    f.write_text(json.dumps({"deadline_ms": 100, "cloud": "file:1", "threads": 2}))
+    env = {"CACHENET_CLOUD": "env:2", "CACHENET_THREADS": "3"}
+    c = load_config(file=f, environ=env, threads=4, bundle=digits_bundle[0])
+    assert (c.deadline_ms, c.cloud, c.threads) == (100.0, "env:2", 4)
+    toml = tmp_path / "agent.toml"
+    toml.write_text('bind = "tcp://127.0.0.1:0"\ndeadline_ms = 50\n')
+    assert load_config(file=toml, environ={}).deadline_ms == 50
+    f.write_text(json.dumps({"dedline_ms": 1}))
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_config(file=f, environ={})
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_config(environ={"CACHENET_DEADLINE_MS": "soon"})
+    with pytest.raises(ConfigError, match="deadline_ms must be > 0"):
+        load_config(environ={}, deadline_ms=-1)
