@@ -28,7 +28,7 @@ import torch
 from cachenet import calibration as calib_mod
 from cachenet.bundle import write_bundle
 from cachenet.data import Splits, default_cache_dir, load_splits
-from cachenet.distill import cache_spec, default_cache_arch, obtain_cache_model
+from cachenet.distill import cache_spec, default_cache_arch, default_cache_knobs, obtain_cache_model
 from cachenet.export import INPUT_NAME, OUTPUT_NAME, export_checked, onnx_logits
 from cachenet.full import FullModel, obtain_full_model
 from cachenet.gate import score
@@ -142,8 +142,10 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
     fm = obtain_full_model(splits, full=full, weights=full_weights, cfg=full_config,
                            cache_dir=cache_dir, progress=progress)
     arch = cache_arch or default_cache_arch(splits)
-    knobs = {"widths": cache_widths, "depth": cache_depth, "hidden": cache_hidden}
-    spec = cache_spec(splits, arch, **{k: v for k, v in knobs.items() if v is not None})
+    knobs = default_cache_knobs(splits, arch)
+    knobs.update({k: v for k, v in {"widths": cache_widths, "depth": cache_depth,
+                                    "hidden": cache_hidden}.items() if v is not None})
+    spec = cache_spec(splits, arch, **knobs)
     cache_model, cache_meta = obtain_cache_model(splits, fm, spec, cfg=distill_config,
                                                  cache_dir=cache_dir, progress=progress)
     full_calib = predict_logits(fm.model, splits.calib.x).argmax(1)

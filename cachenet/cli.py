@@ -45,8 +45,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                    "--full-weights) or a TorchScript file (default: resnet20)")
     p.add_argument("--full-weights", type=Path, help="state dict or cachenet checkpoint")
     p.add_argument("--cache-arch", choices=["tinycnn", "mlp"],
-                   help="cache model family (default: mlp for <= 8x8 inputs, else tinycnn)")
-    p.add_argument("--cache-widths", type=_ints, help="tinycnn stage widths, e.g. 12,24,48")
+                   help="cache model family (default: tinycnn)")
+    p.add_argument("--cache-widths", type=_ints,
+                   help="tinycnn stage widths (default 12,24,48; 32,64 for <= 8x8 inputs)")
     p.add_argument("--cache-depth", type=int, help="tinycnn convolutions per stage")
     p.add_argument("--cache-hidden", type=_ints, help="mlp hidden sizes, e.g. 64")
     p.add_argument("--epochs", type=int, help="full-model training epochs")
@@ -149,11 +150,45 @@ def _run_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run cloud, WAN and edge on this machine and compare",
+                       description="Start cloud_server and edge_agent on loopback with an "
+                       "emulated WAN between them, stream a workload with temporal locality, "
+                       "and compare edge-only, cloud-only and cachenet.")
+    p.add_argument("--rtt-ms", type=float, default=40.0, help="emulated round trip (default 40)")
+    p.add_argument("--requests", type=int, default=400, help="requests per system (default 400)")
+    p.add_argument("--mean-run", type=float, default=20.0,
+                   help="mean length of a class run in the stream (default 20)")
+    p.add_argument("--deadline-ms", type=float,
+                   help="escalation deadline (default max(250, 4 x RTT))")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", type=Path)
+    p.add_argument("--rebuild", action="store_true", help="rebuild the demo bundle")
+    p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from cachenet.demo import format_table, install_sigterm_as_interrupt, run_demo
+
+    if args.requests < 10:
+        raise CachenetError("--requests must be at least 10")
+    install_sigterm_as_interrupt()
+    results = run_demo(rtt_ms=args.rtt_ms, requests=args.requests, mean_run=args.mean_run,
+                       seed=args.seed, cache_dir=args.cache_dir, rebuild=args.rebuild,
+                       deadline_ms=args.deadline_ms, progress=sys.stderr.isatty())
+    print(format_table(results, args.rtt_ms, args.requests))
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cachenet", description=__doc__)
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_build(sub)
+    _add_demo(sub)
     return parser
 
 
@@ -164,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose < 3 else logging.DEBUG)
+        logging.getLogger(noisy).setLevel(logging.ERROR if args.verbose < 3 else logging.DEBUG)
     try:
         return args.func(args)
     except CachenetError as exc:

@@ -19,9 +19,21 @@ log = logging.getLogger(__name__)
 
 
 def default_cache_arch(splits: Splits) -> str:
-    """``mlp`` for tiny inputs (<= 8x8 pixels), else ``tinycnn``."""
+    """``tinycnn`` for every input size; ``mlp`` is there to choose for tiny inputs."""
+    return "tinycnn"
+
+
+def default_cache_knobs(splits: Splits, arch: str) -> dict[str, object]:
+    """Knobs for ``arch`` on these inputs when the user gives none.
+
+    For inputs of 8x8 pixels or fewer (the digits) a two-stage TinyCNN of
+    widths 32/64 (0.31 M MACs): on the digits it answers 85% of inputs at the
+    0.99 agreement target, where the three-stage default or an MLP answer ~70%.
+    """
     _, h, w = splits.input_shape
-    return "mlp" if h * w <= 64 else "tinycnn"
+    if arch == "tinycnn" and h * w <= 64:
+        return {"widths": [32, 64]}
+    return {}
 
 
 def cache_spec(splits: Splits, arch: str, **knobs: object) -> ModelSpec:

@@ -27,7 +27,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=_env("DEVICE"), help="cuda, cuda:1, cpu (default: auto)")
     p.add_argument("--max-batch-size", type=int, default=int(_env("MAX_BATCH_SIZE", "32")))
     p.add_argument("--max-queue-delay-us", type=int,
-                   default=int(_env("MAX_QUEUE_DELAY_US", "2000")))
+                   default=int(_env("MAX_QUEUE_DELAY_US", "0")),
+                   help="how long a batch waits for more requests (0: take what is queued)")
     p.add_argument("--max-queue-size", type=int, default=int(_env("MAX_QUEUE_SIZE", "1024")))
     p.add_argument("--grace", type=float, default=10.0, help="seconds to drain on shutdown")
     p.add_argument("--stats-interval", type=float, default=30.0)

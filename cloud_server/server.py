@@ -53,7 +53,7 @@ class ServerConfig:
     port: int = 0
     device: str | None = None
     max_batch_size: int = 32
-    max_queue_delay_us: int = 2000
+    max_queue_delay_us: int = 0
     max_queue_size: int = 1024
     grace_s: float = 10.0
     stats_interval_s: float = 30.0

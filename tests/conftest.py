@@ -51,6 +51,12 @@ def digits_zip(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def cli_cache(tmp_path_factory) -> Path:
+    """One CACHENET_CACHE_DIR for the CLI and demo tests, so models train once."""
+    return tmp_path_factory.mktemp("cli-cache")
+
+
+@pytest.fixture(scope="session")
 def digits_bundle(tmp_path_factory) -> tuple[Path, object]:
     """A digits bundle (with an int8 variant) built once, with short training.
 

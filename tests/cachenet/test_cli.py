@@ -14,11 +14,6 @@ def run_cli(*args, cache_dir, timeout=300):
                           text=True, timeout=timeout, env=env)
 
 
-@pytest.fixture(scope="module")
-def cli_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cli-cache")
-
-
 @pytest.mark.slow
 def test_build_digits_reaches_the_figures_and_reuses_models(tmp_path, cli_cache):
     out = tmp_path / "bundle"
