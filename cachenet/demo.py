@@ -40,6 +40,7 @@ class Process:
         self.name = module
         self.ready_file = workdir / f"{module}.ready"
         self.log_path = workdir / f"{module}.log"
+        self.ready_file.unlink(missing_ok=True)  # a previous run's file is not readiness
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, *args, "--ready-file", str(self.ready_file)],

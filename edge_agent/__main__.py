@@ -8,7 +8,6 @@ Settings come from defaults, then ``--config FILE`` (JSON or TOML), then
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -46,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              log_level=args.log_level)
         logging.basicConfig(level=config.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        asyncio.run(EdgeAgent(config).serve())
+        EdgeAgent(config).serve()
     except CachenetError as exc:
         print(f"cachenet-edge: error: {exc}", file=sys.stderr)
         return 2

@@ -1,21 +1,23 @@
 """The edge agent: a ZeroMQ ROUTER in front of the cache model, escalating to the cloud.
 
-One request, start to end (:meth:`EdgeAgent.handle`):
+One request, start to end:
 
-1. the ROUTER socket delivers ``[identity, b"", header, tensor]``; the tensor
-   is viewed in place (:mod:`edge_agent.wire`);
-2. the cache model runs under ONNX Runtime and the gate scores it
-   (:class:`cachenet.runtime.CacheModel`);
-3. confident: answer now, ``source: edge``. Unsure: escalate to the cloud over
-   gRPC with a deadline (:class:`cachenet.client.AsyncCloudClient`) in a task,
-   so other requests keep flowing; the cloud's answer goes back with
-   ``source: cloud``;
-4. cloud down, too slow, overloaded or refusing: answer with the edge's own
-   prediction, ``source: edge-fallback`` and the reason. No request fails
-   because of the cloud.
+1. :meth:`EdgeAgent.main_loop` receives ``[identity, b"", header, tensor]`` on
+   the ROUTER socket; the tensor is viewed in place (:mod:`edge_agent.wire`);
+2. :meth:`EdgeAgent.infer` runs the cache model under ONNX Runtime and the gate
+   scores it (:class:`cachenet.runtime.CacheModel`);
+3. confident: the answer goes back at once, ``source: edge``, without leaving
+   the receiving thread. Unsure: :meth:`EdgeAgent.escalate` sends it to the
+   cloud over gRPC with a deadline (:class:`cachenet.client.AsyncCloudClient`),
+   on an asyncio loop in a second thread, so other requests keep flowing;
+4. the cloud's answer (``source: cloud``), or on any failure the edge's own
+   prediction (``source: edge-fallback`` with the reason: cloud down, too
+   slow, overloaded, refusing), comes back to the receiving thread, which
+   sends it. No request fails because of the cloud.
 
-Lifecycle as in uvicorn: :meth:`startup`, :meth:`main_loop`, :meth:`shutdown`,
-with SIGINT/SIGTERM handled in :meth:`install_signal_handlers`. No torch.
+Each ZeroMQ socket is used by one thread only. The lifecycle reads like
+uvicorn's: :meth:`startup`, :meth:`main_loop`, :meth:`shutdown`, and signals in
+:meth:`install_signal_handlers`. No torch.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import asyncio
 import json
 import logging
 import os
+import queue
 import signal
+import threading
 import time
 from typing import Any
 
 import numpy as np
 import zmq
-import zmq.asyncio
 
 from cachenet.client import AsyncCloudClient
 from cachenet.exceptions import CachenetError, CloudError, InputSpecError, ProtocolError
@@ -40,6 +43,8 @@ from edge_agent.config import AgentConfig
 from edge_agent.stats import AgentStats, telemetry
 
 log = logging.getLogger(__name__)
+
+POLL_MS = 100  # how often the loop looks at the exit flag when idle
 
 
 def _bind(sock: zmq.Socket, endpoint: str) -> str:
@@ -53,29 +58,33 @@ class EdgeAgent:
     def __init__(self, config: AgentConfig, *, model: CacheModel | None = None) -> None:
         self.config = config
         self.model = model
-        self.cloud: AsyncCloudClient | None = None
-        self.ctx = zmq.asyncio.Context.instance()
-        self.sock: zmq.asyncio.Socket | None = None
+        self.ctx = zmq.Context()
+        self.sock: zmq.Socket | None = None
         self.endpoint = ""
         self.stats = AgentStats(config.latency_window)
-        self.inflight: set[asyncio.Task] = set()
-        self.should_exit = asyncio.Event()
-        self._main_task: asyncio.Task | None = None
-        self._receiving = False
+        self.should_exit = threading.Event()
+        self.inflight = 0
+        # Escalations: run on `self.loop` in another thread; finished answers come
+        # back through `self.done` and a wake-up byte on an inproc PAIR socket.
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.cloud: AsyncCloudClient | None = None
+        self.done: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._wake_rx: zmq.Socket | None = None
+        self._wake_tx: zmq.Socket | None = None  # used only on the loop's thread
+        self._thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------
-    async def startup(self) -> None:
+    def startup(self) -> None:
         c = self.config
         if self.model is None:
             if c.bundle is None:
                 raise CachenetError("no bundle configured (--bundle or CACHENET_BUNDLE)")
             self.model = load_cache_model(c.bundle, precision=c.precision, threads=c.threads)
-        if c.cloud:
-            self.cloud = AsyncCloudClient(c.cloud)
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.endpoint = _bind(self.sock, c.bind)
+        if c.cloud:
+            self._start_escalation_loop(c.cloud)
         telemetry()  # prime psutil's CPU counter
         log.info("edge agent %s serving %s version %s on %s; cloud %s, deadline %.0f ms",
                  c.agent_id, self.model.manifest.name, self.model.version, self.endpoint,
@@ -85,61 +94,81 @@ class EdgeAgent:
             tmp.write_text(json.dumps({"endpoint": self.endpoint, "pid": os.getpid()}))
             tmp.replace(c.ready_file)
 
-    async def main_loop(self) -> None:
-        """Receive and handle requests until asked to exit.
+    def _start_escalation_loop(self, target: str) -> None:
+        address = f"inproc://escalations-{id(self)}"
+        self._wake_rx = self.ctx.socket(zmq.PAIR)
+        self._wake_rx.bind(address)
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
 
-        Only a wait for the next message is ever cancelled (by
-        :meth:`request_exit`), never a request being handled, so every
-        accepted request is answered.
-        """
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self._wake_tx = self.ctx.socket(zmq.PAIR)
+            self._wake_tx.setsockopt(zmq.SNDHWM, 0)
+            self._wake_tx.connect(address)
+            self.cloud = AsyncCloudClient(target)
+            ready.set()
+            self.loop.run_forever()
+            self.loop.run_until_complete(self.cloud.close())
+            self._wake_tx.close(linger=0)
+
+        self._thread = threading.Thread(target=run, name="escalations", daemon=True)
+        self._thread.start()
+        ready.wait()
+
+    def main_loop(self) -> None:
+        """Receive and answer until asked to exit; every accepted request is answered."""
         assert self.sock is not None
-        self._main_task = asyncio.current_task()
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        if self._wake_rx is not None:
+            poller.register(self._wake_rx, zmq.POLLIN)
         while not self.should_exit.is_set():
-            self._receiving = True
-            try:
-                frames = await self.sock.recv_multipart(copy=False)
-            except asyncio.CancelledError:
-                if self.should_exit.is_set():
-                    break
-                raise
-            finally:
-                self._receiving = False
-            await self.handle(frames)
+            events = dict(poller.poll(POLL_MS))
+            if self._wake_rx is not None and events.get(self._wake_rx):
+                self.deliver_escalations()
+            if events.get(self.sock):
+                while True:  # everything queued, then poll again
+                    try:
+                        frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self.handle(frames)
 
-    def request_exit(self) -> None:
-        self.should_exit.set()
-        if self._receiving and self._main_task is not None:
-            self._main_task.cancel()
-
-    async def shutdown(self) -> None:
-        log.info("shutting down: %d escalations in flight", len(self.inflight))
-        if self.inflight:
-            await asyncio.wait(self.inflight, timeout=self.config.deadline_ms / 1e3 + 1.0)
-        if self.cloud is not None:
-            await self.cloud.close()
-        if self.sock is not None:
-            self.sock.close(linger=0)
-        log.info("stopped after %s", self.stats.snapshot()["requests"])
+    def shutdown(self) -> None:
+        log.info("shutting down: %d escalations in flight", self.inflight)
+        deadline = time.monotonic() + self.config.deadline_ms / 1e3 + 2.0
+        while self.inflight and time.monotonic() < deadline and self._wake_rx is not None:
+            if self._wake_rx.poll(POLL_MS):
+                self.deliver_escalations()
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            assert self._thread is not None
+            self._thread.join(10)
+        for sock in (self.sock, self._wake_rx):
+            if sock is not None:
+                sock.close(linger=0)
+        self.ctx.term()
+        log.info("stopped after %s requests", self.stats.snapshot()["requests"])
 
     def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.request_exit)
+            signal.signal(sig, lambda *_: self.should_exit.set())
 
-    async def serve(self) -> None:
+    def serve(self) -> None:
         self.install_signal_handlers()
-        await self.startup()
+        self.startup()
         try:
-            await self.main_loop()
+            self.main_loop()
         finally:
-            await self.shutdown()
+            self.shutdown()
 
     # -- requests -------------------------------------------------------
-    async def reply(self, envelope: list[Any], reply: dict[str, Any]) -> None:
+    def reply(self, envelope: list[Any], reply: dict[str, Any]) -> None:
         assert self.sock is not None
-        await self.sock.send_multipart(wire.encode_reply(envelope, reply))
+        self.sock.send_multipart(wire.encode_reply(envelope, reply))
 
-    async def handle(self, frames: list[Any]) -> None:
+    def handle(self, frames: list[Any]) -> None:
         t0 = time.perf_counter_ns()
         envelope, body = wire.split_envelope(frames)
         request_id: Any = None
@@ -147,17 +176,17 @@ class EdgeAgent:
             header, x = wire.parse_request(body)
             request_id = header.get("id")
             if header["op"] == "infer":
-                await self.infer(envelope, header, self.model.check_input(x), t0)
+                self.infer(envelope, header, self.model.check_input(x), t0)
             elif header["op"] == "stats":
-                await self.reply(envelope, self.stats_reply(request_id))
+                self.reply(envelope, self.stats_reply(request_id))
             else:
-                await self.reply(envelope, {"id": request_id, "ok": True, "pong": True})
+                self.reply(envelope, {"id": request_id, "ok": True, "pong": True})
         except (ProtocolError, InputSpecError) as exc:
             self.stats.counts["errors"] += 1
-            await self.reply(envelope, wire.error_reply(request_id, type(exc).__name__, str(exc)))
+            self.reply(envelope, wire.error_reply(request_id, type(exc).__name__, str(exc)))
 
-    async def infer(self, envelope: list[Any], header: dict[str, Any], x: np.ndarray,
-                    t0: int) -> None:
+    def infer(self, envelope: list[Any], header: dict[str, Any], x: np.ndarray,
+              t0: int) -> None:
         model = self.model  # one reference: a swapped-in model serves the next request
         t1 = time.perf_counter_ns()
         logits = model.session.run(None, {model.input_name: x})[0]
@@ -169,53 +198,73 @@ class EdgeAgent:
                   "versions": {"cache": model.version},
                   "latency_us": {"edge_infer": (t2 - t1) / 1e3}}
         policy = header.get("policy", "auto")
-        local = conf >= model.gate.threshold
-        if policy == "edge" or (policy == "auto" and local):
-            await self.finish(envelope, answer, "edge", t0)
-        elif self.cloud is None:
-            await self.finish(envelope, answer, "edge-fallback", t0, "no cloud configured")
-        elif len(self.inflight) >= self.config.max_inflight:
-            await self.finish(envelope, answer, "edge-fallback", t0, "too many escalations")
+        if policy == "edge" or (policy == "auto" and conf >= model.gate.threshold):
+            self.finish(envelope, answer, "edge", t0)
+        elif self.loop is None:
+            self.finish(envelope, answer, "edge-fallback", t0, "no cloud configured")
+        elif self.inflight >= self.config.max_inflight:
+            self.finish(envelope, answer, "edge-fallback", t0, "too many escalations")
         else:
             deadline = self.config.deadline_ms
             if "deadline_ms" in header:
                 deadline = min(deadline, float(header["deadline_ms"]))
-            task = asyncio.create_task(self.escalate(envelope, answer, x, deadline / 1e3, t0))
-            self.inflight.add(task)
-            task.add_done_callback(self.inflight.discard)
+            self.inflight += 1
+            asyncio.run_coroutine_threadsafe(
+                self.escalate(envelope, answer, x, deadline / 1e3, t0), self.loop)
 
     async def escalate(self, envelope: list[Any], answer: dict[str, Any], x: np.ndarray,
                        timeout: float, t0: int) -> None:
-        assert self.cloud is not None
+        """On the escalation loop: ask the cloud, then hand the answer back."""
+        assert self.cloud is not None and self._wake_tx is not None
         t = time.perf_counter_ns()
+        source, reason = "cloud", None
         try:
             cloud = await self.cloud.infer(x, timeout=timeout, agent_id=self.config.agent_id,
                                            cache_model_version=answer["versions"]["cache"])
         except CloudError as exc:
-            answer["latency_us"]["cloud"] = (time.perf_counter_ns() - t) / 1e3
-            reason = type(exc).__name__
-            self.stats.counts[f"fallback:{reason}"] += 1
-            await self.finish(envelope, answer, "edge-fallback", t0, f"{reason}: {exc}")
-            return
-        label = int(cloud.labels[0])
-        answer.update(label=label, confidence=float(cloud.confidences[0]),
-                      edge_label=answer["label"], edge_confidence=answer["confidence"])
-        answer["class"] = self.model.manifest.classes[label] if self.model else str(label)
-        answer["versions"]["cloud"] = f"{cloud.model_name}:{cloud.model_version}"
+            source, reason = "edge-fallback", f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # never lose a request to an unexpected failure
+            log.exception("escalation failed")
+            source, reason = "edge-fallback", f"{type(exc).__name__}: {exc}"
+        else:
+            label = int(cloud.labels[0])
+            answer.update(label=label, confidence=float(cloud.confidences[0]),
+                          edge_label=answer["label"], edge_confidence=answer["confidence"],
+                          cloud_batch_size=cloud.timings["batch_size"])
+            classes = self.model.manifest.classes if self.model else []
+            answer["class"] = classes[label] if label < len(classes) else str(label)
+            answer["versions"]["cloud"] = f"{cloud.model_name}:{cloud.model_version}"
+            answer["latency_us"]["cloud_server"] = cloud.timings["total_us"]
         answer["latency_us"]["cloud"] = (time.perf_counter_ns() - t) / 1e3
-        answer["latency_us"]["cloud_server"] = cloud.timings["total_us"]
-        answer["cloud_batch_size"] = cloud.timings["batch_size"]
-        await self.finish(envelope, answer, "cloud", t0)
+        self.done.put((envelope, answer, source, t0, reason))
+        self._wake_tx.send(b"", copy=True)
 
-    async def finish(self, envelope: list[Any], answer: dict[str, Any], source: str, t0: int,
-                     reason: str | None = None) -> None:
+    def deliver_escalations(self) -> None:
+        assert self._wake_rx is not None
+        while True:
+            try:
+                self._wake_rx.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        while True:
+            try:
+                envelope, answer, source, t0, reason = self.done.get_nowait()
+            except queue.Empty:
+                return
+            self.inflight -= 1
+            if reason is not None:
+                self.stats.counts[f"fallback:{reason.split(':', 1)[0]}"] += 1
+            self.finish(envelope, answer, source, t0, reason)
+
+    def finish(self, envelope: list[Any], answer: dict[str, Any], source: str, t0: int,
+               reason: str | None = None) -> None:
         answer["source"] = source
         if reason is not None:
             answer["fallback_reason"] = reason
         total = (time.perf_counter_ns() - t0) / 1e3
         answer["latency_us"]["agent_total"] = total
         self.stats.record(source, answer["label"], total)
-        await self.reply(envelope, answer)
+        self.reply(envelope, answer)
 
     def stats_reply(self, request_id: Any) -> dict[str, Any]:
         model = self.model
@@ -223,4 +272,4 @@ class EdgeAgent:
                 "telemetry": telemetry(), "agent_id": self.config.agent_id,
                 "model": {"name": model.manifest.name, "version": model.version,
                           "threshold": model.gate.threshold, "score": model.gate.score},
-                "cloud": self.config.cloud, "inflight": len(self.inflight)}
+                "cloud": self.config.cloud, "inflight": self.inflight}

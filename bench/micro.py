@@ -1,0 +1,148 @@
+#!/usr/bin/env python
+"""Microbenchmarks of the serving loop, each a ratio or difference taken in one run.
+
+1. Agent overhead: p50 of a local-API round trip for an edge hit (ZeroMQ client
+   -> agent -> ONNX Runtime -> gate -> reply) minus p50 of a bare ONNX Runtime
+   run of the same model on the same input in this process. Target <= 150 us.
+2. Cloud throughput under 32 concurrent clients (asyncio gRPC, batch-1
+   requests) with dynamic batching (max_batch_size 32) against
+   max_batch_size 1. Target >= 3x.
+
+    python bench/micro.py [--bundle DIR] [--seconds 5] [--json]
+
+Without --bundle it builds or reuses the demo's digits bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cachenet.demo import Process, ensure_bundle  # noqa: E402
+from cachenet.runtime import load_cache_model  # noqa: E402
+
+
+def agent_overhead(bundle: Path, work: Path, n: int) -> dict[str, float]:
+    import onnxruntime as ort
+
+    from edge_agent.client import EdgeClient
+
+    model = load_cache_model(bundle, threads=1)
+    spec = model.manifest.input
+    rng = np.random.default_rng(0)
+    x = rng.random((1, *spec["shape"][1:]), dtype=np.float32)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(bundle / model.manifest.model_file()), sess_options=opts,
+                                providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    edge = Process("edge_agent", ["--bundle", str(bundle), "--bind", "tcp://127.0.0.1:0",
+                                  "--threads", "1", "--log-level", "WARNING"], work)
+    try:
+        endpoint = edge.wait_ready()["endpoint"]
+        with EdgeClient(endpoint) as client:
+            ort_us, rt_us = [], []
+            for _ in range(200):  # warm both paths
+                sess.run(None, {name: x})
+                client.infer(x[0], policy="edge")
+            for _ in range(n):  # interleaved, so both see the same machine state
+                t0 = time.perf_counter_ns()
+                sess.run(None, {name: x})
+                t1 = time.perf_counter_ns()
+                client.infer(x[0], policy="edge")
+                t2 = time.perf_counter_ns()
+                ort_us.append((t1 - t0) / 1e3)
+                rt_us.append((t2 - t1) / 1e3)
+    finally:
+        edge.stop()
+    ort_p50, rt_p50 = float(np.median(ort_us)), float(np.median(rt_us))
+    return {"bare_onnxruntime_p50_us": ort_p50, "local_api_edge_hit_p50_us": rt_p50,
+            "overhead_p50_us": rt_p50 - ort_p50, "n": n, "target_us": 150.0}
+
+
+async def _load(target: str, x: np.ndarray, clients: int, seconds: float) -> dict[str, float]:
+    from cachenet.client import AsyncCloudClient
+
+    client = AsyncCloudClient(target)
+    for _ in range(20):
+        await client.infer(x, timeout=30)
+    done = 0
+    sizes: list[int] = []
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            answer = await client.infer(x, timeout=30)
+            done += 1
+            sizes.append(answer.timings["batch_size"])
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    elapsed = time.perf_counter() - t0
+    await client.close()
+    return {"requests_per_s": done / elapsed, "requests": done,
+            "mean_batch_size": float(np.mean(sizes)) if sizes else 0.0}
+
+
+def cloud_throughput(bundle: Path, work: Path, clients: int, seconds: float) -> dict:
+    model = load_cache_model(bundle)
+    x = np.random.default_rng(0).random((1, *model.manifest.input["shape"][1:]),
+                                        dtype=np.float32)
+    out = {}
+    for label, max_bs in (("batching", 32), ("no_batching", 1)):
+        cloud = Process("cloud_server", ["--bundle", str(bundle), "--port", "0",
+                                         "--max-batch-size", str(max_bs),
+                                         "--log-level", "WARNING"], work)
+        try:
+            port = cloud.wait_ready()["port"]
+            out[label] = asyncio.run(_load(f"127.0.0.1:{port}", x, clients, seconds))
+        finally:
+            cloud.stop()
+    out["speedup"] = out["batching"]["requests_per_s"] / out["no_batching"]["requests_per_s"]
+    out.update(clients=clients, seconds=seconds, target_speedup=3.0)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", type=Path)
+    p.add_argument("--requests", type=int, default=3000, help="round trips for the overhead")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    from cachenet.data import default_cache_dir
+
+    bundle = args.bundle or ensure_bundle(default_cache_dir(), rebuild=False, progress=False)
+    with tempfile.TemporaryDirectory(prefix="cachenet-bench-") as tmp:
+        overhead = agent_overhead(bundle, Path(tmp), args.requests)
+        throughput = cloud_throughput(bundle, Path(tmp), args.clients, args.seconds)
+    print(f"bundle {bundle}")
+    print(f"agent overhead (p50): {overhead['overhead_p50_us']:.1f} us = local API "
+          f"{overhead['local_api_edge_hit_p50_us']:.1f} us - bare onnxruntime "
+          f"{overhead['bare_onnxruntime_p50_us']:.1f} us (target <= 150 us)")
+    b, nb = throughput["batching"], throughput["no_batching"]
+    print(f"cloud throughput, {args.clients} clients: {b['requests_per_s']:.0f} req/s with "
+          f"dynamic batching (mean batch {b['mean_batch_size']:.1f}) vs "
+          f"{nb['requests_per_s']:.0f} req/s at max_batch_size 1: "
+          f"{throughput['speedup']:.2f}x (target >= 3x)")
+    if args.json:
+        print(json.dumps({"agent_overhead": overhead, "cloud_throughput": throughput}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
