@@ -28,7 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cachenet.demo import Process, ensure_bundle  # noqa: E402
+from cachenet.daemon import Process  # noqa: E402
+from cachenet.demo import ensure_bundle  # noqa: E402
 from cachenet.runtime import load_cache_model  # noqa: E402
 
 

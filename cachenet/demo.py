@@ -11,12 +11,8 @@ process it starts is stopped on the way out, interrupted or not.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -26,49 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from cachenet.daemon import Process
 from cachenet.exceptions import CachenetError
 
 log = logging.getLogger(__name__)
 
 SYSTEMS = {"edge_only": "edge", "cloud_only": "cloud", "cachenet": "auto"}
-
-
-class Process:
-    """A child daemon in its own session, readiness announced through a ready file."""
-
-    def __init__(self, module: str, args: list[str], workdir: Path) -> None:
-        self.name = module
-        self.ready_file = workdir / f"{module}.ready"
-        self.log_path = workdir / f"{module}.log"
-        self.ready_file.unlink(missing_ok=True)  # a previous run's file is not readiness
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, *args, "--ready-file", str(self.ready_file)],
-            stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, env=env,
-            start_new_session=True)
-
-    def wait_ready(self, timeout: float = 120.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready_file.exists():
-                return json.loads(self.ready_file.read_text())
-            if self.proc.poll() is not None:
-                raise CachenetError(f"{self.name} exited with status {self.proc.returncode}: "
-                                    f"{self.log_path.read_text()[-2000:]}")
-            time.sleep(0.02)
-        raise CachenetError(f"{self.name} was not ready within {timeout} s")
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        except ProcessLookupError:
-            pass
 
 
 @dataclass

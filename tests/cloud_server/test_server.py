@@ -24,7 +24,7 @@ def cloud(digits_bundle, tmp_path_factory):
     daemon = start_cloud(digits_bundle[0], tmp_path_factory.mktemp("cloud"),
                          "--max-queue-delay-us", "5000")
     yield daemon
-    assert daemon.terminate() == 0
+    assert daemon.stop() == 0
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def test_full_queue_answers_resource_exhausted(digits_bundle, digits_splits, tmp
             assert "overloaded" in outcomes and "ok" in outcomes
             assert c.infer(x[:1], timeout=30).labels.shape == (1,)  # still serving
     finally:
-        assert daemon.terminate() == 0
+        assert daemon.stop() == 0
 
 
 def test_sigterm_drains_in_flight_requests(digits_bundle, digits_splits, tmp_path):
@@ -179,9 +179,9 @@ def test_sigterm_drains_in_flight_requests(digits_bundle, digits_splits, tmp_pat
         info = pb_grpc.InferenceServiceStub(channel)
         info.GetModelInfo(pb.ModelInfoRequest(), timeout=5)
         channel.close()
-        code = daemon.terminate()
+        code = daemon.stop()
         results = [f.result() for f in futures]
     assert code == 0
     assert all(r.labels.shape == (1,) for r in results)
-    log = daemon.log.read_text()
+    log = daemon.log_path.read_text()
     assert "draining" in log and "stopped" in log

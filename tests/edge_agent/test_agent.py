@@ -25,7 +25,7 @@ def tmp(tmp_path_factory):
 def cloud(digits_bundle, tmp):
     daemon = start_cloud(digits_bundle[0], tmp)
     yield daemon
-    assert daemon.terminate() == 0
+    assert daemon.stop() == 0
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def edge(digits_bundle, wan, tmp):
     daemon = start_edge(digits_bundle[0], tmp, "--cloud", f"127.0.0.1:{wan.port}",
                         "--deadline-ms", "400")
     yield daemon
-    assert daemon.terminate() == 0
+    assert daemon.stop() == 0
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_cloud_down_falls_back_to_the_edge(digits_bundle, tmp, sure_and_unsure):
                        in a["fallback_reason"] for a in answers)
             assert c.stats()["stats"]["fallbacks"] == 5
     finally:
-        assert daemon.terminate() == 0
+        assert daemon.stop() == 0
 
 
 def test_deadline_exceeded_on_a_slow_wan_falls_back(digits_bundle, cloud, tmp,
@@ -169,7 +169,7 @@ def test_deadline_exceeded_on_a_slow_wan_falls_back(digits_bundle, cloud, tmp,
                 answers = [c.infer(x, timeout=5) for x in sure_and_unsure[1][:20]]
                 assert any(a["source"] == "cloud" for a in answers)
         finally:
-            assert daemon.terminate() == 0
+            assert daemon.stop() == 0
 
 
 def test_edge_only_agent_without_a_cloud(digits_bundle, tmp, sure_and_unsure):
@@ -181,7 +181,7 @@ def test_edge_only_agent_without_a_cloud(digits_bundle, tmp, sure_and_unsure):
             assert answer["fallback_reason"] == "no cloud configured"
             assert c.ping()
     finally:
-        assert daemon.terminate() == 0
+        assert daemon.stop() == 0
 
 
 def test_config_layers(tmp_path, digits_bundle):

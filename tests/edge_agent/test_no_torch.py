@@ -4,7 +4,7 @@ import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent("""
+BLOCK_TORCH = textwrap.dedent("""
     import sys
 
     class NoTorch:
@@ -15,6 +15,9 @@ SCRIPT = textwrap.dedent("""
             return None
 
     sys.meta_path.insert(0, NoTorch())
+""")
+
+SCRIPT = BLOCK_TORCH + textwrap.dedent("""
     import numpy as np
     import edge_agent
     from cachenet.data.base import Normalization  # edge-safe helpers too
@@ -42,16 +45,7 @@ def test_edge_path_never_imports_torch(digits_bundle, digits_splits, tmp_path):
     assert len(proc.stdout.split("[")[1].split("]")[0].split(",")) == 20
 
 
-DAEMON = textwrap.dedent("""
-    import sys
-
-    class NoTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError(f"torch is blocked on the edge (import of {name})")
-            return None
-
-    sys.meta_path.insert(0, NoTorch())
+DAEMON = BLOCK_TORCH + textwrap.dedent("""
     from edge_agent.__main__ import main
 
     code = main(sys.argv[1:])
