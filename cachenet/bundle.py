@@ -89,6 +89,16 @@ def _safe_relpath(name: str) -> PurePosixPath:
     return rel
 
 
+def _through_link(root: Path, rel: PurePosixPath) -> bool:
+    """True when ``rel`` or any folder on the way to it is a symbolic link."""
+    path = root
+    for part in rel.parts:
+        path = path / part
+        if path.is_symlink():
+            return True
+    return False
+
+
 def read_manifest(root: Path) -> Manifest:
     """Parse and check ``root/manifest.json``, without verifying the files."""
     path = root / MANIFEST
@@ -120,8 +130,13 @@ def read_manifest(root: Path) -> Manifest:
         _safe_relpath(name)
         if not isinstance(entry, dict) or "sha256" not in entry:
             raise ManifestError(f"{path}: files['{name}'] lacks its sha256")
-    if data["model"].get("file") not in data["files"]:
-        raise ManifestError(f"{path}: the model file is not listed in 'files'")
+    referenced = [data["model"].get("file"), *data.get("variants", {}).values(),
+                  *([data["canary"]["file"]] if data.get("canary") else []),
+                  *(data.get("full_model") or {}).get("files", [])]
+    unlisted = [str(f) for f in referenced if f not in data["files"]]
+    if unlisted:
+        raise ManifestError(f"{path}: {', '.join(unlisted)} used by the manifest but not "
+                            "listed (with a sha256) in 'files'")
     return Manifest(data, root)
 
 
@@ -133,7 +148,11 @@ def verify_bundle(root: Path) -> Manifest:
     """
     manifest = read_manifest(root)
     for name, entry in manifest.files.items():
-        path = root / _safe_relpath(name)
+        rel = _safe_relpath(name)
+        path = root / rel
+        if _through_link(root, rel):
+            raise IntegrityError(f"bundle {root}: '{name}' is a symbolic link; bundles hold "
+                                 "plain files only")
         if not path.is_file():
             raise IntegrityError(f"bundle {root}: file '{name}' listed in the manifest is missing")
         if "bytes" in entry and path.stat().st_size != entry["bytes"]:

@@ -18,6 +18,7 @@ from cachenet.exceptions import ProtocolError
 DTYPES = ("float32", "float16", "float64", "uint8", "int8", "int32", "int64", "bool")
 #: The largest tensor accepted by default: 64 MiB.
 MAX_TENSOR_BYTES = 64 << 20
+MAX_DIMS = 8
 
 
 def encode(arr: np.ndarray) -> tuple[str, list[int], bytes]:
@@ -34,13 +35,17 @@ def decode(dtype: str, shape: Sequence[int], data: bytes | memoryview, *,
     """Rebuild a tensor from its wire form, without copying ``data``."""
     if dtype not in DTYPES:
         raise ProtocolError(f"unsupported dtype '{dtype}'; supported: {', '.join(DTYPES)}")
-    try:
-        dims = [int(d) for d in shape]
-    except (TypeError, ValueError):
-        raise ProtocolError(f"shape must be a list of integers, got {shape!r}") from None
-    if not dims or any(d < 0 for d in dims):
-        raise ProtocolError(f"shape must be non-empty with non-negative dimensions, got {dims}")
+    if isinstance(shape, str | bytes) or not all(
+            isinstance(d, int | np.integer) and not isinstance(d, bool) for d in shape):
+        raise ProtocolError(f"shape must be a list of integers, got {shape!r}")
+    dims = [int(d) for d in shape]
+    if not 1 <= len(dims) <= MAX_DIMS:
+        raise ProtocolError(f"shape must have 1 to {MAX_DIMS} dimensions, got {len(dims)}")
+    if any(d < 1 for d in dims):
+        raise ProtocolError(f"shape must have positive dimensions, got {dims}")
     item = np.dtype(dtype).itemsize
+    if any(d > max_bytes for d in dims):
+        raise ProtocolError(f"tensor of shape {dims} is over the limit of {max_bytes} bytes")
     expected = math.prod(dims) * item
     if expected > max_bytes:
         raise ProtocolError(f"tensor of shape {dims} is {expected} bytes, over the limit of "

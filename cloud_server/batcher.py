@@ -102,6 +102,7 @@ class DynamicBatcher:
             first, self._carry = self._carry, None
         else:
             first = await self.queue.get()
+        self._busy = True  # from here on, held items keep the batcher from being idle
         batch, count = [first], len(first.x)
         deadline = time.perf_counter() + self.max_queue_delay_us / 1e6
         while count < self.max_batch_size:
@@ -129,7 +130,6 @@ class DynamicBatcher:
             gathered = await self._gather()
             batch = [p for p in gathered if not p.future.done()]
             self.stats.dropped_expired += len(gathered) - len(batch)
-            self._busy = True
             try:
                 if batch:
                     await self._run(loop, batch)

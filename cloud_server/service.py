@@ -100,7 +100,8 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         self.card = card
         self.batcher = batcher
         self.max_tensor_bytes = max_tensor_bytes
-        self.counts = {"ok": 0, "invalid": 0, "overloaded": 0, "deadline": 0, "error": 0}
+        self.counts = {"received": 0, "ok": 0, "invalid": 0, "overloaded": 0, "deadline": 0,
+                       "error": 0}
 
     def validate(self, request: pb.InferRequest | Undecodable) -> np.ndarray:
         if isinstance(request, Undecodable):
@@ -131,11 +132,14 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
 
     async def _answer(self, request: pb.InferRequest, timeout: float | None) -> pb.InferResponse:
         received = time.perf_counter()
+        self.counts["received"] += 1
         try:
             x = self.validate(request)
         except RequestError:
             self.counts["invalid"] += 1
             raise
+        log.debug("queued request %s (%d inputs) from %s", request.id, len(x),
+                  request.agent_id or "-")
         try:
             result = await asyncio.wait_for(self.batcher.infer(x), timeout)
         except QueueFullError as exc:
@@ -183,6 +187,11 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
                 await out.put(pb.StreamInferResponse(id=request_id,
                                                      error_code=exc.code.value[0],
                                                      error_message=str(exc)))
+            except Exception as exc:  # a bug costs this request an error, not the stream
+                log.exception("stream request failed")
+                await out.put(pb.StreamInferResponse(
+                    id=request_id, error_code=grpc.StatusCode.INTERNAL.value[0],
+                    error_message=f"{type(exc).__name__}: {exc}"))
 
         async def reader() -> None:
             async for req in request_iterator:
@@ -190,7 +199,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
                 pending.add(task)
                 task.add_done_callback(pending.discard)
             if pending:
-                await asyncio.gather(*list(pending))
+                await asyncio.gather(*list(pending), return_exceptions=True)
             await out.put(None)
 
         read_task = asyncio.create_task(reader())

@@ -101,20 +101,34 @@ class EdgeAgent:
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
 
+        failure: list[BaseException] = []
+
         def run() -> None:
             asyncio.set_event_loop(self.loop)
             self._wake_tx = self.ctx.socket(zmq.PAIR)
-            self._wake_tx.setsockopt(zmq.SNDHWM, 0)
-            self._wake_tx.connect(address)
-            self.cloud = AsyncCloudClient(target)
-            ready.set()
-            self.loop.run_forever()
-            self.loop.run_until_complete(self.cloud.close())
-            self._wake_tx.close(linger=0)
+            try:
+                self._wake_tx.setsockopt(zmq.SNDHWM, 0)
+                self._wake_tx.connect(address)
+                self.cloud = AsyncCloudClient(target)
+            except BaseException as exc:
+                failure.append(exc)
+                self._wake_tx.close(linger=0)
+                return
+            finally:
+                ready.set()
+            try:
+                self.loop.run_forever()
+                self.loop.run_until_complete(self.cloud.close())
+            except Exception:
+                log.exception("closing the cloud channel failed")
+            finally:
+                self._wake_tx.close(linger=0)
 
         self._thread = threading.Thread(target=run, name="escalations", daemon=True)
         self._thread.start()
         ready.wait()
+        if failure:
+            raise CachenetError(f"cannot set up the cloud client for {target}: {failure[0]}")
 
     def main_loop(self) -> None:
         """Receive and answer until asked to exit; every accepted request is answered."""
@@ -141,14 +155,15 @@ class EdgeAgent:
         while self.inflight and time.monotonic() < deadline and self._wake_rx is not None:
             if self._wake_rx.poll(POLL_MS):
                 self.deliver_escalations()
-        if self.loop is not None:
+        if self.loop is not None and self._thread is not None:
             self.loop.call_soon_threadsafe(self.loop.stop)
-            assert self._thread is not None
             self._thread.join(10)
+            if self._wake_rx is not None:
+                self.deliver_escalations()  # anything that finished while stopping
         for sock in (self.sock, self._wake_rx):
             if sock is not None:
                 sock.close(linger=0)
-        self.ctx.term()
+        self.ctx.destroy(linger=0)
         log.info("stopped after %s requests", self.stats.snapshot()["requests"])
 
     def install_signal_handlers(self) -> None:
@@ -176,7 +191,11 @@ class EdgeAgent:
             header, x = wire.parse_request(body)
             request_id = header.get("id")
             if header["op"] == "infer":
-                self.infer(envelope, header, self.model.check_input(x), t0)
+                batch = self.model.check_input(x)
+                if len(batch) != 1:
+                    raise InputSpecError(f"the local API takes one input per request, got "
+                                         f"{len(batch)}")
+                self.infer(envelope, header, batch, t0)
             elif header["op"] == "stats":
                 self.reply(envelope, self.stats_reply(request_id))
             else:
@@ -184,6 +203,11 @@ class EdgeAgent:
         except (ProtocolError, InputSpecError) as exc:
             self.stats.counts["errors"] += 1
             self.reply(envelope, wire.error_reply(request_id, type(exc).__name__, str(exc)))
+        except Exception as exc:  # a bug must cost one request an error, not the daemon
+            log.exception("request failed")
+            self.stats.counts["errors"] += 1
+            self.reply(envelope, wire.error_reply(request_id, "InternalError",
+                                                  f"{type(exc).__name__}: {exc}"))
 
     def infer(self, envelope: list[Any], header: dict[str, Any], x: np.ndarray,
               t0: int) -> None:
@@ -217,27 +241,30 @@ class EdgeAgent:
         """On the escalation loop: ask the cloud, then hand the answer back."""
         assert self.cloud is not None and self._wake_tx is not None
         t = time.perf_counter_ns()
-        source, reason = "cloud", None
+        source, reason = "edge-fallback", "escalation cancelled"
         try:
             cloud = await self.cloud.infer(x, timeout=timeout, agent_id=self.config.agent_id,
                                            cache_model_version=answer["versions"]["cache"])
-        except CloudError as exc:
-            source, reason = "edge-fallback", f"{type(exc).__name__}: {exc}"
-        except Exception as exc:  # never lose a request to an unexpected failure
-            log.exception("escalation failed")
-            source, reason = "edge-fallback", f"{type(exc).__name__}: {exc}"
-        else:
+            classes = self.model.manifest.classes if self.model else []
+            if len(cloud.labels) != 1 or not 0 <= int(cloud.labels[0]) < len(classes):
+                raise CloudError(f"cloud answered labels {cloud.labels.tolist()} for one input "
+                                 f"of {len(classes)} classes")
             label = int(cloud.labels[0])
             answer.update(label=label, confidence=float(cloud.confidences[0]),
                           edge_label=answer["label"], edge_confidence=answer["confidence"],
-                          cloud_batch_size=cloud.timings["batch_size"])
-            classes = self.model.manifest.classes if self.model else []
-            answer["class"] = classes[label] if label < len(classes) else str(label)
+                          cloud_batch_size=cloud.timings["batch_size"], **{"class": classes[label]})
             answer["versions"]["cloud"] = f"{cloud.model_name}:{cloud.model_version}"
             answer["latency_us"]["cloud_server"] = cloud.timings["total_us"]
-        answer["latency_us"]["cloud"] = (time.perf_counter_ns() - t) / 1e3
-        self.done.put((envelope, answer, source, t0, reason))
-        self._wake_tx.send(b"", copy=True)
+            source, reason = "cloud", None
+        except CloudError as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # never lose a request to an unexpected failure
+            log.exception("escalation failed")
+            reason = f"{type(exc).__name__}: {exc}"
+        finally:  # whatever happened, the answer goes back to the receiving thread
+            answer["latency_us"]["cloud"] = (time.perf_counter_ns() - t) / 1e3
+            self.done.put((envelope, answer, source, t0, reason))
+            self._wake_tx.send(b"", copy=True)
 
     def deliver_escalations(self) -> None:
         assert self._wake_rx is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -41,9 +42,10 @@ class EdgeClient:
         """Send one request and wait for its reply; raises :class:`EdgeTimeout`."""
         request_id = self._prefix + str(next(self._ids))
         self.sock.send_multipart(wire.encode_request(op, request_id, x, **extra), copy=False)
-        deadline_ms = timeout * 1e3
+        deadline = time.monotonic() + timeout
         while True:
-            if not self.sock.poll(max(0.0, deadline_ms)):
+            remaining_ms = max(0.0, (deadline - time.monotonic()) * 1e3)
+            if not self.sock.poll(remaining_ms):
                 raise EdgeTimeout(f"no answer from {self.endpoint} within {timeout} s")
             frames = self.sock.recv_multipart()
             reply = json.loads(frames[-1])

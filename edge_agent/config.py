@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 from dataclasses import dataclass, fields
@@ -37,7 +38,7 @@ class AgentConfig:
             self.bundle = Path(self.bundle)
         if self.ready_file is not None:
             self.ready_file = Path(self.ready_file)
-        if self.deadline_ms <= 0:
+        if not math.isfinite(self.deadline_ms) or self.deadline_ms <= 0:
             raise ConfigError(f"deadline_ms must be > 0, got {self.deadline_ms}")
         if self.threads < 1 or self.max_inflight < 1 or self.latency_window < 1:
             raise ConfigError("threads, max_inflight and latency_window must be >= 1")

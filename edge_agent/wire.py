@@ -10,8 +10,9 @@ Request headers::
     {"op": "stats", "id": "43"}        {"op": "ping", "id": "44"}
 
 ``infer`` takes one input (C x H x W or 1 x C x H x W); its bytes are read in
-place, without a copy. Replies always carry ``id`` and ``ok``; an error reply
-has ``error: {"type", "message"}``. Unknown header fields are an error.
+place, without a copy. ``deadline_ms`` (optional) shortens the escalation
+deadline. Replies always carry ``id`` and ``ok``; an error reply has
+``error: {"type", "message"}``. Unknown header fields are an error.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def parse_header(frame: Any) -> dict[str, Any]:
         raise ProtocolError(f"header is {len(raw)} bytes, over {MAX_HEADER_BYTES}")
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSON and Unicode errors are ValueErrors
         raise ProtocolError(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError("header must be a JSON object")
@@ -55,8 +56,14 @@ def parse_header(frame: Any) -> dict[str, Any]:
     unknown = sorted(set(header) - _FIELDS[op])
     if unknown:
         raise ProtocolError(f"unknown header field(s) {unknown} for op '{op}'")
-    if "id" in header and not isinstance(header["id"], str | int):
+    if "id" in header and (not isinstance(header["id"], str | int)
+                           or isinstance(header["id"], bool)):
         raise ProtocolError("id must be a string or an integer")
+    if "deadline_ms" in header:
+        d = header["deadline_ms"]
+        if isinstance(d, bool) or not isinstance(d, int | float) or not 0 < d < 1e9:
+            raise ProtocolError(f"deadline_ms must be a positive number of milliseconds, "
+                                f"got {d!r}")
     return header
 
 

@@ -156,3 +156,22 @@ def test_rebuilding_replaces_a_bundle_atomically(digits_bundle, bundle_copy):
     again = write_bundle(bundle_copy, fields, files)
     assert again.version == m.version  # same content, same version
     assert not [p for p in bundle_copy.parent.iterdir() if p.name.startswith(".bundle")]
+
+
+def test_symlinked_file_is_refused(bundle_copy, tmp_path):
+    outside = tmp_path / "elsewhere.npz"
+    (bundle_copy / "canary.npz").rename(outside)
+    (bundle_copy / "canary.npz").symlink_to(outside)
+    with pytest.raises(IntegrityError, match="symbolic link"):
+        load_cache_model(bundle_copy)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda d: d["variants"].update(int8="/tmp/evil.onnx"),
+    lambda d: d["canary"].update(file="unlisted.npz"),
+    lambda d: d["full_model"]["files"].append("full/other.pt"),
+])
+def test_every_file_the_manifest_uses_must_be_listed(bundle_copy, edit):
+    rewrite_manifest(bundle_copy, edit)
+    with pytest.raises(ManifestError, match="not listed"):
+        load_cache_model(bundle_copy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import time
 
 import grpc
 import numpy as np
@@ -14,7 +15,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from cachenet.client import CloudClient, make_request
 from cachenet.exceptions import CloudOverloaded, CloudRejected, CloudTimeout
 from cachenet.v1 import inference_pb2 as pb
-from cachenet.v1 import inference_pb2_grpc as pb_grpc
 from cloud_server import load_full_model
 from tests.processes import start_cloud
 
@@ -168,20 +168,23 @@ def test_full_queue_answers_resource_exhausted(digits_bundle, digits_splits, tmp
 
 
 def test_sigterm_drains_in_flight_requests(digits_bundle, digits_splits, tmp_path):
-    daemon = start_cloud(digits_bundle[0], tmp_path, "--max-queue-delay-us", "200000")
+    daemon = start_cloud(digits_bundle[0], tmp_path, "--max-queue-delay-us", "300000",
+                         "--log-level", "DEBUG")
     x = digits_splits.test.x
     target = f"127.0.0.1:{daemon.info['port']}"
     with CloudClient(target) as c, cf.ThreadPoolExecutor(8) as pool:
         c.wait_ready(10)
-        futures = [pool.submit(c.infer, x[i:i + 1], timeout=30) for i in range(8)]
-        # The batcher holds them for up to 200 ms; wait until the server has them all.
-        channel = grpc.insecure_channel(target)
-        info = pb_grpc.InferenceServiceStub(channel)
-        info.GetModelInfo(pb.ModelInfoRequest(), timeout=5)
-        channel.close()
+        futures = [pool.submit(c.infer, x[i:i + 1], timeout=30, request_id=f"drain-{i}")
+                   for i in range(8)]
+        # Wait until the server holds all eight (its debug log says so), then stop it.
+        deadline = time.monotonic() + 30
+        while daemon.log_path.read_text().count("queued request drain-") < 8:
+            assert time.monotonic() < deadline, "requests never reached the server"
+            time.sleep(0.01)
         code = daemon.stop()
         results = [f.result() for f in futures]
     assert code == 0
     assert all(r.labels.shape == (1,) for r in results)
     log = daemon.log_path.read_text()
     assert "draining" in log and "stopped" in log
+    assert "'received': 8, 'ok': 8" in log

@@ -118,6 +118,15 @@ def malformed() -> dict[str, tuple[list[bytes], str]]:
         "extra frames": ([b"", h(), x, x], "exactly one data frame"),
         "bad policy": ([b"", h(policy="yolo"), x], "policy must be one of"),
         "empty": ([b""], "empty message"),
+        "bad deadline": ([b"", h(deadline_ms="soon"), x], "deadline_ms must be a positive"),
+        "nested JSON": ([b"", b"[" * 2000], "header is not JSON"),
+        "two inputs": ([b"", h(shape=[2, 1, 8, 8]), x + x], "one input per request"),
+        "bool in shape": ([b"", h(shape=[True, 1, 8, 8]), x], "list of integers"),
+        "float in shape": ([b"", h(shape=[1.0, 1, 8, 8]), x], "list of integers"),
+        "zero dimension": ([b"", h(shape=[0, 1, 8, 8]), b""], "positive dimensions"),
+        "too many dims": ([b"", h(shape=[1] * 65), x[:4]], "1 to 8 dimensions"),
+        "huge dimension": ([b"", h(shape=[1, 10**30]), x], "over the limit"),
+        "bool id": ([b"", json.dumps({"op": "ping", "id": True}).encode()], "id must be"),
     }
 
 
