@@ -101,6 +101,7 @@ def _through_link(root: Path, rel: PurePosixPath) -> bool:
 
 def read_manifest(root: Path) -> Manifest:
     """Parse and check ``root/manifest.json``, without verifying the files."""
+    root = Path(root)
     path = root / MANIFEST
     if not root.is_dir():
         raise ManifestError(f"bundle directory {root} does not exist")
@@ -146,6 +147,7 @@ def verify_bundle(root: Path) -> Manifest:
     Raises :class:`IntegrityError` naming the first file that is missing or
     does not match.
     """
+    root = Path(root)
     manifest = read_manifest(root)
     for name, entry in manifest.files.items():
         rel = _safe_relpath(name)

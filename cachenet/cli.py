@@ -183,12 +183,51 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="the cloud's versioned store of cache bundles",
+                       description="List, push and roll back the cache bundles the cloud "
+                       "serves to agents (per agent, or fleet-wide as 'default').")
+    p.add_argument("--store", type=Path,
+                   help="store directory (default: $CACHENET_STORE or .cachenet-store)")
+    p.add_argument("--agent", default="default", help="agent id (default: the whole fleet)")
+    p.add_argument("--keep", type=int, default=5, help="versions kept per agent (default 5)")
+    p.add_argument("--json", action="store_true")
+    actions = p.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="stored versions, newest last")
+    push = actions.add_parser("push", help="verify a bundle and make it current")
+    push.add_argument("bundle", type=Path)
+    back = actions.add_parser("rollback", help="make an older version current")
+    back.add_argument("--to", help="bundle version or sequence number (default: the previous)")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from cachenet.store import ModelStore, default_store_dir
+
+    store = ModelStore(args.store or default_store_dir(), keep=args.keep)
+    if args.action == "push":
+        rows = [store.push(args.bundle, agent=args.agent)]
+    elif args.action == "rollback":
+        rows = [store.rollback(agent=args.agent, to=args.to)]
+    else:
+        rows = store.list(agent=args.agent)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows]))
+        return 0
+    if not rows:
+        print(f"no versions stored for agent {args.agent}")
+    for r in rows:
+        print(f"{'*' if r.current else ' '} {r.seq:>4}  {r.version}  {r.name:<24} {r.created}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cachenet", description=__doc__)
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_build(sub)
     _add_demo(sub)
+    _add_models(sub)
     return parser
 
 
