@@ -17,7 +17,8 @@ One request, start to end:
 
 Each ZeroMQ socket is used by one thread only. The lifecycle reads like
 uvicorn's: :meth:`startup`, :meth:`main_loop`, :meth:`shutdown`, and signals in
-:meth:`install_signal_handlers`. No torch.
+:meth:`install_signal_handlers` (SIGHUP reloads the bundle without dropping a
+request, see :mod:`edge_agent.reload`). No torch.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from cachenet.exceptions import CachenetError, CloudError, InputSpecError, Proto
 from cachenet.runtime import CacheModel, load_cache_model
 from edge_agent import wire
 from edge_agent.config import AgentConfig
+from edge_agent.reload import Reloader
 from edge_agent.stats import AgentStats, telemetry
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,8 @@ class EdgeAgent:
         self._wake_rx: zmq.Socket | None = None
         self._wake_tx: zmq.Socket | None = None  # used only on the loop's thread
         self._thread: threading.Thread | None = None
+        self.reloader = Reloader(self._swap)
+        self.reload_requested = threading.Event()
 
     # -- lifecycle ------------------------------------------------------
     def startup(self) -> None:
@@ -139,6 +143,9 @@ class EdgeAgent:
             poller.register(self._wake_rx, zmq.POLLIN)
         while not self.should_exit.is_set():
             events = dict(poller.poll(POLL_MS))
+            if self.reload_requested.is_set() and not self.reloader.busy:
+                self.reload_requested.clear()
+                self.reload()
             if self._wake_rx is not None and events.get(self._wake_rx):
                 self.deliver_escalations()
             if events.get(self.sock):
@@ -163,12 +170,26 @@ class EdgeAgent:
         for sock in (self.sock, self._wake_rx):
             if sock is not None:
                 sock.close(linger=0)
+        self.reloader.join(10)
         self.ctx.destroy(linger=0)
         log.info("stopped after %s requests", self.stats.snapshot()["requests"])
 
     def install_signal_handlers(self) -> None:
+        """SIGINT/SIGTERM: finish what was accepted and exit. SIGHUP: reload the bundle."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.should_exit.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+
+    def reload(self) -> None:
+        """Load the configured bundle again, off the request path, and swap it in."""
+        if self.config.bundle is None:
+            return
+        log.info("reloading %s", self.config.bundle)
+        self.reloader.start(self.config.bundle, self.model, precision=self.config.precision,
+                            threads=self.config.threads)
+
+    def _swap(self, model: CacheModel) -> None:
+        self.model = model  # one reference change; requests in flight keep the old one
 
     def serve(self) -> None:
         self.install_signal_handlers()
@@ -299,4 +320,5 @@ class EdgeAgent:
                 "telemetry": telemetry(), "agent_id": self.config.agent_id,
                 "model": {"name": model.manifest.name, "version": model.version,
                           "threshold": model.gate.threshold, "score": model.gate.score},
-                "cloud": self.config.cloud, "inflight": self.inflight}
+                "cloud": self.config.cloud, "inflight": self.inflight,
+                "reloads": self.reloader.snapshot()}
