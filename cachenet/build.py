@@ -133,14 +133,15 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
           escalation_budget: float | None = None, exporter: str = "dynamo",
           int8: bool = False, seed: int = 0, cache_dir: Path | None = None,
           name: str | None = None, progress: bool = True,
-          limit_per_class: int | None = None) -> BuildReport:
+          limit_per_class: int | None = None, image_size: int | None = None,
+          full_kwargs: dict | None = None) -> BuildReport:
     """Build a cache bundle at ``out``; see the module docstring for the steps."""
     cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
     splits = load_splits(dataset, seed=seed, cache_dir=cache_dir,
-                         limit_per_class=limit_per_class)
+                         limit_per_class=limit_per_class, image_size=image_size)
     log.info("data: %s", splits.describe())
-    fm = obtain_full_model(splits, full=full, weights=full_weights, cfg=full_config,
-                           cache_dir=cache_dir, progress=progress)
+    fm = obtain_full_model(splits, full=full, weights=full_weights, full_kwargs=full_kwargs,
+                           cfg=full_config, cache_dir=cache_dir, progress=progress)
     arch = cache_arch or default_cache_arch(splits)
     knobs = default_cache_knobs(splits, arch)
     knobs.update({k: v for k, v in {"widths": cache_widths, "depth": cache_depth,

@@ -26,6 +26,16 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object of keyword arguments")
+    return value
+
+
 def _unit(text: str) -> float:
     value = float(text)
     if not 0.0 < value < 1.0:
@@ -44,6 +54,10 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                    help="full model: resnet20, resnet18, package.module:factory (with "
                    "--full-weights) or a TorchScript file (default: resnet20)")
     p.add_argument("--full-weights", type=Path, help="state dict or cachenet checkpoint")
+    p.add_argument("--full-kwargs", type=_json_object, metavar="JSON",
+                   help="keyword arguments for a package.module:factory full model")
+    p.add_argument("--image-size", type=int,
+                   help="resize image-folder images to this square size")
     p.add_argument("--cache-arch", choices=["tinycnn", "mlp"],
                    help="cache model family (default: tinycnn)")
     p.add_argument("--cache-widths", type=_ints,
@@ -84,7 +98,7 @@ def _configs(args: argparse.Namespace, dataset_spec: str):
     if args.epochs is None and args.time_budget is None and args.distill_epochs is None:
         return None, None
     splits = load_splits(dataset_spec, seed=args.seed, cache_dir=args.cache_dir,
-                         limit_per_class=args.limit_per_class)
+                         limit_per_class=args.limit_per_class, image_size=args.image_size)
     full_cfg = default_full_config(splits)
     if args.epochs is not None:
         full_cfg = replace(full_cfg, epochs=args.epochs)
@@ -143,7 +157,8 @@ def _run_build(args: argparse.Namespace) -> int:
                    exporter=args.exporter, int8=args.int8, seed=args.seed,
                    cache_dir=args.cache_dir, name=args.name,
                    progress=not args.no_progress and sys.stderr.isatty(),
-                   limit_per_class=args.limit_per_class)
+                   limit_per_class=args.limit_per_class, image_size=args.image_size,
+                   full_kwargs=args.full_kwargs)
     print(format_report(report))
     if args.json:
         print(json.dumps(report.to_dict(), default=float))

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cachenet.bundle import sha256_file
 from cachenet.data import Splits
 from cachenet.full import FullModel, data_fingerprint
 from cachenet.models import ModelSpec, build_model, load_checkpoint, save_checkpoint
@@ -37,10 +38,12 @@ def default_cache_knobs(splits: Splits, arch: str) -> dict[str, object]:
 
 
 def cache_spec(splits: Splits, arch: str, **knobs: object) -> ModelSpec:
-    c, h, _ = splits.input_shape
+    c, h, w = splits.input_shape
     kwargs = {"in_channels": c, "num_classes": len(splits.classes),
               "mean": list(splits.normalization.mean), "std": list(splits.normalization.std),
               "image_size": h}
+    if w != h:
+        kwargs["image_width"] = w
     kwargs.update({k: v for k, v in knobs.items() if v is not None})
     return ModelSpec(arch, kwargs)
 
@@ -72,8 +75,11 @@ def obtain_cache_model(splits: Splits, full: FullModel, spec: ModelSpec, *,
     each (augmented) batch and never the labels.
     """
     cfg = cfg or default_distill_config(splits)
+    teacher = [model_fingerprint(full.model)]
+    if full.spec is None and "path" in full.meta:  # TorchScript: code and constants too
+        teacher.append(sha256_file(Path(full.meta["path"])))
     key = hashlib.sha256(json.dumps(
-        [spec.to_dict(), cfg.to_dict(), data_fingerprint(splits), model_fingerprint(full.model)],
+        [spec.to_dict(), cfg.to_dict(), data_fingerprint(splits), *teacher],
         sort_keys=True).encode()).hexdigest()[:16]
     ckpt = cache_dir / "models" / f"cache-{spec.arch}-{splits.name}-{key}.pt"
     if ckpt.exists():

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from cachenet.data import Splits
-from cachenet.exceptions import ConfigError
+from cachenet.exceptions import ConfigError, ModelError
 from cachenet.models import (
     ARCHITECTURES,
     ModelSpec,
@@ -70,19 +70,27 @@ def default_full_config(splits: Splits) -> TrainConfig:
 
 
 def obtain_full_model(splits: Splits, *, full: str = "resnet20", weights: Path | None = None,
-                      cfg: TrainConfig | None = None, cache_dir: Path,
-                      progress: bool = True) -> FullModel:
+                      full_kwargs: dict | None = None, cfg: TrainConfig | None = None,
+                      cache_dir: Path, progress: bool = True) -> FullModel:
     """Return the full model named by ``full`` (and ``weights``), training it if needed.
 
-    ``full`` is a registered architecture, ``package.module:factory``, or a
-    path to a TorchScript file (``.pt``/``.ts``) when ``weights`` is None.
+    ``full`` is a registered architecture, ``package.module:factory`` (built
+    with ``full_kwargs``), or a path to a TorchScript file or a cachenet
+    checkpoint (a bundle's ``full/model.pt``) when ``weights`` is None.
     """
     path = Path(full)
     if weights is None and path.suffix in {".pt", ".ts", ".pth", ".jit"} and path.exists():
-        return FullModel(load_torchscript(path), None, "torchscript", {"path": str(path)})
+        try:
+            model, spec, meta = load_checkpoint(path)
+            return FullModel(model, spec, "user-checkpoint", {"path": str(path), **meta})
+        except ModelError:
+            return FullModel(load_torchscript(path), None, "torchscript", {"path": str(path)})
     if weights is not None:
-        spec = (arch_spec(full, splits) if full in ARCHITECTURES else ModelSpec(full, {}))
-        model, spec, meta = load_checkpoint(weights, spec)
+        # A registered architecture fits the data; a user's factory gets its kwargs,
+        # and a cachenet checkpoint's own spec wins over both when it has one.
+        spec = (arch_spec(full, splits) if full in ARCHITECTURES
+                else ModelSpec(full, dict(full_kwargs or {})))
+        model, spec, meta = load_checkpoint(weights, spec, prefer_stored=full_kwargs is None)
         return FullModel(model, spec, "user-state-dict", {"weights": str(weights), **meta})
     if full not in ARCHITECTURES:
         raise ConfigError(f"full model '{full}' is not a registered architecture "

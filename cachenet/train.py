@@ -62,7 +62,7 @@ def augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator) -> torch.Ten
     if mode == "none":
         return x
     n, _, h, w = x.shape
-    pad = 4 if h >= 16 else 1
+    pad = 4 if min(h, w) >= 16 else 1
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)

@@ -6,7 +6,9 @@ Layouts (the usual "image folder" convention)::
     <class>/<name>.jpg|png            (no split folders: splits are drawn)
 
 All images must have the same size unless ``image_size`` is given, in which
-case they are resized. Decoded arrays are cached as uint8 ``.npz`` files under
+case they are resized. ``mode`` ``auto`` (the default) keeps grey-scale data
+grey (1 channel) and makes everything else RGB, as the first image decides;
+``L`` or ``RGB`` force one. Decoded arrays are cached as uint8 ``.npz`` files under
 the cache directory, keyed by the archive's content, so decoding happens once.
 """
 
@@ -30,17 +32,25 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 SPLIT_NAMES = ("train", "test")
 
 
+def _is_junk(rel: PurePosixPath) -> bool:
+    """macOS resource forks and hidden files that archivers leave behind."""
+    return "__MACOSX" in rel.parts or any(part.startswith(".") for part in rel.parts)
+
+
 def _members(path: Path) -> Iterator[tuple[PurePosixPath, bytes | Path]]:
     """Yield (relative posix path, payload) for every image file."""
     if path.is_dir():
         for p in sorted(path.rglob("*")):
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-                yield PurePosixPath(p.relative_to(path).as_posix()), p
+            rel = PurePosixPath(p.relative_to(path).as_posix())
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not _is_junk(rel):
+                yield rel, p
         return
     try:
         with zipfile.ZipFile(path) as zf:
             for info in sorted(zf.infolist(), key=lambda i: i.filename):
                 rel = PurePosixPath(info.filename)
+                if _is_junk(rel):
+                    continue
                 if not info.is_dir() and rel.suffix.lower() in IMAGE_SUFFIXES:
                     yield rel, zf.read(info)
     except zipfile.BadZipFile as exc:
@@ -49,34 +59,33 @@ def _members(path: Path) -> Iterator[tuple[PurePosixPath, bytes | Path]]:
 
 def _split_and_class(rel: PurePosixPath) -> tuple[str | None, str]:
     parts = [p for p in rel.parts[:-1] if p]
-    # Tolerate one wrapping folder (zip of a folder): strip a leading dir that
-    # is neither a split name nor followed by a class folder only.
-    if len(parts) >= 3:
-        parts = parts[-2:]
-    if len(parts) == 2 and parts[0] in SPLIT_NAMES:
-        return parts[0], parts[1]
-    if len(parts) == 1:
-        return None, parts[0]
+    # Tolerate wrapping folders (a zip of a folder): look at the last two levels.
+    if len(parts) >= 2 and parts[-2] in SPLIT_NAMES:
+        return parts[-2], parts[-1]
+    if len(parts) == 1 or (len(parts) >= 2 and parts[-2] not in SPLIT_NAMES):
+        return None, parts[-1]
     raise DatasetError(f"'{rel}' does not follow split/class/image or class/image")
 
 
 def _decode(payload: bytes | Path, rel: PurePosixPath, image_size: int | None,
-            mode: str) -> np.ndarray:
+            mode: str) -> tuple[np.ndarray, str]:
     from PIL import Image, UnidentifiedImageError
 
     try:
         src = payload if isinstance(payload, Path) else io.BytesIO(payload)
         with Image.open(src) as img:
+            if mode == "auto":  # the first image decides: grey stays grey
+                mode = "L" if len(img.getbands()) == 1 else "RGB"
             img = img.convert(mode)
             if image_size is not None and img.size != (image_size, image_size):
                 img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as exc:
         raise DatasetError(f"cannot decode image '{rel}': {exc}") from exc
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)), mode
 
 
-def decode_folder(path: Path, *, image_size: int | None = None, mode: str = "RGB",
+def decode_folder(path: Path, *, image_size: int | None = None, mode: str = "auto",
                   limit_per_class: int | None = None) -> dict[str, np.ndarray]:
     """Decode every image; returns uint8 arrays keyed x/y per split and the classes."""
     by_split: dict[str | None, list[tuple[np.ndarray, str]]] = {}
@@ -87,7 +96,7 @@ def decode_folder(path: Path, *, image_size: int | None = None, mode: str = "RGB
         key = (split, cls)
         if limit_per_class is not None and counts.get(key, 0) >= limit_per_class:
             continue
-        arr = _decode(payload, rel, image_size, mode)
+        arr, mode = _decode(payload, rel, image_size, mode)
         if shape is None:
             shape = arr.shape
         elif arr.shape != shape:
@@ -127,7 +136,7 @@ def _fingerprint(path: Path, image_size: int | None, mode: str,
 
 
 def load_imagefolder_arrays(path: Path, *, cache_dir: Path | None, image_size: int | None = None,
-                            mode: str = "RGB", limit_per_class: int | None = None
+                            mode: str = "auto", limit_per_class: int | None = None
                             ) -> dict[str, np.ndarray]:
     """Decoded uint8 arrays, read from the cache when this exact input was seen before."""
     if not path.exists():
@@ -153,7 +162,7 @@ def load_imagefolder_arrays(path: Path, *, cache_dir: Path | None, image_size: i
 
 def load_imagefolder_splits(path: Path, *, cache_dir: Path | None, seed: int = 0,
                             calib_fraction: float = 0.1, test_fraction: float = 0.2,
-                            image_size: int | None = None, mode: str = "RGB",
+                            image_size: int | None = None, mode: str = "auto",
                             limit_per_class: int | None = None) -> Splits:
     arrays = load_imagefolder_arrays(path, cache_dir=cache_dir, image_size=image_size,
                                      mode=mode, limit_per_class=limit_per_class)

@@ -60,12 +60,22 @@ def load_npz_splits(path: Path, *, seed: int = 0, calib_fraction: float = 0.2,
     y = arrays["y"]
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise DatasetError(f"'y' must be a 1-D integer array, got {y.dtype} {y.shape}")
+    if len(x) == 0:
+        raise DatasetError(f"{path}: 'x' is empty")
     x_test = y_test = None
-    if "x_test" in arrays and "y_test" in arrays:
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise DatasetError(f"{path} has only one of 'x_test' and 'y_test'; give both or neither")
+    if "x_test" in arrays:
         x_test = _to_nchw(arrays["x_test"], "x_test")
+        if len(x_test) == 0:
+            raise DatasetError(f"{path}: 'x_test' is empty")
         if _scale_for(x_test, "x_test") != scale or x_test.shape[1:] != x.shape[1:]:
             raise DatasetError("'x_test' must have the same dtype kind and image shape as 'x'")
         y_test = arrays["y_test"]
+        if (y_test.ndim != 1 or not np.issubdtype(y_test.dtype, np.integer)
+                or len(y_test) != len(x_test)):
+            raise DatasetError(f"'y_test' must be a 1-D integer array with one label per "
+                               f"test image, got {y_test.dtype} {y_test.shape}")
     n_classes = int(max(y.max(), y_test.max() if y_test is not None else 0)) + 1
     classes = ([str(c) for c in arrays["classes"]] if "classes" in arrays
                else [str(i) for i in range(n_classes)])

@@ -29,14 +29,15 @@ __all__ = ["ARCHITECTURES", "ModelSpec", "build_model", "count_macs", "load_chec
 
 
 def _mlp(*, in_channels: int, num_classes: int, mean: Any, std: Any, image_size: int,
-         hidden: Any = (64,)) -> MLP:
-    return MLP(in_features=in_channels * image_size * image_size, num_classes=num_classes,
-               mean=mean, std=std, hidden=tuple(hidden))
+         image_width: int | None = None, hidden: Any = (64,)) -> MLP:
+    features = in_channels * image_size * (image_width or image_size)
+    return MLP(in_features=features, num_classes=num_classes, mean=mean, std=std,
+               hidden=tuple(hidden))
 
 
 def _tinycnn(*, in_channels: int, num_classes: int, mean: Any, std: Any,
-             image_size: int | None = None, widths: Any = (12, 24, 48),
-             depth: int = 1) -> TinyCNN:
+             image_size: int | None = None, image_width: int | None = None,
+             widths: Any = (12, 24, 48), depth: int = 1) -> TinyCNN:
     return TinyCNN(in_channels=in_channels, num_classes=num_classes, mean=mean, std=std,
                    widths=tuple(widths), depth=depth)
 
@@ -112,17 +113,25 @@ def save_checkpoint(path: Path, model: nn.Module, spec: ModelSpec, meta: dict[st
     tmp.replace(path)
 
 
-def load_checkpoint(path: Path, spec: ModelSpec | None = None) -> tuple[nn.Module, ModelSpec, dict]:
-    """Load a checkpoint written by :func:`save_checkpoint`, or a bare state dict with ``spec``."""
+def load_checkpoint(path: Path, spec: ModelSpec | None = None, *, prefer_stored: bool = True
+                    ) -> tuple[nn.Module, ModelSpec, dict]:
+    """Load a checkpoint written by :func:`save_checkpoint`, or a bare state dict with ``spec``.
+
+    A cachenet checkpoint carries its own spec; it is used unless ``spec`` is
+    given and ``prefer_stored`` is False. ``{"state_dict": ...}`` wrappers, as
+    many training scripts save, are unwrapped.
+    """
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
         raise ModelError(f"cannot read checkpoint {path}: {exc}") from exc
     if isinstance(blob, dict) and "state_dict" in blob and "spec" in blob:
-        spec = spec or ModelSpec.from_dict(blob["spec"])
+        if spec is None or prefer_stored:
+            spec = ModelSpec.from_dict(blob["spec"])
         state, meta = blob["state_dict"], blob.get("meta", {})
     elif isinstance(blob, dict) and spec is not None:
-        state, meta = blob, {}
+        state = blob.get("state_dict", blob) if isinstance(blob.get("state_dict"), dict) else blob
+        meta = {}
     else:
         raise ModelError(f"{path} is not a cachenet checkpoint; pass the architecture to load "
                          "a bare state dict")

@@ -33,7 +33,9 @@ def test_normalization_is_measured_on_train_and_recorded(digits_splits):
 def test_imagefolder_zip_and_directory_give_the_same_arrays(digits_zip, tmp_path):
     cache = tmp_path / "cache"
     from_zip = load_imagefolder_arrays(digits_zip, cache_dir=cache)
-    assert from_zip["x"].shape[1:] == (3, 8, 8) and from_zip["x"].dtype == np.uint8
+    assert from_zip["x"].shape[1:] == (1, 8, 8) and from_zip["x"].dtype == np.uint8  # grey
+    rgb = load_imagefolder_arrays(digits_zip, cache_dir=None, mode="RGB")
+    assert rgb["x"].shape[1:] == (3, 8, 8)
     assert list(from_zip["classes"]) == [f"d{i}" for i in range(10)]
     assert len(from_zip["y_test"]) == 30 and len(from_zip["y"]) == 90
     assert list(cache.glob("data/*.npz")), "decoded arrays were not cached"
@@ -135,3 +137,30 @@ def test_shared_cifar_zip_reads_as_image_folder(tmp_path):
     assert arrays["x"].shape == (30, 3, 32, 32)
     assert arrays["x_test"].shape == (30, 3, 32, 32)
     assert list(arrays["classes"])[:3] == ["airplane", "automobile", "bird"]
+
+
+def test_zip_junk_and_wrapping_folders_are_handled(tmp_path):
+    path = tmp_path / "wrapped.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in write_digit_images(3, layout="flat").items():
+            zf.writestr(f"mydata/{name}", data)
+            zf.writestr(f"__MACOSX/mydata/{name}", b"resource fork, not an image")
+            zf.writestr(f"mydata/{name.rsplit('/', 1)[0]}/._hidden.png", b"AppleDouble")
+    arrays = load_imagefolder_arrays(path, cache_dir=None)
+    assert len(arrays["y"]) == 30 and len(arrays["classes"]) == 10
+
+
+def test_npz_test_split_must_be_complete_and_well_formed(tmp_path):
+    x = np.zeros((20, 8, 8), np.uint8)
+    y = np.arange(20) % 2
+    cases = {
+        "half.npz": ({"x": x, "y": y, "x_test": x}, "only one of"),
+        "onehot.npz": ({"x": x, "y": y, "x_test": x, "y_test": np.eye(2)[y]}, "y_test"),
+        "empty.npz": ({"x": x, "y": y, "x_test": x[:0], "y_test": y[:0]}, "empty"),
+    }
+    for name, (arrays, match) in cases.items():
+        np.savez(tmp_path / name, **arrays)
+        with pytest.raises(DatasetError, match=match):
+            load_splits(str(tmp_path / name))
+    np.savez(tmp_path / "ok.npz", x=x, y=y, x_test=x[:6], y_test=y[:6])
+    assert len(load_splits(str(tmp_path / "ok.npz")).test) == 6

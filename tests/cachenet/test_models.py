@@ -86,3 +86,25 @@ def test_user_torchscript_full_model(tmp_path, digits_splits):
     assert fm.source == "torchscript" and fm.spec is None
     x = torch.from_numpy(digits_splits.test.x[:4])
     torch.testing.assert_close(fm.model(x), net(x))
+
+
+def test_user_factory_kwargs_and_bundle_checkpoints(tmp_path, monkeypatch, digits_splits,
+                                                    digits_bundle):
+    from cachenet.full import obtain_full_model
+
+    (tmp_path / "kw_models.py").write_text(
+        "import torch\n"
+        "def net(num_classes, hidden):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, hidden),\n"
+        "                               torch.nn.ReLU(), torch.nn.Linear(hidden, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = build_model(ModelSpec("kw_models:net", {"num_classes": 10, "hidden": 7}))
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "w.pt")  # a common wrapper
+    fm = obtain_full_model(digits_splits, full="kw_models:net", weights=tmp_path / "w.pt",
+                           full_kwargs={"num_classes": 10, "hidden": 7}, cache_dir=tmp_path)
+    assert fm.spec.kwargs == {"num_classes": 10, "hidden": 7}
+    # A bundle's full model is a cachenet checkpoint that carries its own spec.
+    again = obtain_full_model(digits_splits, full=str(digits_bundle[0] / "full" / "model.pt"),
+                              cache_dir=tmp_path)
+    assert again.source == "user-checkpoint" and again.spec.arch == "resnet20"
+    sys.modules.pop("kw_models", None)

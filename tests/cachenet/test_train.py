@@ -25,19 +25,29 @@ def test_one_cycle_schedule_shape():
     assert all(a >= b for a, b in itertools.pairwise(values))
 
 
-def test_augment_crops_and_flips_real_pixels():
-    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
+def test_augment_gives_windows_of_the_padded_image_or_their_flips():
+    x = torch.rand(6, 3, 32, 32)
     gen = torch.Generator().manual_seed(0)
     out = augment_batch(x, "crop-flip", gen)
-    assert out.shape == x.shape
-    assert not torch.equal(out, x)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
+    moved = 0
+    for i in range(len(x)):
+        windows = [padded[i, :, r:r + 32, c:c + 32] for r in range(9) for c in range(9)]
+        match = [w for w in windows if torch.equal(out[i], w) or torch.equal(out[i], w.flip(2))]
+        assert match, f"sample {i} is not a (flipped) window of its own padded image"
+        moved += not torch.equal(out[i], x[i])
+    assert moved >= 4  # random offsets: most samples move
     assert torch.equal(augment_batch(x, "none", gen), x)
 
 
-def test_kd_loss_is_zero_only_when_outputs_match():
-    t = torch.randn(8, 10)
-    assert float(kd_loss(t, t, 4.0)) == pytest.approx(0.0, abs=1e-6)
-    assert float(kd_loss(torch.randn(8, 10), t, 4.0)) > 0.01
+def test_kd_loss_is_t_squared_kl_of_teacher_to_student():
+    torch.manual_seed(0)
+    s, t, temp = torch.randn(8, 10), torch.randn(8, 10), 4.0
+    p_t = torch.softmax(t / temp, 1)
+    log_p_s = torch.log_softmax(s / temp, 1)
+    expected = (p_t * (torch.log(p_t) - log_p_s)).sum(1).mean() * temp ** 2
+    assert float(kd_loss(s, t, temp)) == pytest.approx(float(expected), rel=1e-5)
+    assert float(kd_loss(t, t, temp)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_fit_learns_digits_and_resumes(digits_splits, tmp_path):
@@ -54,6 +64,36 @@ def test_fit_learns_digits_and_resumes(digits_splits, tmp_path):
     # A second call with the finished checkpoint resumes at the end: no more steps.
     again = fit(build_model(spec), digits_splits.train, cfg, checkpoint=ckpt, progress=False)
     assert again["steps"] == history["steps"]
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(digits_splits, tmp_path):
+    spec = arch_spec("resnet20", digits_splits)
+    spec.arch = "mlp"
+    cfg = TrainConfig(epochs=4, batch_size=64, lr=3e-3, optimizer="adam")
+    torch.manual_seed(0)
+    straight = build_model(spec)
+    fit(straight, digits_splits.train, cfg, progress=False)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two(epoch, state):
+        if epoch == 2:
+            raise Interrupt
+
+    ckpt = tmp_path / "ckpt.pt"
+    torch.manual_seed(0)
+    first = build_model(spec)
+    with pytest.raises(Interrupt):
+        fit(first, digits_splits.train, cfg, checkpoint=ckpt, progress=False,
+            on_epoch=stop_after_two)
+    # The checkpoint is written after on_epoch: epoch 1 is what survives.
+    torch.manual_seed(0)
+    resumed = build_model(spec)
+    history = fit(resumed, digits_splits.train, cfg, checkpoint=ckpt, progress=False)
+    assert history["epochs"] == 4
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_time_budget_ends_training_early(digits_splits):
