@@ -12,6 +12,7 @@ numpy only: this module runs on the edge, where there is no torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -74,6 +75,30 @@ class Gate:
 
     def confidence(self, logits: np.ndarray) -> np.ndarray:
         return score(logits, self.score)
+
+    def confidence_row(self, row: np.ndarray) -> float:
+        """The score of one row of logits, in plain Python: the edge's per-request path.
+
+        For a handful of classes this is several times faster than the numpy
+        path, whose per-call overhead dominates on tiny arrays; the value is
+        the same (see the tests).
+        """
+        values = row.tolist()
+        top = max(values)
+        exps = [math.exp(v - top) for v in values]
+        total = sum(exps)
+        if self.score == "max_softmax":
+            return 1.0 / total
+        if self.score == "margin":
+            if len(exps) < 2:
+                return 1.0
+            first, second = sorted(exps)[-2:][::-1]
+            return (first - second) / total
+        k = len(exps)
+        if k < 2:
+            return 1.0
+        h = -sum((e / total) * math.log(max(e / total, 1e-12)) for e in exps)
+        return min(1.0, max(0.0, 1.0 - h / math.log(k)))
 
     def decide(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(predicted labels, confidences, True where the edge answers)."""

@@ -19,6 +19,7 @@ DTYPES = ("float32", "float16", "float64", "uint8", "int8", "int32", "int64", "b
 #: The largest tensor accepted by default: 64 MiB.
 MAX_TENSOR_BYTES = 64 << 20
 MAX_DIMS = 8
+_WIRE_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in DTYPES}
 
 
 def encode(arr: np.ndarray) -> tuple[str, list[int], bytes]:
@@ -33,17 +34,19 @@ def encode(arr: np.ndarray) -> tuple[str, list[int], bytes]:
 def decode(dtype: str, shape: Sequence[int], data: bytes | memoryview, *,
            max_bytes: int = MAX_TENSOR_BYTES) -> np.ndarray:
     """Rebuild a tensor from its wire form, without copying ``data``."""
-    if dtype not in DTYPES:
+    wire_dtype = _WIRE_DTYPES.get(dtype) if isinstance(dtype, str) else None
+    if wire_dtype is None:
         raise ProtocolError(f"unsupported dtype '{dtype}'; supported: {', '.join(DTYPES)}")
     if isinstance(shape, str | bytes) or not all(
-            isinstance(d, int | np.integer) and not isinstance(d, bool) for d in shape):
+            type(d) is int or (isinstance(d, np.integer) and not isinstance(d, bool))
+            for d in shape):
         raise ProtocolError(f"shape must be a list of integers, got {shape!r}")
     dims = [int(d) for d in shape]
     if not 1 <= len(dims) <= MAX_DIMS:
         raise ProtocolError(f"shape must have 1 to {MAX_DIMS} dimensions, got {len(dims)}")
     if any(d < 1 for d in dims):
         raise ProtocolError(f"shape must have positive dimensions, got {dims}")
-    item = np.dtype(dtype).itemsize
+    item = wire_dtype.itemsize
     if any(d > max_bytes for d in dims):
         raise ProtocolError(f"tensor of shape {dims} is over the limit of {max_bytes} bytes")
     expected = math.prod(dims) * item
@@ -53,7 +56,7 @@ def decode(dtype: str, shape: Sequence[int], data: bytes | memoryview, *,
     if len(data) != expected:
         raise ProtocolError(f"tensor data is {len(data)} bytes, but shape {dims} of {dtype} "
                             f"needs {expected}")
-    return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(dims)
+    return np.frombuffer(data, dtype=wire_dtype).reshape(dims)
 
 
 def check_finite(arr: np.ndarray) -> None:

@@ -235,7 +235,7 @@ class EdgeAgent:
         model = self.model  # one reference: a swapped-in model serves the next request
         t1 = time.perf_counter_ns()
         logits = model.session.run(None, {model.input_name: x})[0]
-        conf = float(model.gate.confidence(logits)[0])
+        conf = model.gate.confidence_row(logits[0])
         label = int(logits[0].argmax())
         t2 = time.perf_counter_ns()
         answer = {"id": header.get("id"), "ok": True, "label": label,

@@ -27,3 +27,14 @@ def test_gate_decides_by_threshold():
     assert labels.tolist() == [0, 0] and local.tolist() == [True, False]
     with pytest.raises(ConfigError, match="unknown gate score"):
         Gate("vibes", 0.5)
+
+
+@pytest.mark.parametrize("kind", list(SCORES))
+def test_single_row_fast_path_equals_the_batch_path(kind):
+    rng = np.random.default_rng(0)
+    logits = np.vstack([rng.normal(0, 3, (50, 10)), np.zeros((1, 10)), [[30.0] + [0.0] * 9],
+                        rng.normal(0, 1, (5, 2))[:, :2].repeat(5, axis=1)]).astype(np.float32)
+    gate = Gate(kind, 0.5)
+    batch = gate.confidence(logits)
+    rows = [gate.confidence_row(r) for r in logits]
+    np.testing.assert_allclose(rows, batch, rtol=1e-9, atol=1e-9)
