@@ -48,6 +48,9 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, *,
     model = model.eval()
     example = (torch.rand(2, *input_shape),)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # The dynamo exporter logs a warning for every torchvision operator it cannot
+    # register; there is no torchvision here, and nothing of ours uses one.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from cachenet.data import Splits
-from cachenet.exceptions import ConfigError, ModelError
+from cachenet.exceptions import ConfigError
 from cachenet.models import (
     ARCHITECTURES,
     ModelSpec,
@@ -40,6 +40,16 @@ class FullModel:
     spec: ModelSpec | None  # None for a TorchScript model
     source: str  # "trained", "cached", "user-state-dict" or "torchscript"
     meta: dict
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zips with a ``code/`` folder; checkpoints have none."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any("/code/" in name for name in zf.namelist())
 
 
 def data_fingerprint(splits: Splits) -> str:
@@ -80,11 +90,10 @@ def obtain_full_model(splits: Splits, *, full: str = "resnet20", weights: Path |
     """
     path = Path(full)
     if weights is None and path.suffix in {".pt", ".ts", ".pth", ".jit"} and path.exists():
-        try:
-            model, spec, meta = load_checkpoint(path)
-            return FullModel(model, spec, "user-checkpoint", {"path": str(path), **meta})
-        except ModelError:
+        if _is_torchscript(path):
             return FullModel(load_torchscript(path), None, "torchscript", {"path": str(path)})
+        model, spec, meta = load_checkpoint(path)
+        return FullModel(model, spec, "user-checkpoint", {"path": str(path), **meta})
     if weights is not None:
         # A registered architecture fits the data; a user's factory gets its kwargs,
         # and a cachenet checkpoint's own spec wins over both when it has one.
