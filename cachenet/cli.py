@@ -110,6 +110,17 @@ def _configs(args: argparse.Namespace, dataset_spec: str):
     return full_cfg, distill_cfg
 
 
+def _finite(value):
+    """NaN (e.g. agreement when the edge answers nothing) as null: strict JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) \
         else format(value, spec)
@@ -161,7 +172,7 @@ def _run_build(args: argparse.Namespace) -> int:
                    full_kwargs=args.full_kwargs)
     print(format_report(report))
     if args.json:
-        print(json.dumps(report.to_dict(), default=float))
+        print(json.dumps(_finite(report.to_dict()), default=float))
     return 0
 
 

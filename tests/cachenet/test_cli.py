@@ -20,7 +20,8 @@ def test_build_digits_reaches_the_figures_and_reuses_models(tmp_path, cli_cache)
     proc = run_cli("build", "--dataset", "digits", "--out", str(out), "--json",
                    cache_dir=cli_cache)
     assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = json.loads(proc.stdout.strip().splitlines()[-1],
+                        parse_constant=lambda c: pytest.fail(f"{c} is not strict JSON"))
     for key in ("full_accuracy", "cache_accuracy", "threshold", "hit_rate", "agreement",
                 "parity_max_abs_diff", "bundle"):
         assert key in report
