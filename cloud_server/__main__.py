@@ -30,6 +30,8 @@ def make_parser() -> argparse.ArgumentParser:
                    default=int(_env("MAX_QUEUE_DELAY_US", "0")),
                    help="how long a batch waits for more requests (0: take what is queued)")
     p.add_argument("--max-queue-size", type=int, default=int(_env("MAX_QUEUE_SIZE", "1024")))
+    p.add_argument("--store", type=Path, default=_env("STORE"),
+                   help="model store to push bundles from (enables the control plane)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds to drain on shutdown")
     p.add_argument("--stats-interval", type=float, default=30.0)
     p.add_argument("--ready-file", type=Path,
@@ -47,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = ServerConfig(bundle=args.bundle, host=args.host, port=args.port,
                           device=args.device, max_batch_size=args.max_batch_size,
                           max_queue_delay_us=args.max_queue_delay_us,
-                          max_queue_size=args.max_queue_size, grace_s=args.grace,
+                          max_queue_size=args.max_queue_size, store=args.store,
+                          grace_s=args.grace,
                           stats_interval_s=args.stats_interval, ready_file=args.ready_file)
     try:
         asyncio.run(CloudServer(config).serve())

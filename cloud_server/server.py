@@ -27,8 +27,11 @@ from grpc_reflection.v1alpha import reflection
 from torch import nn
 
 from cachenet.client import CHANNEL_OPTIONS
+from cachenet.store import ModelStore
+from cachenet.v1 import control_pb2, control_pb2_grpc
 from cachenet.v1 import inference_pb2 as pb
 from cloud_server.batcher import DynamicBatcher
+from cloud_server.control import ControlService
 from cloud_server.model import load_full_model
 from cloud_server.service import InferenceService, ModelCard, add_to_server
 
@@ -44,6 +47,7 @@ class ServerParts:
     service: InferenceService
     batcher: DynamicBatcher
     health: health.aio.HealthServicer
+    control: ControlService | None = None
 
 
 @dataclass
@@ -55,6 +59,7 @@ class ServerConfig:
     max_batch_size: int = 32
     max_queue_delay_us: int = 0
     max_queue_size: int = 1024
+    store: Path | None = None  # serve the control plane (model push) from this store
     grace_s: float = 10.0
     stats_interval_s: float = 30.0
     ready_file: Path | None = None
@@ -84,8 +89,9 @@ def load_card_and_runner(bundle: Path, device: str | None):
 
 
 async def create_server(card: ModelCard, run_batch, *, host: str = "127.0.0.1", port: int = 0,
-                        max_batch_size: int = 32, max_queue_delay_us: int = 2000,
-                        max_queue_size: int = 1024) -> tuple[grpc.aio.Server, int]:
+                        max_batch_size: int = 32, max_queue_delay_us: int = 0,
+                        max_queue_size: int = 1024, store: Path | None = None
+                        ) -> tuple[grpc.aio.Server, int]:
     """A started batcher and a bound (not yet started) gRPC server; call in a running loop."""
     batcher = DynamicBatcher(run_batch, max_batch_size=max_batch_size,
                              max_queue_delay_us=max_queue_delay_us,
@@ -95,14 +101,20 @@ async def create_server(card: ModelCard, run_batch, *, host: str = "127.0.0.1", 
     add_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME], server)
+    names = [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME]
+    control = None
+    if store is not None:
+        control = ControlService(ModelStore(store))
+        control_pb2_grpc.add_ControlServiceServicer_to_server(control, server)
+        names.append(control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name)
+    reflection.enable_server_reflection(names, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     batcher.start()
-    server.cachenet = ServerParts(service, batcher, health_servicer)  # type: ignore[attr-defined]
+    server.cachenet = ServerParts(service, batcher, health_servicer,  # type: ignore[attr-defined]
+                                  control)
     return server, bound
 
 
@@ -120,7 +132,8 @@ class CloudServer:
         card, runner = load_card_and_runner(c.bundle, c.device)
         self.server, self.port = await create_server(
             card, runner, host=c.host, port=c.port, max_batch_size=c.max_batch_size,
-            max_queue_delay_us=c.max_queue_delay_us, max_queue_size=c.max_queue_size)
+            max_queue_delay_us=c.max_queue_delay_us, max_queue_size=c.max_queue_size,
+            store=c.store)
         await self.server.start()
         for name in ("", SERVICE_NAME):
             await self.server.cachenet.health.set(name, health_pb2.HealthCheckResponse.SERVING)

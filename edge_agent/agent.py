@@ -41,6 +41,7 @@ from cachenet.exceptions import CachenetError, CloudError, InputSpecError, Proto
 from cachenet.runtime import CacheModel, load_cache_model
 from edge_agent import wire
 from edge_agent.config import AgentConfig
+from edge_agent.control import ControlClient
 from edge_agent.reload import Reloader
 from edge_agent.stats import AgentStats, telemetry
 
@@ -70,6 +71,7 @@ class EdgeAgent:
         # back through `self.done` and a wake-up byte on an inproc PAIR socket.
         self.loop: asyncio.AbstractEventLoop | None = None
         self.cloud: AsyncCloudClient | None = None
+        self.control: ControlClient | None = None
         self.done: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self._wake_rx: zmq.Socket | None = None
         self._wake_tx: zmq.Socket | None = None  # used only on the loop's thread
@@ -109,11 +111,15 @@ class EdgeAgent:
 
         def run() -> None:
             asyncio.set_event_loop(self.loop)
+            control_task: asyncio.Task | None = None
             self._wake_tx = self.ctx.socket(zmq.PAIR)
             try:
                 self._wake_tx.setsockopt(zmq.SNDHWM, 0)
                 self._wake_tx.connect(address)
                 self.cloud = AsyncCloudClient(target)
+                if self.config.control:
+                    self.control = ControlClient(self, target)
+                    control_task = self.loop.create_task(self.control.run(), name="control")
             except BaseException as exc:
                 failure.append(exc)
                 self._wake_tx.close(linger=0)
@@ -122,6 +128,11 @@ class EdgeAgent:
                 ready.set()
             try:
                 self.loop.run_forever()
+                if self.control is not None and control_task is not None:
+                    control_task.cancel()
+                    self.loop.run_until_complete(asyncio.gather(control_task,
+                                                                return_exceptions=True))
+                    self.loop.run_until_complete(self.control.close())
                 self.loop.run_until_complete(self.cloud.close())
             except Exception:
                 log.exception("closing the cloud channel failed")

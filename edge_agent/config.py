@@ -32,12 +32,22 @@ class AgentConfig:
     max_inflight: int = 256
     ready_file: Path | None = None
     log_level: str = "INFO"
+    #: subscribe to the cloud's control plane for pushed bundles (needs ``cloud``).
+    control: bool = True
+    token: str = ""
+    #: where pushed bundles are installed; default: ``.pushed`` beside the bundle.
+    state_dir: Path | None = None
+    keep_bundles: int = 3
 
     def __post_init__(self) -> None:
         if self.bundle is not None:
             self.bundle = Path(self.bundle)
         if self.ready_file is not None:
             self.ready_file = Path(self.ready_file)
+        if self.state_dir is not None:
+            self.state_dir = Path(self.state_dir)
+        if isinstance(self.control, str):
+            self.control = self.control.lower() not in ("0", "false", "no", "off")
         if not math.isfinite(self.deadline_ms) or self.deadline_ms <= 0:
             raise ConfigError(f"deadline_ms must be > 0, got {self.deadline_ms}")
         if self.threads < 1 or self.max_inflight < 1 or self.latency_window < 1:

@@ -49,6 +49,7 @@ class Reloader:
         self.rejected = 0
         self.last_error: str | None = None
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one load-and-swap at a time, whoever asks
 
     @property
     def busy(self) -> bool:
@@ -67,19 +68,26 @@ class Reloader:
 
     def _run(self, bundle: Path, current: CacheModel | None, precision: str,
              threads: int) -> None:
-        t0 = time.perf_counter()
-        try:
-            new = prepare(bundle, current, precision=precision, threads=threads)
-        except Exception as exc:  # CachenetError above all; anything else is refused too
-            self.rejected += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.error("reload of %s rejected, keeping version %s: %s", bundle,
-                      current.version if current else None, self.last_error)
-            return
-        self.swap(new)
-        self.applied += 1
-        log.info("now serving %s version %s (loaded and checked in %.0f ms)",
-                 new.manifest.name, new.version, (time.perf_counter() - t0) * 1e3)
+        self.load_and_swap(bundle, current, precision=precision, threads=threads)
+
+    def load_and_swap(self, bundle: Path, current: CacheModel | None, *, precision: str,
+                      threads: int) -> str | None:
+        """Prepare ``bundle`` and swap it in, on the calling thread; the error, or None."""
+        with self._lock:
+            t0 = time.perf_counter()
+            try:
+                new = prepare(bundle, current, precision=precision, threads=threads)
+            except Exception as exc:  # CachenetError above all; anything else is refused too
+                self.rejected += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("reload of %s rejected, keeping version %s: %s", bundle,
+                          current.version if current else None, self.last_error)
+                return self.last_error
+            self.swap(new)
+            self.applied += 1
+            log.info("now serving %s version %s (loaded and checked in %.0f ms)",
+                     new.manifest.name, new.version, (time.perf_counter() - t0) * 1e3)
+            return None
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:

@@ -1,0 +1,99 @@
+"""The control plane: agents register and subscribe; the cloud pushes their current bundle.
+
+For each subscribed agent the service watches the model store
+(:class:`cachenet.store.ModelStore`, the agent's own version or the fleet's)
+and streams a bundle whenever the current version differs from the one the
+agent last had, so an agent that reconnects after a gap gets what it missed.
+Acks and stats reports are kept per agent and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from cachenet.push import iter_push
+from cachenet.store import ModelStore
+from cachenet.v1 import control_pb2 as pb
+from cachenet.v1 import control_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+
+class ControlService(pb_grpc.ControlServiceServicer):
+    def __init__(self, store: ModelStore, *, tokens: set[str] | None = None,
+                 poll_s: float = 0.5, stats_interval_s: int = 30) -> None:
+        self.store = store
+        self.tokens = tokens
+        self.poll_s = poll_s
+        self.stats_interval_s = stats_interval_s
+        self.agents: dict[str, dict[str, Any]] = {}
+        self.acks: list[dict[str, Any]] = []
+        self.reports: dict[str, dict[str, Any]] = {}
+        self._push_ids = itertools.count(1)
+
+    async def _check(self, agent_id: str, token: str, context: grpc.aio.ServicerContext) -> None:
+        if not agent_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "agent_id is required")
+        if self.tokens is not None and token not in self.tokens:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"bad token for {agent_id}")
+
+    async def Register(self, request: pb.RegisterRequest,
+                       context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
+        await self._check(request.agent_id, request.token, context)
+        self.agents[request.agent_id] = {
+            "device": dict(request.device), "onnxruntime": request.onnxruntime_version,
+            "bundle": f"{request.bundle_name}:{request.bundle_version}", "since": time.time()}
+        log.info("agent %s registered with %s", request.agent_id,
+                 self.agents[request.agent_id]["bundle"])
+        return pb.RegisterResponse(stats_interval_s=self.stats_interval_s)
+
+    async def Subscribe(self, request: pb.SubscribeRequest,
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.PushMessage]:
+        await self._check(request.agent_id, request.token, context)
+        have = request.current_version
+        while True:
+            current = await asyncio.to_thread(self.store.current, agent=request.agent_id)
+            if current is not None and current.version != have:
+                push_id = f"push-{next(self._push_ids)}"
+                log.info("pushing %s version %s to %s (%s)", current.name, current.version,
+                         request.agent_id, push_id)
+                messages = await asyncio.to_thread(lambda p=current.path, i=push_id: list(
+                    iter_push(Path(p), i)))
+                for msg in messages:
+                    yield msg
+                have = current.version
+            await asyncio.sleep(self.poll_s)
+
+    async def Ack(self, request: pb.AckRequest,
+                  context: grpc.aio.ServicerContext) -> pb.AckResponse:
+        await self._check(request.agent_id, request.token, context)
+        entry = {"agent_id": request.agent_id, "push_id": request.push_id,
+                 "version": request.version, "applied": request.applied,
+                 "reason": request.reason, "time": time.time()}
+        self.acks.append(entry)
+        (log.info if request.applied else log.warning)(
+            "agent %s %s %s%s", request.agent_id,
+            "applied" if request.applied else "rejected", request.version,
+            f": {request.reason}" if request.reason else "")
+        return pb.AckResponse()
+
+    async def ReportStats(self, request: pb.StatsReport,
+                          context: grpc.aio.ServicerContext) -> pb.StatsAck:
+        await self._check(request.agent_id, request.token, context)
+        self.reports[request.agent_id] = {
+            "version": request.bundle_version, "requests": request.requests,
+            "hits": request.hits, "escalations": request.escalations,
+            "fallbacks": request.fallbacks, "classes": dict(request.class_histogram),
+            "telemetry": dict(request.telemetry), "time": time.time()}
+        log.info("agent %s: %d requests, %d hits, %d escalations, %d fallbacks",
+                 request.agent_id, request.requests, request.hits, request.escalations,
+                 request.fallbacks)
+        return pb.StatsAck()

@@ -1,0 +1,96 @@
+"""Model push over the control plane: chunks verified, bundles installed, agents updated."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+
+import pytest
+
+from cachenet.bundle import verify_bundle, write_bundle
+from cachenet.exceptions import IntegrityError
+from cachenet.push import PushAssembler, install, iter_push
+from cachenet.store import ModelStore
+from cachenet.wan import LinkProfile, ProxyThread
+from edge_agent.client import EdgeClient
+from tests.processes import start_cloud, start_edge
+
+
+def variant(source, dest, note: str):
+    """The same model as ``source`` with one extra file: another bundle version."""
+    m = verify_bundle(source)
+    extra = dest.parent / f"{dest.name}.txt"
+    extra.write_text(note)
+    fields = {k: v for k, v in m.data.items()
+              if k not in ("files", "format", "version", "created", "signature")}
+    files = {name: source / name for name in m.files} | {"notes.txt": extra}
+    write_bundle(dest, fields, files)
+    return dest
+
+
+def wait_for(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+def test_push_roundtrip_and_damage(digits_bundle, tmp_path):
+    messages = list(iter_push(digits_bundle[0], "p1", chunk_bytes=4096))
+    assert messages[0].WhichOneof("kind") == "header" and messages[-1].WhichOneof("kind") == "end"
+    assembler = PushAssembler()
+    results = [assembler.feed(m) for m in messages]
+    header, files = results[-1]
+    path = install(tmp_path / "pushed", header, files)
+    assert verify_bundle(path).version == verify_bundle(digits_bundle[0]).version
+
+    flipped = list(iter_push(digits_bundle[0], "p2", chunk_bytes=4096))
+    data = bytearray(flipped[2].chunk.data)
+    data[0] ^= 1
+    flipped[2].chunk.data = bytes(data)
+    with pytest.raises(IntegrityError, match="fails its sha256"):
+        for m in flipped:
+            assembler.feed(m)
+    lost = list(iter_push(digits_bundle[0], "p3", chunk_bytes=4096))
+    del lost[2]
+    fresh = PushAssembler()
+    with pytest.raises(IntegrityError, match=r"lost or reordered|do not match"):
+        for m in lost:
+            fresh.feed(m)
+
+
+def test_cloud_pushes_a_new_version_and_the_agent_swaps_it_in(digits_bundle, digits_splits,
+                                                              tmp_path):
+    store = ModelStore(tmp_path / "store")
+    store.push(digits_bundle[0])
+    live = tmp_path / "agent" / "bundle"
+    shutil.copytree(digits_bundle[0], live)
+    cloud = start_cloud(digits_bundle[0], tmp_path, "--store", str(tmp_path / "store"))
+    proxy = ProxyThread(("127.0.0.1", cloud.info["port"]), LinkProfile())
+    proxy.start()
+    agent = start_edge(live, tmp_path, "--cloud", f"127.0.0.1:{proxy.port}",
+                       "--agent-id", "cam-1")
+    try:
+        with EdgeClient(agent.info["endpoint"]) as c:
+            first = c.stats()["model"]["version"]
+            b = variant(digits_bundle[0], tmp_path / "b", "version B")
+            pushed = store.push(b, agent="cam-1")
+            assert pushed.version != first
+            wait_for(lambda: c.stats()["model"]["version"] == pushed.version)
+            assert c.stats()["reloads"]["applied"] == 1
+            assert c.infer(digits_splits.test.x[0])["versions"]["cache"] == pushed.version
+            # The link goes down; a version pushed meanwhile arrives after it heals.
+            proxy.configure(dataclasses.replace(LinkProfile(), drop=True))
+            d = variant(digits_bundle[0], tmp_path / "d", "version D")
+            later = store.push(d, agent="cam-1")
+            proxy.configure(LinkProfile())
+            wait_for(lambda: c.stats()["model"]["version"] == later.version)
+            assert c.stats()["reloads"]["rejected"] == 0
+        log = cloud.log_path.read_text()
+        assert f"agent cam-1 applied {pushed.version}" in log
+        assert (live.parent / ".pushed" / later.version / "manifest.json").exists()
+    finally:
+        assert agent.stop() == 0
+        proxy.stop()
+        assert cloud.stop() == 0
