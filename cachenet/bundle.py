@@ -209,3 +209,15 @@ def write_bundle(root: Path, fields: dict[str, Any], files: dict[str, Path]) -> 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return read_manifest(root)
+
+
+def repack(source: Path, dest: Path, extra: dict[str, Path] | None = None) -> Manifest:
+    """Write a copy of the verified bundle ``source`` to ``dest``, with ``extra`` files.
+
+    The manifest's fields are kept; files, version and creation time are new.
+    """
+    m = verify_bundle(source)
+    fields = {k: v for k, v in m.data.items()
+              if k not in ("files", "format", "version", "created", "signature")}
+    files = {name: Path(source) / name for name in m.files} | dict(extra or {})
+    return write_bundle(dest, fields, files)

@@ -10,6 +10,14 @@ from cachenet.daemon import Process
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1"}  # two cores: keep test daemons from oversubscribing
 
 
+def wait_until(predicate, timeout: float = 60.0) -> None:
+    """Poll ``predicate`` (a condition, not the clock) until true or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
 def start(module: str, args: list[str], tmp: Path) -> Process:
     proc = Process(module, args, tmp, env=SINGLE_THREAD, tag=f"-{time.monotonic_ns()}")
     proc.wait_ready(60)

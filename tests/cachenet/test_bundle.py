@@ -146,15 +146,15 @@ def test_write_bundle_refuses_to_replace_a_directory_that_is_not_a_bundle(tmp_pa
     assert (precious / "thesis.txt").read_text() == "do not delete"
 
 
-def test_rebuilding_replaces_a_bundle_atomically(digits_bundle, bundle_copy):
-    from cachenet.bundle import write_bundle
+def test_rebuilding_replaces_a_bundle_atomically(digits_bundle, bundle_copy, tmp_path):
+    from cachenet.bundle import repack
 
     m = verify_bundle(bundle_copy)
-    fields = {k: v for k, v in m.data.items()
-              if k not in ("files", "format", "version", "created", "signature")}
-    files = {name: digits_bundle[0] / name for name in m.files}
-    again = write_bundle(bundle_copy, fields, files)
+    again = repack(digits_bundle[0], bundle_copy)
     assert again.version == m.version  # same content, same version
+    note = tmp_path / "note.txt"
+    note.write_text("x")
+    assert repack(digits_bundle[0], bundle_copy, {"notes.txt": note}).version != m.version
     assert not [p for p in bundle_copy.parent.iterdir() if p.name.startswith(".bundle")]
 
 

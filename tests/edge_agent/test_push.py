@@ -4,36 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import time
 
 import pytest
 
-from cachenet.bundle import verify_bundle, write_bundle
+from cachenet.bundle import repack, verify_bundle
 from cachenet.exceptions import IntegrityError
 from cachenet.push import PushAssembler, install, iter_push
 from cachenet.store import ModelStore
 from cachenet.wan import LinkProfile, ProxyThread
 from edge_agent.client import EdgeClient
 from tests.processes import start_cloud, start_edge
+from tests.processes import wait_until as wait_for
 
 
 def variant(source, dest, note: str):
     """The same model as ``source`` with one extra file: another bundle version."""
-    m = verify_bundle(source)
     extra = dest.parent / f"{dest.name}.txt"
     extra.write_text(note)
-    fields = {k: v for k, v in m.data.items()
-              if k not in ("files", "format", "version", "created", "signature")}
-    files = {name: source / name for name in m.files} | {"notes.txt": extra}
-    write_bundle(dest, fields, files)
+    repack(source, dest, {"notes.txt": extra})
     return dest
-
-
-def wait_for(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 def test_push_roundtrip_and_damage(digits_bundle, tmp_path):

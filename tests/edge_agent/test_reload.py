@@ -5,30 +5,18 @@ from __future__ import annotations
 import shutil
 import signal
 import threading
-import time
 
 import pytest
 
-from cachenet.bundle import verify_bundle, write_bundle
+from cachenet.bundle import repack
 from edge_agent.client import EdgeClient
 from tests.processes import start_edge
+from tests.processes import wait_until as wait_for
 
 
 def rewrite(live, source, extra=None):
     """Atomically replace the bundle at ``live`` with ``source`` (plus ``extra`` files)."""
-    m = verify_bundle(source)
-    fields = {k: v for k, v in m.data.items()
-              if k not in ("files", "format", "version", "created", "signature")}
-    files = {name: source / name for name in m.files}
-    files.update(extra or {})
-    return write_bundle(live, fields, files).version
-
-
-def wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
+    return repack(source, live, extra).version
 
 
 @pytest.fixture
