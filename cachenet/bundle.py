@@ -82,7 +82,7 @@ class Manifest:
         return str(variants[precision])
 
 
-def _safe_relpath(name: str) -> PurePosixPath:
+def safe_relpath(name: str) -> PurePosixPath:
     rel = PurePosixPath(name)
     if rel.is_absolute() or ".." in rel.parts or not rel.parts:
         raise ManifestError(f"manifest names the file '{name}', which is outside the bundle")
@@ -128,7 +128,7 @@ def read_manifest(root: Path) -> Manifest:
     if not isinstance(data["files"], dict) or not data["files"]:
         raise ManifestError(f"{path}: 'files' must map file names to their sha256")
     for name, entry in data["files"].items():
-        _safe_relpath(name)
+        safe_relpath(name)
         if not isinstance(entry, dict) or "sha256" not in entry:
             raise ManifestError(f"{path}: files['{name}'] lacks its sha256")
     referenced = [data["model"].get("file"), *data.get("variants", {}).values(),
@@ -150,7 +150,7 @@ def verify_bundle(root: Path) -> Manifest:
     root = Path(root)
     manifest = read_manifest(root)
     for name, entry in manifest.files.items():
-        rel = _safe_relpath(name)
+        rel = safe_relpath(name)
         path = root / rel
         if _through_link(root, rel):
             raise IntegrityError(f"bundle {root}: '{name}' is a symbolic link; bundles hold "
@@ -185,7 +185,7 @@ def write_bundle(root: Path, fields: dict[str, Any], files: dict[str, Path]) -> 
     try:
         entries: dict[str, dict[str, Any]] = {}
         for name, src in sorted(files.items()):
-            dst = staging / _safe_relpath(name)
+            dst = staging / safe_relpath(name)
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
             entries[name] = {"sha256": sha256_file(dst), "bytes": dst.stat().st_size}

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from cachenet.bundle import _safe_relpath, verify_bundle
+from cachenet.bundle import safe_relpath, verify_bundle
 from cachenet.exceptions import IntegrityError
 from cachenet.v1 import control_pb2 as pb
 
@@ -66,7 +66,7 @@ class PushAssembler:
                 raise IntegrityError(f"push {msg.header.push_id} is {total} bytes, over the "
                                      f"limit of {self.max_bytes}")
             for f in msg.header.files:
-                _safe_relpath(f.name)
+                safe_relpath(f.name)
                 self.parts[f.name] = bytearray()
             return None
         if self.header is None:
@@ -118,7 +118,7 @@ def install(root: Path, header: pb.BundleHeader, files: dict[str, bytes], *, kee
     staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=root))
     try:
         for name, data in files.items():
-            path = staging / _safe_relpath(name)
+            path = staging / safe_relpath(name)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         (staging / "manifest.json").write_bytes(header.manifest_json)
