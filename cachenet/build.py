@@ -32,7 +32,7 @@ from cachenet.distill import cache_spec, default_cache_arch, default_cache_knobs
 from cachenet.export import INPUT_NAME, OUTPUT_NAME, export_checked, onnx_logits
 from cachenet.full import FullModel, obtain_full_model
 from cachenet.gate import score
-from cachenet.models import count_macs, save_checkpoint
+from cachenet.models import ModelSpec, count_macs, save_checkpoint
 from cachenet.runtime import load_cache_model
 from cachenet.timing import onnx_batch1_us, torch_batch1_us
 from cachenet.train import TrainConfig, accuracy, predict_logits
@@ -73,14 +73,18 @@ class BuildReport:
         return asdict(self)
 
 
-def _full_files(full: FullModel, work: Path) -> dict[str, Path]:
-    """The full model, as the cloud server will load it."""
+def _full_files(full: FullModel, cache_model: torch.nn.Module, cache_spec: ModelSpec,
+                work: Path) -> dict[str, Path]:
+    """The cloud's files: the full model as the server loads it, and the cache model's
+    torch weights, which the cloud fine-tunes into specialised models."""
+    cache = work / "cache.pt"
+    save_checkpoint(cache, cache_model, cache_spec, {})
     if full.spec is None:  # TorchScript: ship the file as it is
-        return {"full/model.ts": Path(full.meta["path"])}
+        return {"full/model.ts": Path(full.meta["path"]), "full/cache.pt": cache}
     path = work / "full.pt"
     save_checkpoint(path, full.model, full.spec, {k: v for k, v in full.meta.items()
                                                   if k in ("test_accuracy", "config")})
-    return {"full/model.pt": path}
+    return {"full/model.pt": path, "full/cache.pt": cache}
 
 
 def _evaluate(conf: np.ndarray, cache_lab: np.ndarray, full_lab: np.ndarray, y: np.ndarray,
@@ -187,7 +191,7 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
             variants["int8"] = "model.int8.onnx"
             canary["logits_int8"] = onnx_logits(q_path, canary_x)
         np.savez(work / "canary.npz", **canary)
-        files.update(_full_files(fm, work))
+        files.update(_full_files(fm, cache_model, spec, work))
         cache_macs = count_macs(cache_model, splits.input_shape)
         full_macs = count_macs(fm.model, splits.input_shape) if fm.spec is not None else None
         c, h, w = splits.input_shape
@@ -207,7 +211,8 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
                      "test": {k: ev[k] for k in ("n", "hit_rate", "agreement")}},
             "variant_gates": {"int8": int8_info["gate"]} if int8_info else {},
             "canary": {"file": "canary.npz", "n": N_CANARY},
-            "full_model": {"files": [p for p in files if p.startswith("full/")],
+            "full_model": {"files": [p for p in files if p.startswith("full/model")],
+                           "cache_checkpoint": "full/cache.pt",
                            "spec": fm.spec.to_dict() if fm.spec else None,
                            "format": "torchscript" if fm.spec is None else "cachenet-checkpoint",
                            "macs": full_macs, "source": fm.source},

@@ -173,7 +173,7 @@ def write_bundle(root: Path, fields: dict[str, Any], files: dict[str, Path]) -> 
 
     The bundle is built in a temporary sibling directory and renamed into
     place, so ``root`` never holds a half-written bundle. ``version``
-    defaults to a digest of the files' hashes; ``signature`` is left null. An
+    is a digest of the files' hashes and the fields; ``signature`` is left null. An
     existing bundle at ``root`` is replaced; any other non-empty path is refused.
     """
     root = root.resolve()
@@ -189,7 +189,9 @@ def write_bundle(root: Path, fields: dict[str, Any], files: dict[str, Path]) -> 
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
             entries[name] = {"sha256": sha256_file(dst), "bytes": dst.stat().st_size}
-        digest = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
+        # The version covers the files and the fields (a new threshold is a new version).
+        digest = hashlib.sha256(json.dumps([entries, fields], sort_keys=True,
+                                           default=str).encode()).hexdigest()
         data = {"format": FORMAT_VERSION, "version": digest[:12],
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 **fields, "files": entries, "signature": None}
@@ -211,13 +213,16 @@ def write_bundle(root: Path, fields: dict[str, Any], files: dict[str, Path]) -> 
     return read_manifest(root)
 
 
-def repack(source: Path, dest: Path, extra: dict[str, Path] | None = None) -> Manifest:
+def repack(source: Path, dest: Path, extra: dict[str, Path] | None = None, *,
+           fields: dict[str, Any] | None = None) -> Manifest:
     """Write a copy of the verified bundle ``source`` to ``dest``, with ``extra`` files.
 
-    The manifest's fields are kept; files, version and creation time are new.
+    The manifest's fields are kept, with ``fields`` replacing top-level ones;
+    files, version and creation time are new.
     """
     m = verify_bundle(source)
-    fields = {k: v for k, v in m.data.items()
-              if k not in ("files", "format", "version", "created", "signature")}
+    kept = {k: v for k, v in m.data.items()
+            if k not in ("files", "format", "version", "created", "signature")}
+    fields = kept | dict(fields or {})
     files = {name: Path(source) / name for name in m.files} | dict(extra or {})
     return write_bundle(dest, fields, files)

@@ -190,6 +190,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", type=Path)
     p.add_argument("--rebuild", action="store_true", help="rebuild the demo bundle")
+    p.add_argument("--scenario", choices=["locality", "drift"], default="locality",
+                   help="locality: compare the three systems; drift: the stream's classes "
+                   "change and the cloud pushes specialised models (default locality)")
+    p.add_argument("--after", type=int, default=300,
+                   help="drift: requests per phase after the specialised model arrived")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     p.set_defaults(func=_run_demo)
 
@@ -200,6 +205,15 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.requests < 10:
         raise CachenetError("--requests must be at least 10")
     install_sigterm_as_interrupt()
+    if args.scenario == "drift":
+        from cachenet.drift import format_drift, run_drift_demo
+
+        drift = run_drift_demo(rtt_ms=args.rtt_ms, after=args.after, seed=args.seed,
+                               cache_dir=args.cache_dir, progress=sys.stderr.isatty())
+        print(format_drift(drift))
+        if args.json:
+            print(json.dumps(drift))
+        return 0 if drift["failed_requests"] == 0 else 1
     results = run_demo(rtt_ms=args.rtt_ms, requests=args.requests, mean_run=args.mean_run,
                        seed=args.seed, cache_dir=args.cache_dir, rebuild=args.rebuild,
                        deadline_ms=args.deadline_ms, progress=sys.stderr.isatty())

@@ -71,11 +71,12 @@ def arch_spec(arch: str, splits: Splits) -> ModelSpec:
 def default_full_config(splits: Splits) -> TrainConfig:
     c, h, _ = splits.input_shape
     if h >= 16:
-        # CIFAR-size: 40 epochs or 80 minutes, whichever ends first (~113 s an
-        # epoch for ResNet-20 on 2 cores).
+        # CIFAR-size: 40 epochs (~116 s each for ResNet-20 on 2 quiet cores),
+        # with a 2-hour cap that leaves room for a busy machine: a schedule cut
+        # short by the cap loses accuracy (26 epochs gave 86.2%).
         return TrainConfig(epochs=40, batch_size=128, lr=0.1, weight_decay=5e-4,
                            augment="crop-flip" if c == 3 else "crop", channels_last=True,
-                           time_budget_s=4800.0)
+                           time_budget_s=7200.0)
     return TrainConfig(epochs=30, batch_size=64, lr=0.05, weight_decay=5e-4, augment="crop")
 
 

@@ -13,8 +13,9 @@ numpy only: this module runs on the edge, where there is no torch.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -104,3 +105,22 @@ class Gate:
         """(predicted labels, confidences, True where the edge answers)."""
         conf = self.confidence(logits)
         return np.asarray(logits).argmax(axis=-1), conf, conf >= self.threshold
+
+
+def outcome(logits: np.ndarray, score_kind: str, partition: Mapping[str, Any] | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, confidences) of a cache model's logits (N x K), as the agent reads them.
+
+    For a partition model (``partition`` is its manifest entry: the global
+    ``classes`` it answers and the ``other_index`` output), labels are mapped
+    to global classes, and ``other`` gets confidence 0, so it always escalates,
+    with the best of the partition's own classes as its label.
+    """
+    conf = score(logits, score_kind)
+    if partition is None:
+        return np.asarray(logits).argmax(axis=-1), conf
+    classes = np.asarray(partition["classes"])
+    other = int(partition["other_index"])
+    top = logits.argmax(1)
+    inner = np.delete(logits, other, axis=1).argmax(1)
+    return classes[inner], np.where(top == other, 0.0, conf)

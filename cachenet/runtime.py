@@ -15,7 +15,7 @@ import numpy as np
 
 from cachenet.bundle import Manifest, verify_bundle
 from cachenet.exceptions import InputSpecError, IntegrityError
-from cachenet.gate import Gate
+from cachenet.gate import Gate, outcome
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,29 @@ class CacheModel:
         self.dtype = np.dtype(spec["dtype"])
         gate = manifest.data.get("variant_gates", {}).get(precision, manifest.gate)
         self.gate = Gate(gate["score"], float(gate["threshold"]))
+        # A partition model answers a few classes and "other", which always escalates.
+        part = manifest.data.get("partition")
+        self.partition: tuple[int, ...] | None = (tuple(int(c) for c in part["classes"])
+                                                  if part else None)
+        self.other_index: int | None = int(part["other_index"]) if part else None
+
+    def covers(self, label: int) -> bool:
+        """Can this model answer ``label`` itself? (Always, for a general model.)"""
+        return self.partition is None or label in self.partition
+
+    def answer_row(self, row: np.ndarray) -> tuple[int, float]:
+        """(global label, gate confidence) for one row of logits: the per-request path.
+
+        For a partition model, ``other`` gives confidence 0 (escalate) and the
+        best of its own classes as the label to fall back on.
+        """
+        best = int(row.argmax())
+        if self.partition is None:
+            return best, self.gate.confidence_row(row)
+        if best == self.other_index:
+            inner = np.delete(row, best)
+            return self.partition[int(inner.argmax())], 0.0
+        return self.partition[best], self.gate.confidence_row(row)
 
     @property
     def version(self) -> str:
@@ -67,8 +90,8 @@ class CacheModel:
 
     def predict(self, x: np.ndarray) -> Prediction:
         logits = self.logits(x)
-        labels, conf, local = self.gate.decide(logits)
-        return Prediction(labels, conf, local, logits)
+        labels, conf = outcome(logits, self.gate.score, self.manifest.data.get("partition"))
+        return Prediction(labels, conf, conf >= self.gate.threshold, logits)
 
 
 def _session(path: Path, threads: int | None):

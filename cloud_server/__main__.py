@@ -32,6 +32,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-size", type=int, default=int(_env("MAX_QUEUE_SIZE", "1024")))
     p.add_argument("--store", type=Path, default=_env("STORE"),
                    help="model store to push bundles from (enables the control plane)")
+    p.add_argument("--specialize", action="store_true",
+                   default=_env("SPECIALIZE", "0") not in ("0", "", "false"),
+                   help="specialise cache models per agent and push them (needs --store)")
+    p.add_argument("--replay", default=_env("REPLAY"),
+                   help="data set for specialisation (default: the one the bundle was built on)")
+    p.add_argument("--specialize-interval", type=float, default=60.0,
+                   help="least seconds between two specialisation checks for one agent")
+    p.add_argument("--escalation-trigger", type=float, default=0.15,
+                   help="check an agent whose escalation rate is above this")
+    p.add_argument("--target", type=float, default=0.99,
+                   help="agreement target the specialised models are calibrated to")
+    p.add_argument("--report-interval", type=int, default=30,
+                   help="seconds between agents' stats reports (control plane)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds to drain on shutdown")
     p.add_argument("--stats-interval", type=float, default=30.0)
     p.add_argument("--ready-file", type=Path,
@@ -45,11 +58,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from cloud_server.server import CloudServer, ServerConfig
+    from cloud_server.specializer import SpecializerConfig
 
     config = ServerConfig(bundle=args.bundle, host=args.host, port=args.port,
                           device=args.device, max_batch_size=args.max_batch_size,
                           max_queue_delay_us=args.max_queue_delay_us,
                           max_queue_size=args.max_queue_size, store=args.store,
+                          specialize=args.specialize, replay=args.replay,
+                          report_interval_s=args.report_interval,
+                          specializer=SpecializerConfig(
+                              min_interval_s=args.specialize_interval,
+                              escalation_trigger=args.escalation_trigger, target=args.target),
                           grace_s=args.grace,
                           stats_interval_s=args.stats_interval, ready_file=args.ready_file)
     try:

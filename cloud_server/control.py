@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -23,6 +23,9 @@ from cachenet.push import iter_push
 from cachenet.store import ModelStore
 from cachenet.v1 import control_pb2 as pb
 from cachenet.v1 import control_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from cloud_server.specializer import Specializer
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class ControlService(pb_grpc.ControlServiceServicer):
         self.acks: list[dict[str, Any]] = []
         self.reports: dict[str, dict[str, Any]] = {}
         self._push_ids = itertools.count(1)
+        self.specializer: Specializer | None = None  # set once it has loaded
 
     async def _check(self, agent_id: str, token: str, context: grpc.aio.ServicerContext) -> None:
         if not agent_id:
@@ -83,6 +87,8 @@ class ControlService(pb_grpc.ControlServiceServicer):
             "agent %s %s %s%s", request.agent_id,
             "applied" if request.applied else "rejected", request.version,
             f": {request.reason}" if request.reason else "")
+        if self.specializer is not None:
+            self.specializer.acknowledged(request.agent_id, request.version, request.applied)
         return pb.AckResponse()
 
     async def ReportStats(self, request: pb.StatsReport,
@@ -96,4 +102,9 @@ class ControlService(pb_grpc.ControlServiceServicer):
         log.info("agent %s: %d requests, %d hits, %d escalations, %d fallbacks",
                  request.agent_id, request.requests, request.hits, request.escalations,
                  request.fallbacks)
+        if self.specializer is not None:
+            self.specializer.report(request.agent_id, version=request.bundle_version,
+                                    requests=request.requests,
+                                    escalations=request.escalations + request.fallbacks,
+                                    histogram=dict(request.class_histogram))
         return pb.StatsAck()

@@ -6,7 +6,9 @@ returns ``(server, port)``; the service and batcher hang off ``server.cachenet``
 :class:`CloudServer` owns the lifecycle, as uvicorn's ``Server`` does:
 startup, main loop (periodic stats in the log), and a graceful shutdown on
 SIGTERM/SIGINT: health goes NOT_SERVING, no new RPCs are accepted, queued and
-in-flight work drains, then the process exits.
+in-flight work drains, then the process exits. With a model store it also
+serves the control plane (:mod:`cloud_server.control`), and with
+``specialize`` it learns per agent what to push (:mod:`cloud_server.specializer`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from torch import nn
 
 from cachenet.client import CHANNEL_OPTIONS
+from cachenet.exceptions import CachenetError, ConfigError
 from cachenet.store import ModelStore
 from cachenet.v1 import control_pb2, control_pb2_grpc
 from cachenet.v1 import inference_pb2 as pb
@@ -34,6 +37,7 @@ from cloud_server.batcher import DynamicBatcher
 from cloud_server.control import ControlService
 from cloud_server.model import load_full_model
 from cloud_server.service import InferenceService, ModelCard, add_to_server
+from cloud_server.specializer import Specializer, SpecializerConfig, build_specializer
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,7 @@ class ServerParts:
     batcher: DynamicBatcher
     health: health.aio.HealthServicer
     control: ControlService | None = None
+    specializer: Specializer | None = None
 
 
 @dataclass
@@ -60,6 +65,11 @@ class ServerConfig:
     max_queue_delay_us: int = 0
     max_queue_size: int = 1024
     store: Path | None = None  # serve the control plane (model push) from this store
+    #: specialise cache models per agent and push them (needs ``store``)
+    specialize: bool = False
+    replay: str | None = None  # replay data for specialisation (default: the bundle's)
+    specializer: SpecializerConfig | None = None
+    report_interval_s: int = 30  # how often agents send stats reports
     grace_s: float = 10.0
     stats_interval_s: float = 30.0
     ready_file: Path | None = None
@@ -90,8 +100,8 @@ def load_card_and_runner(bundle: Path, device: str | None):
 
 async def create_server(card: ModelCard, run_batch, *, host: str = "127.0.0.1", port: int = 0,
                         max_batch_size: int = 32, max_queue_delay_us: int = 0,
-                        max_queue_size: int = 1024, store: Path | None = None
-                        ) -> tuple[grpc.aio.Server, int]:
+                        max_queue_size: int = 1024, store: Path | None = None,
+                        report_interval_s: int = 30) -> tuple[grpc.aio.Server, int]:
     """A started batcher and a bound (not yet started) gRPC server; call in a running loop."""
     batcher = DynamicBatcher(run_batch, max_batch_size=max_batch_size,
                              max_queue_delay_us=max_queue_delay_us,
@@ -105,7 +115,7 @@ async def create_server(card: ModelCard, run_batch, *, host: str = "127.0.0.1", 
              reflection.SERVICE_NAME]
     control = None
     if store is not None:
-        control = ControlService(ModelStore(store))
+        control = ControlService(ModelStore(store), stats_interval_s=report_interval_s)
         control_pb2_grpc.add_ControlServiceServicer_to_server(control, server)
         names.append(control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name)
     reflection.enable_server_reflection(names, server)
@@ -126,6 +136,7 @@ class CloudServer:
         self.should_exit = asyncio.Event()
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.specializer_task: asyncio.Task | None = None
 
     async def startup(self) -> None:
         c = self.config
@@ -133,7 +144,7 @@ class CloudServer:
         self.server, self.port = await create_server(
             card, runner, host=c.host, port=c.port, max_batch_size=c.max_batch_size,
             max_queue_delay_us=c.max_queue_delay_us, max_queue_size=c.max_queue_size,
-            store=c.store)
+            store=c.store, report_interval_s=c.report_interval_s)
         await self.server.start()
         for name in ("", SERVICE_NAME):
             await self.server.cachenet.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -144,6 +155,28 @@ class CloudServer:
             tmp = c.ready_file.with_name(c.ready_file.name + ".tmp")
             tmp.write_text(json.dumps({"port": self.port, "pid": os.getpid()}))
             tmp.replace(c.ready_file)
+        if c.specialize:
+            if c.store is None:
+                raise ConfigError("specialisation pushes through the model store: give --store")
+            self.specializer_task = asyncio.create_task(self.run_specializer(),
+                                                        name="specializer")
+
+    async def run_specializer(self) -> None:
+        """Load the specialiser off the loop (it labels the replay data), then run it."""
+        c = self.config
+        parts: ServerParts = self.server.cachenet  # type: ignore[union-attr]
+        try:
+            spec = await asyncio.to_thread(build_specializer, c.bundle, ModelStore(c.store),
+                                           replay=c.replay, device=c.device,
+                                           config=c.specializer)
+        except CachenetError as exc:
+            log.error("specialisation is off: %s", exc)
+            return
+        parts.specializer = spec
+        assert parts.control is not None
+        parts.control.specializer = spec
+        parts.service.observer = spec.observe
+        await spec.run()
 
     def log_stats(self) -> None:
         parts: ServerParts = self.server.cachenet  # type: ignore[union-attr]
@@ -163,6 +196,9 @@ class CloudServer:
         assert self.server is not None
         parts: ServerParts = self.server.cachenet
         await parts.health.enter_graceful_shutdown()  # every service NOT_SERVING
+        if self.specializer_task is not None:
+            self.specializer_task.cancel()
+            await asyncio.gather(self.specializer_task, return_exceptions=True)
         log.info("shutting down: draining in-flight requests (grace %.1f s)",
                  self.config.grace_s)
         await self.server.stop(self.config.grace_s)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -100,6 +100,8 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         self.card = card
         self.batcher = batcher
         self.max_tensor_bytes = max_tensor_bytes
+        #: called with (agent id, inputs, full-model labels) for each answered escalation
+        self.observer: Callable[[str, np.ndarray, np.ndarray], None] | None = None
         self.counts = {"received": 0, "ok": 0, "invalid": 0, "overloaded": 0, "deadline": 0,
                        "error": 0}
 
@@ -154,6 +156,8 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             raise RequestError(grpc.StatusCode.INTERNAL, f"model failed: {exc}") from None
         self.counts["ok"] += 1
         logits = result.logits.astype(np.float32, copy=False)
+        if self.observer is not None and request.agent_id:
+            self.observer(request.agent_id, x, logits.argmax(1))
         probs = softmax(logits)
         dtype, shape, raw = tensors.encode(logits)
         return pb.InferResponse(

@@ -4,8 +4,10 @@ One request, start to end:
 
 1. :meth:`EdgeAgent.main_loop` receives ``[identity, b"", header, tensor]`` on
    the ROUTER socket; the tensor is viewed in place (:mod:`edge_agent.wire`);
-2. :meth:`EdgeAgent.infer` runs the cache model under ONNX Runtime and the gate
-   scores it (:class:`cachenet.runtime.CacheModel`);
+2. :meth:`EdgeAgent.infer` runs the active cache model under ONNX Runtime and
+   the gate scores it (:class:`cachenet.runtime.CacheModel`); an unsure
+   partition model (one specialised by the cloud, :mod:`edge_agent.partitions`)
+   hands over to the general model;
 3. confident: the answer goes back at once, ``source: edge``, without leaving
    the receiving thread. Unsure: :meth:`EdgeAgent.escalate` sends it to the
    cloud over gRPC with a deadline (:class:`cachenet.client.AsyncCloudClient`),
@@ -42,6 +44,7 @@ from cachenet.runtime import CacheModel, load_cache_model
 from edge_agent import wire
 from edge_agent.config import AgentConfig
 from edge_agent.control import ControlClient
+from edge_agent.partitions import ModelSet
 from edge_agent.reload import Reloader
 from edge_agent.stats import AgentStats, telemetry
 
@@ -60,7 +63,8 @@ def _bind(sock: zmq.Socket, endpoint: str) -> str:
 class EdgeAgent:
     def __init__(self, config: AgentConfig, *, model: CacheModel | None = None) -> None:
         self.config = config
-        self.model = model
+        self.model = model  # the active cache model: one reference, swapped whole
+        self.models: ModelSet | None = None  # general + partition models held
         self.ctx = zmq.Context()
         self.sock: zmq.Socket | None = None
         self.endpoint = ""
@@ -86,6 +90,7 @@ class EdgeAgent:
             if c.bundle is None:
                 raise CachenetError("no bundle configured (--bundle or CACHENET_BUNDLE)")
             self.model = load_cache_model(c.bundle, precision=c.precision, threads=c.threads)
+        self.models = ModelSet(self.model, k=c.partition_models)
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.endpoint = _bind(self.sock, c.bind)
@@ -200,7 +205,8 @@ class EdgeAgent:
                             threads=self.config.threads)
 
     def _swap(self, model: CacheModel) -> None:
-        self.model = model  # one reference change; requests in flight keep the old one
+        # One reference change; requests in flight keep the model they started with.
+        self.model = self.models.add(model) if self.models is not None else model
 
     def serve(self) -> None:
         self.install_signal_handlers()
@@ -246,15 +252,22 @@ class EdgeAgent:
         model = self.model  # one reference: a swapped-in model serves the next request
         t1 = time.perf_counter_ns()
         logits = model.session.run(None, {model.input_name: x})[0]
-        conf = model.gate.confidence_row(logits[0])
-        label = int(logits[0].argmax())
+        label, conf = model.answer_row(logits[0])
+        sure = conf >= model.gate.threshold
+        versions = {"cache": model.version}
+        if not sure and model.partition is not None and self.models is not None:
+            # An unsure partition model hands over to the general model.
+            general = self.models.general
+            row = general.session.run(None, {general.input_name: x})[0][0]
+            label, conf = general.answer_row(row)
+            sure = conf >= general.gate.threshold
+            versions["cache_general"] = general.version
         t2 = time.perf_counter_ns()
         answer = {"id": header.get("id"), "ok": True, "label": label,
                   "class": model.manifest.classes[label], "confidence": conf,
-                  "versions": {"cache": model.version},
-                  "latency_us": {"edge_infer": (t2 - t1) / 1e3}}
+                  "versions": versions, "latency_us": {"edge_infer": (t2 - t1) / 1e3}}
         policy = header.get("policy", "auto")
-        if policy == "edge" or (policy == "auto" and conf >= model.gate.threshold):
+        if policy == "edge" or (policy == "auto" and sure):
             self.finish(envelope, answer, "edge", t0)
         elif self.loop is None:
             self.finish(envelope, answer, "edge-fallback", t0, "no cloud configured")
@@ -324,6 +337,10 @@ class EdgeAgent:
         answer["latency_us"]["agent_total"] = total
         self.stats.record(source, answer["label"], total)
         self.reply(envelope, answer)
+        if source == "cloud" and self.models is not None:
+            switched = self.models.observe_cloud(answer["label"])
+            if switched is not None:
+                self.model = switched
 
     def stats_reply(self, request_id: Any) -> dict[str, Any]:
         model = self.model
@@ -332,4 +349,5 @@ class EdgeAgent:
                 "model": {"name": model.manifest.name, "version": model.version,
                           "threshold": model.gate.threshold, "score": model.gate.score},
                 "cloud": self.config.cloud, "inflight": self.inflight,
-                "reloads": self.reloader.snapshot()}
+                "reloads": self.reloader.snapshot(),
+                "models": self.models.snapshot() if self.models is not None else None}

@@ -38,6 +38,8 @@ class AgentConfig:
     #: where pushed bundles are installed; default: ``.pushed`` beside the bundle.
     state_dir: Path | None = None
     keep_bundles: int = 3
+    #: partition models (pushed specialised cache models) held at once, LRU.
+    partition_models: int = 3
 
     def __post_init__(self) -> None:
         if self.bundle is not None:
@@ -50,8 +52,9 @@ class AgentConfig:
             self.control = self.control.lower() not in ("0", "false", "no", "off")
         if not math.isfinite(self.deadline_ms) or self.deadline_ms <= 0:
             raise ConfigError(f"deadline_ms must be > 0, got {self.deadline_ms}")
-        if self.threads < 1 or self.max_inflight < 1 or self.latency_window < 1:
-            raise ConfigError("threads, max_inflight and latency_window must be >= 1")
+        if min(self.threads, self.max_inflight, self.latency_window, self.partition_models) < 1:
+            raise ConfigError("threads, max_inflight, latency_window and partition_models must "
+                              "be >= 1")
         if self.precision not in ("fp32", "int8"):
             raise ConfigError(f"precision must be fp32 or int8, got '{self.precision}'")
 

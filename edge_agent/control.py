@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
+import shutil
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +44,14 @@ class ControlClient:
         self.root = self.config.state_dir or (Path(bundle).parent / ".pushed" if bundle
                                               else Path(".cachenet-agent"))
         self.stats_interval_s = 30
+        self._clean_staging()
+
+    def _clean_staging(self) -> None:
+        """Remove half-installed pushes an earlier run left when it was killed."""
+        if self.root.is_dir():
+            for stale in self.root.glob(".incoming-*"):
+                log.info("removing %s, left by an interrupted install", stale)
+                shutil.rmtree(stale, ignore_errors=True)
 
     def _version(self) -> str:
         return self.agent.model.version if self.agent.model else ""

@@ -8,13 +8,16 @@ from typing import Any
 
 import numpy as np
 
+#: answers in the class histogram the agent reports: short, so that it follows the stream.
+CLASS_WINDOW = 200
+
 
 class AgentStats:
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, class_window: int = CLASS_WINDOW) -> None:
         self.started = time.time()
         self.counts: collections.Counter[str] = collections.Counter()
         self.latencies_us: collections.deque[float] = collections.deque(maxlen=window)
-        self.recent_labels: collections.deque[int] = collections.deque(maxlen=window)
+        self.recent_labels: collections.deque[int] = collections.deque(maxlen=class_window)
 
     def record(self, source: str, label: int, total_us: float) -> None:
         self.counts["requests"] += 1

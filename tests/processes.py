@@ -18,8 +18,10 @@ def wait_until(predicate, timeout: float = 60.0) -> None:
         time.sleep(0.01)
 
 
-def start(module: str, args: list[str], tmp: Path) -> Process:
-    proc = Process(module, args, tmp, env=SINGLE_THREAD, tag=f"-{time.monotonic_ns()}")
+def start(module: str, args: list[str], tmp: Path, env: dict[str, str] | None = None
+          ) -> Process:
+    proc = Process(module, args, tmp, env={**SINGLE_THREAD, **(env or {})},
+                   tag=f"-{time.monotonic_ns()}")
     proc.wait_ready(60)
     return proc
 
@@ -28,6 +30,7 @@ def start_cloud(bundle: Path, tmp: Path, *extra: str) -> Process:
     return start("cloud_server", ["--bundle", str(bundle), "--port", "0", *extra], tmp)
 
 
-def start_edge(bundle: Path, tmp: Path, *extra: str) -> Process:
+def start_edge(bundle: Path, tmp: Path, *extra: str, env: dict[str, str] | None = None
+               ) -> Process:
     return start("edge_agent", ["--bundle", str(bundle), "--bind", "tcp://127.0.0.1:0", *extra],
-                 tmp)
+                 tmp, env)

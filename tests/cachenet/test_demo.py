@@ -71,3 +71,19 @@ def test_interrupted_demo_stops_its_processes(cli_cache):
     _, alive = psutil.wait_procs(kids, timeout=30)
     assert not alive, f"left running: {alive}"
     assert demo.returncode == 130
+
+
+@pytest.mark.slow
+def test_drift_demo_specialises_each_phase_and_loses_nothing(cli_cache):
+    env = {**os.environ, "CACHENET_CACHE_DIR": str(cli_cache), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "cachenet", "demo", "--scenario", "drift",
+                           "--after", "150", "--json"], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["failed_requests"] == 0
+    assert result["pushes_rejected"] == 0 and result["pushes_applied"] >= len(result["phases"])
+    for phase in result["phases"]:
+        assert phase["specialised_after_s"] is not None, phase
+        assert phase["requests_after"] == 150
+        assert phase["escalation_rate_after"] < phase["escalation_rate_before"], phase

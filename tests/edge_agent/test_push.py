@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import shutil
+import threading
 
 import pytest
 
@@ -18,7 +20,7 @@ from tests.processes import wait_until as wait_for
 
 
 def variant(source, dest, note: str):
-    """The same model as ``source`` with one extra file: another bundle version."""
+    """The same model as ``source`` with one extra file: another bundle version per note."""
     extra = dest.parent / f"{dest.name}.txt"
     extra.write_text(note)
     repack(source, dest, {"notes.txt": extra})
@@ -83,3 +85,83 @@ def test_cloud_pushes_a_new_version_and_the_agent_swaps_it_in(digits_bundle, dig
         assert agent.stop() == 0
         proxy.stop()
         assert cloud.stop() == 0
+
+
+def test_twenty_pushes_under_continuous_load_lose_nothing(digits_bundle, digits_splits,
+                                                          tmp_path):
+    store = ModelStore(tmp_path / "store")
+    cloud = start_cloud(digits_bundle[0], tmp_path, "--store", str(tmp_path / "store"))
+    agent = start_edge(digits_bundle[0], tmp_path, "--cloud", f"127.0.0.1:{cloud.info['port']}",
+                       "--agent-id", "cam-load")
+    stop = threading.Event()
+    outcomes = {"sent": 0, "ok": 0, "failed": 0, "sources": collections.Counter()}
+
+    def load() -> None:
+        with EdgeClient(agent.info["endpoint"]) as c:
+            i = 0
+            while not stop.is_set():
+                outcomes["sent"] += 1
+                try:
+                    answer = c.infer(digits_splits.test.x[i % 300], timeout=10)
+                    outcomes["ok"] += 1
+                    outcomes["sources"][answer["source"]] += 1
+                except Exception:
+                    outcomes["failed"] += 1
+                i += 1
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        with EdgeClient(agent.info["endpoint"]) as admin:
+            for n in range(20):
+                pushed = store.push(variant(digits_bundle[0], tmp_path / f"v{n}", f"v{n}"),
+                                    agent="cam-load")
+                served_before = outcomes["ok"]
+                wait_for(lambda v=pushed.version: admin.stats()["model"]["version"] == v)
+                wait_for(lambda s=served_before: outcomes["ok"] > s + 5)  # serving throughout
+            reloads = admin.stats()["reloads"]
+    finally:
+        stop.set()
+        worker.join(30)
+        agent_status = agent.stop()
+        cloud.stop()
+    assert reloads["applied"] == 20 and reloads["rejected"] == 0
+    assert outcomes["failed"] == 0 and outcomes["ok"] == outcomes["sent"]
+    assert outcomes["sources"]["edge"] > 0 and outcomes["sources"]["cloud"] > 0
+    assert agent_status == 0
+
+
+def test_agent_killed_mid_push_comes_back_on_a_consistent_version(digits_bundle, tmp_path):
+    """The WAN is slow, so a push takes seconds; the agent is killed while receiving it."""
+    store = ModelStore(tmp_path / "store")
+    cloud = start_cloud(digits_bundle[0], tmp_path, "--store", str(tmp_path / "store"))
+    proxy = ProxyThread(("127.0.0.1", cloud.info["port"]), LinkProfile())
+    proxy.start()
+    state = tmp_path / "agent-state"
+    args = ("--cloud", f"127.0.0.1:{proxy.port}", "--agent-id", "cam-kill")
+    env_state = {"CACHENET_STATE_DIR": str(state)}
+    agent = start_edge(digits_bundle[0], tmp_path, *args, env=env_state)
+    original = verify_bundle(digits_bundle[0]).version
+    try:
+        size = sum(p.stat().st_size for p in digits_bundle[0].rglob("*") if p.is_file())
+        proxy.configure(dataclasses.replace(LinkProfile(), bandwidth_kbps=size * 8 / 1000 / 4))
+        pushed = store.push(variant(digits_bundle[0], tmp_path / "new", "new"), agent="cam-kill")
+        wait_for(lambda: "to cam-kill (push-" in cloud.log_path.read_text())
+        agent.proc.kill()  # SIGKILL, in the middle of the ~4 s transfer
+        agent.proc.wait()
+        proxy.configure(LinkProfile())
+        again = start_edge(digits_bundle[0], tmp_path, *args, env=env_state)
+        try:
+            with EdgeClient(again.info["endpoint"]) as c:
+                assert c.stats()["model"]["version"] in (original, pushed.version)
+                wait_for(lambda: c.stats()["model"]["version"] == pushed.version)
+                assert c.stats()["reloads"]["rejected"] == 0
+            installed = [p.name for p in state.iterdir()]
+            assert pushed.version in installed
+            assert not [n for n in installed if n.startswith(".incoming")]
+            assert verify_bundle(state / pushed.version).version == pushed.version
+        finally:
+            assert again.stop() == 0
+    finally:
+        proxy.stop()
+        cloud.stop()

@@ -1,0 +1,280 @@
+"""The cloud learns what each agent sees and pushes it a specialised cache model.
+
+Per agent it keeps a window of escalated inputs with the full model's answers
+(:meth:`Specializer.observe`, called by the inference service) and the class
+histogram and counters of the agent's stats reports (:meth:`Specializer.report`,
+called by the control service). A check runs when the agent's escalation rate
+since its last report is above ``escalation_trigger`` or its class histogram has
+moved by more than ``shift_trigger`` (total variation) from the one its current
+model was made for, at most once per ``min_interval_s``:
+
+1. the active classes are read off the histogram (:func:`cachenet.specialize.active_classes`);
+2. a partition model for them comes from the library when one there covers
+   them, else it is fine-tuned from the general cache model on replay data and
+   the agent's escalations, labelled by the full model, and added to the library;
+3. candidate and the agent's current model are calibrated at the same
+   agreement target on held-out data drawn like the agent's inputs and compared
+   on a second half; only a candidate with the higher hit rate is stored as the
+   agent's new version (:class:`cachenet.store.ModelStore`), which the control
+   plane then pushes.
+
+Training runs on a worker thread, off the serving loop. Every check is kept in
+:attr:`Specializer.history` with its outcome and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from cachenet import specialize as sp
+from cachenet.bundle import Manifest, verify_bundle
+from cachenet.export import onnx_logits
+from cachenet.store import ModelStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SpecializerConfig:
+    target: float = 0.99
+    delta: float = 0.05
+    escalation_trigger: float = 0.15
+    shift_trigger: float = 0.3
+    min_interval_s: float = 60.0
+    min_requests: int = 50  # answers an agent must have reported before a check
+    window: int = 512  # escalated inputs kept per agent
+    heldout: int = 2000  # inputs in each of the calibration and evaluation draws
+    uniform_share: float = 0.2  # of the calibration draw, from any class (drift guard)
+    coverage: float = 0.85
+    push_timeout_s: float = 30.0  # wait this long for the agent to run a push before rechecking
+    max_classes: int = 4
+    poll_s: float = 0.5
+    finetune: sp.FinetuneConfig = field(default_factory=sp.FinetuneConfig)
+
+
+@dataclass
+class AgentState:
+    escalations: collections.deque = field(default_factory=lambda: collections.deque(maxlen=512))
+    histogram: np.ndarray | None = None
+    made_for: np.ndarray | None = None  # histogram the current specialised model was made for
+    version: str = ""  # what the agent says it runs
+    last_counts: tuple[int, int] = (0, 0)  # requests, escalations at the previous report
+    escalation_rate: float | None = None
+    requests: int = 0
+    last_check: float = 0.0
+    due: bool = False
+    pending: str | None = None  # pushed, not yet reported as running
+    pending_since: float = 0.0
+    rejected: set = field(default_factory=set)  # library versions that lost for this agent
+
+
+class Specializer:
+    def __init__(self, *, base_bundle: Path, base_model: nn.Module, replay: sp.ReplayData,
+                 store: ModelStore, config: SpecializerConfig | None = None) -> None:
+        self.base = verify_bundle(base_bundle)
+        self.base_model = base_model
+        self.replay = replay
+        self.store = store
+        self.config = config or SpecializerConfig()
+        self.agents: dict[str, AgentState] = {}
+        self.library: dict[tuple[int, ...], Manifest] = {}
+        self.history: list[dict[str, Any]] = []
+        self.library_dir = store.root / "library"
+        # Version of each calibrated copy pushed -> the library bundle it was made from.
+        self._agent_versions: dict[str, Manifest] = {}
+        self._lock = threading.Lock()
+
+    def _state(self, agent: str) -> AgentState:
+        if agent not in self.agents:
+            self.agents[agent] = AgentState(collections.deque(maxlen=self.config.window))
+        return self.agents[agent]
+
+    # -- inputs, from the services (cheap: on the serving loop) ---------
+    def observe(self, agent: str, x: np.ndarray, labels: np.ndarray) -> None:
+        """An escalation from ``agent`` and the full model's labels for it."""
+        window = self._state(agent).escalations
+        for xi, yi in zip(np.array(x, copy=True), labels, strict=True):
+            window.append((xi, int(yi)))
+
+    def report(self, agent: str, *, version: str, requests: int, escalations: int,
+               histogram: dict[str, int]) -> None:
+        """An agent's stats report: decide whether a check is due."""
+        s = self._state(agent)
+        s.version = version
+        hist = sp.normalise_histogram({int(k): v for k, v in histogram.items()
+                                       if k.lstrip("-").isdigit()}, self.replay.num_classes)
+        s.histogram = hist if hist.sum() > 0 else None
+        d_req, d_esc = requests - s.last_counts[0], escalations - s.last_counts[1]
+        if d_req < 0:  # the agent restarted
+            d_req, d_esc = requests, escalations
+        s.last_counts = (requests, escalations)
+        s.requests = requests
+        if d_req > 0:
+            s.escalation_rate = d_esc / d_req
+        c = self.config
+        high = s.escalation_rate is not None and s.escalation_rate > c.escalation_trigger
+        moved = (s.histogram is not None and s.made_for is not None
+                 and sp.total_variation(s.histogram, s.made_for) > c.shift_trigger)
+        if s.histogram is not None and requests >= c.min_requests and (high or moved):
+            s.due = True
+
+    def acknowledged(self, agent: str, version: str, applied: bool) -> None:
+        """The agent applied or rejected a push: checks for it may go on."""
+        s = self._state(agent)
+        if s.pending == version or not applied:
+            s.pending = None
+
+    # -- the loop -------------------------------------------------------
+    async def run(self) -> None:
+        """Check agents that are due, one at a time, on a worker thread."""
+        while True:
+            now = time.monotonic()
+            for agent, s in list(self.agents.items()):
+                waiting = (s.pending is not None and s.pending != s.version
+                           and now - s.pending_since < self.config.push_timeout_s)
+                if s.due and not waiting and now - s.last_check >= self.config.min_interval_s:
+                    s.due, s.pending = False, None
+                    try:
+                        await asyncio.to_thread(self.check, agent)
+                    except Exception:
+                        log.exception("specialising for %s failed", agent)
+                    s.last_check = time.monotonic()
+            await asyncio.sleep(self.config.poll_s)
+
+    def _current(self, version: str) -> tuple[Path, dict | None]:
+        """The ONNX model and partition of what the agent runs (the base when unknown)."""
+        m = self._agent_versions.get(version)
+        return (m.root, m.data.get("partition")) if m else (self.base.root, None)
+
+    def _candidate(self, classes: tuple[int, ...], s: AgentState, x: np.ndarray
+                   ) -> tuple[str, Manifest]:
+        """A partition bundle from the library that covers ``classes``, else a new one."""
+        running = self._agent_versions.get(s.version)
+        covering = [k for k, m in self.library.items() if set(classes) <= set(k)
+                    and m is not running and m.version not in s.rejected
+                    and len(k) <= self.config.max_classes]
+        if covering:
+            return "library", self.library[min(covering, key=len)]
+        hard = None
+        if s.escalations:
+            xs, ys = zip(*s.escalations.copy(), strict=True)  # C-level copy: atomic
+            hard = (np.stack(xs), np.asarray(ys))
+        t0 = time.perf_counter()
+        model = sp.train_partition(self.base_model, classes, self.replay, hard=hard,
+                                   cfg=self.config.finetune)
+        out = self.library_dir / f"p{'-'.join(map(str, classes))}-{time.time_ns()}"
+        manifest = sp.write_partition_bundle(out, model, self.base, classes, canary_x=x[:64])
+        log.info("trained partition model %s for classes %s in %.1f s", manifest.version,
+                 classes, time.perf_counter() - t0)
+        self.library[classes] = manifest
+        return "trained", manifest
+
+    def _scored(self, root: Path, partition: dict | None, cal_idx: np.ndarray,
+                ev_idx: np.ndarray) -> sp.Scored:
+        x = self.replay.hold_x
+        return sp.Scored(onnx_logits(root / "model.onnx", x[cal_idx]),
+                         onnx_logits(root / "model.onnx", x[ev_idx]), partition)
+
+    def check(self, agent: str) -> dict[str, Any]:
+        """Pick or train a candidate for ``agent``, compare, and store it if better."""
+        with self._lock:
+            s = self._state(agent)
+            assert s.histogram is not None
+            c = self.config
+            classes = sp.active_classes(s.histogram, coverage=c.coverage,
+                                        max_classes=c.max_classes)
+            record: dict[str, Any] = {"agent": agent, "time": time.time(),
+                                      "classes": list(classes),
+                                      "escalation_rate": s.escalation_rate}
+            if not classes or s.histogram[list(classes)].sum() < c.coverage:
+                record.update(outcome="skipped", reason=f"no {c.max_classes} classes cover "
+                              f"{c.coverage:.0%} of the recent inputs")
+                return self._done(record)
+            seed = len(self.history)
+            cal_idx = sp.heldout_like(s.histogram, self.replay, c.heldout,
+                                      uniform_share=c.uniform_share, half=0, seed=seed)
+            ev_idx = sp.heldout_like(s.histogram, self.replay, c.heldout, half=1, seed=seed)
+            source, manifest = self._candidate(classes, s, self.replay.hold_x[cal_idx])
+            cmp = sp.compare(
+                self._scored(manifest.root, manifest.data["partition"], cal_idx, ev_idx),
+                self._scored(*self._current(s.version), cal_idx, ev_idx),
+                self._scored(self.base.root, None, cal_idx, ev_idx),
+                float(self.base.gate["threshold"]), full_calib=self.replay.hold_full[cal_idx],
+                full_eval=self.replay.hold_full[ev_idx], score_kind=self.base.gate["score"],
+                target=c.target, delta=c.delta)
+            record.update(source=source, comparison=cmp.to_dict())
+            if not cmp.better:
+                s.rejected.add(manifest.version)
+                record.update(outcome="rejected", reason=f"hit rate {cmp.candidate_hit_rate:.3f}"
+                              f" is not above the current model's {cmp.current_hit_rate:.3f}")
+                return self._done(record)
+            record.update(outcome="pushed", version=self._store(agent, manifest, cmp))
+            s.made_for = s.histogram.copy()
+            s.pending, s.pending_since = record["version"], time.monotonic()
+            return self._done(record)
+
+    def _store(self, agent: str, manifest: Manifest, cmp: sp.Comparison) -> str:
+        """Store a copy of ``manifest`` calibrated for ``agent`` as its new version."""
+        staging = self.library_dir / f".agent-{agent}-{time.time_ns()}"
+        try:
+            tuned = sp.calibrated_copy(manifest.root, staging, cmp)
+            stored = self.store.push(staging, agent=agent)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self._agent_versions[tuned.version] = manifest
+        log.info("stored %s version %s for %s: hit rate %.3f vs %.3f at agreement %.3f",
+                 tuned.name, tuned.version, agent, cmp.candidate_hit_rate,
+                 cmp.current_hit_rate, self.config.target)
+        return stored.version
+
+    def _done(self, record: dict[str, Any]) -> dict[str, Any]:
+        self.history.append(record)
+        log.info("specialisation check for %s: %s%s", record["agent"], record["outcome"],
+                 f" ({record['reason']})" if "reason" in record else "")
+        return record
+
+
+def build_specializer(bundle: Path, store: ModelStore, *, replay: str | None = None,
+                      device: str | None = None, cache_dir: Path | None = None,
+                      config: SpecializerConfig | None = None) -> Specializer:
+    """Load what specialisation needs: the general cache model's weights (the bundle's
+    ``full/cache.pt``), the replay data (``replay``, else the data the bundle was built
+    from) and the full model's answers on it. Slow: run it off the serving loop."""
+    from cachenet.data import load_splits
+    from cachenet.exceptions import ConfigError
+    from cachenet.models import load_checkpoint
+    from cloud_server.model import load_full_model
+
+    full, manifest = load_full_model(bundle, device=device)
+    ckpt = manifest.data.get("full_model", {}).get("cache_checkpoint")
+    if not ckpt:
+        raise ConfigError(f"bundle {bundle} carries no cache-model checkpoint "
+                          "(full/cache.pt); rebuild it with this version of cachenet")
+    base, _, _ = load_checkpoint(Path(bundle) / ckpt)
+    dataset = manifest.data.get("dataset") or {}
+    embedded = dataset.get("name") == "digits" and "sklearn" in str(dataset.get("source"))
+    spec = replay or ("digits" if embedded else dataset.get("source"))
+    if not spec:
+        raise ConfigError("no replay data: pass --replay (a data set like the bundle's)")
+    splits = load_splits(str(spec), seed=int(dataset.get("seed", 0)), cache_dir=cache_dir)
+    if list(splits.input_shape) != [int(d) for d in manifest.input["shape"][1:]]:
+        raise ConfigError(f"replay data has inputs {splits.input_shape}, the bundle takes "
+                          f"{manifest.input['shape'][1:]}")
+    t0 = time.perf_counter()
+    data = sp.ReplayData.from_splits(splits, full.cpu())
+    log.info("specialisation ready: %d replay and %d held-out inputs from %s, labelled by the "
+             "full model in %.1f s", len(data.train_x), len(data.hold_x), spec,
+             time.perf_counter() - t0)
+    return Specializer(base_bundle=bundle, base_model=base.eval(), replay=data, store=store,
+                       config=config)

@@ -1,0 +1,85 @@
+"""Which cache model answers: the general one, or one of the k partition models held.
+
+The cloud pushes *partition models* (:mod:`cachenet.specialize`), each sure of
+a few classes and escalating the rest. The agent keeps the general model and up
+to ``k`` partition models, least recently used out first, and switches the
+active one locally, without asking the cloud, when the cloud's recent answers
+show that the stream moved: if another held model covers the recent labels
+better than the active one, it becomes active; if none covers them well, the
+general model does. numpy only.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+
+from cachenet.runtime import CacheModel
+
+log = logging.getLogger(__name__)
+
+
+class ModelSet:
+    def __init__(self, general: CacheModel, *, k: int = 3, window: int = 16,
+                 min_coverage: float = 0.75) -> None:
+        self.general = general
+        self.k = k
+        self.min_coverage = min_coverage
+        self.partitions: collections.OrderedDict[str, CacheModel] = collections.OrderedDict()
+        self.active = general
+        self.recent: collections.deque[int] = collections.deque(maxlen=window)
+        self.switches = 0
+        self._lock = threading.Lock()  # adds come from the reload thread
+
+    def add(self, model: CacheModel) -> CacheModel:
+        """Hold a newly loaded model and make it active; returns it."""
+        with self._lock:
+            return self._add(model)
+
+    def _add(self, model: CacheModel) -> CacheModel:
+        if model.partition is None:
+            self.general = model
+        else:
+            self.partitions[model.version] = model
+            self.partitions.move_to_end(model.version)
+            while len(self.partitions) > self.k:
+                old, _ = self.partitions.popitem(last=False)
+                log.info("dropped partition model %s (holding %d)", old, self.k)
+        self.active = model
+        self.recent.clear()
+        return model
+
+    def _coverage(self, model: CacheModel) -> float:
+        return sum(model.covers(label) for label in self.recent) / len(self.recent)
+
+    def observe_cloud(self, label: int) -> CacheModel | None:
+        """Note a cloud answer; the model to switch to, if the stream has moved."""
+        with self._lock:
+            return self._observe(label)
+
+    def _observe(self, label: int) -> CacheModel | None:
+        self.recent.append(label)
+        if len(self.recent) < (self.recent.maxlen or 1) or not self.partitions:
+            return None
+        active_cov = self._coverage(self.active)
+        if self.active.partition is not None and active_cov >= self.min_coverage:
+            return None
+        best = max(self.partitions.values(), key=self._coverage, default=None)
+        target = (best if best is not None and self._coverage(best) >= self.min_coverage
+                  else self.general)
+        if target is self.active:
+            return None
+        if target.partition is not None:
+            self.partitions.move_to_end(target.version)
+        log.info("stream moved (recent cloud labels %s): switching from %s to %s",
+                 sorted(set(self.recent)), self.active.manifest.name, target.manifest.name)
+        self.active = target
+        self.switches += 1
+        self.recent.clear()
+        return target
+
+    def snapshot(self) -> dict[str, object]:
+        return {"active": self.active.version, "general": self.general.version,
+                "partitions": {v: list(m.partition or ()) for v, m in self.partitions.items()},
+                "switches": self.switches}
