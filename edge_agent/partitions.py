@@ -5,8 +5,9 @@ a few classes and escalating the rest. The agent keeps the general model and up
 to ``k`` partition models, least recently used out first, and switches the
 active one locally, without asking the cloud, when the cloud's recent answers
 show that the stream moved: if another held model covers the recent labels
-better than the active one, it becomes active; if none covers them well, the
-general model does. numpy only.
+well (``min_coverage``) and better than the active one, it becomes active; if
+the active one covers few of them (``1 - min_coverage``) and no held model fits,
+the general model does. numpy only.
 """
 
 from __future__ import annotations
@@ -62,12 +63,17 @@ class ModelSet:
         self.recent.append(label)
         if len(self.recent) < (self.recent.maxlen or 1) or not self.partitions:
             return None
-        active_cov = self._coverage(self.active)
-        if self.active.partition is not None and active_cov >= self.min_coverage:
+        # The general model covers everything, but any partition that fits is better.
+        active_cov = self._coverage(self.active) if self.active.partition is not None else 0.0
+        others = [m for m in self.partitions.values() if m is not self.active]
+        best = max(others, key=self._coverage, default=None)
+        if best is not None and self._coverage(best) >= max(self.min_coverage,
+                                                             active_cov + 1e-9):
+            target = best  # a held model fits the recent answers better
+        elif self.active.partition is not None and active_cov <= 1 - self.min_coverage:
+            target = self.general  # none fits: the general model, until the cloud pushes one
+        else:
             return None
-        best = max(self.partitions.values(), key=self._coverage, default=None)
-        target = (best if best is not None and self._coverage(best) >= self.min_coverage
-                  else self.general)
         if target is self.active:
             return None
         if target.partition is not None:
