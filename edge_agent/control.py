@@ -27,6 +27,7 @@ from cachenet.exceptions import CachenetError
 from cachenet.push import PushAssembler, install
 from cachenet.v1 import control_pb2 as pb
 from cachenet.v1 import control_pb2_grpc as pb_grpc
+from edge_agent.stats import telemetry
 
 if TYPE_CHECKING:
     from edge_agent.agent import EdgeAgent
@@ -115,7 +116,9 @@ class ControlClient:
                     agent_id=self.config.agent_id, token=self.config.token,
                     bundle_version=self._version(), requests=snap["requests"],
                     hits=snap["hits"], escalations=snap["escalations"],
-                    fallbacks=snap["fallbacks"], class_histogram=snap["recent_classes"]),
+                    fallbacks=snap["fallbacks"], class_histogram=snap["recent_classes"],
+                    telemetry={k: float(v) for k, v in telemetry().items()
+                               if isinstance(v, int | float)}),
                     timeout=10)
             except grpc.RpcError as exc:
                 log.debug("stats report failed: %s", exc)
