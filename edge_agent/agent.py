@@ -255,7 +255,11 @@ class EdgeAgent:
         label, conf = model.answer_row(logits[0])
         sure = conf >= model.gate.threshold
         versions = {"cache": model.version}
-        if not sure and model.partition is not None and self.models is not None:
+        if "gate" in header:  # this request's own gate (a baseline): no hand-over
+            gate = header["gate"]
+            conf = 0.0 if conf == 0.0 else gate.confidence_row(logits[0])
+            sure = conf >= gate.threshold
+        elif not sure and model.partition is not None and self.models is not None:
             # An unsure partition model hands over to the general model.
             general = self.models.general
             row = general.session.run(None, {general.input_name: x})[0][0]

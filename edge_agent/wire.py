@@ -6,18 +6,21 @@ A client (DEALER or REQ) sends ``[b"", header, tensor]`` and receives
 Request headers::
 
     {"op": "infer", "id": "42", "dtype": "float32", "shape": [1, 3, 32, 32],
-     "policy": "auto"}                 # optional: "auto" | "edge" | "cloud"
+     "policy": "auto",                 # optional: "auto" | "edge" | "cloud"
+     "gate": {"score": "entropy", "threshold": 0.5}}  # optional: this request's gate
     {"op": "stats", "id": "43"}        {"op": "ping", "id": "44"}
 
 ``infer`` takes one input (C x H x W or 1 x C x H x W); its bytes are read in
 place, without a copy. ``deadline_ms`` (optional) shortens the escalation
-deadline. Replies always carry ``id`` and ``ok``; an error reply has
+deadline; ``gate`` replaces the model's calibrated gate for this request (for
+baselines such as a fixed threshold). Replies always carry ``id`` and ``ok``; an error reply has
 ``error: {"type", "message"}``. Unknown header fields are an error.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,10 +28,11 @@ import numpy as np
 
 from cachenet import tensors
 from cachenet.exceptions import ProtocolError
+from cachenet.gate import SCORES, Gate
 
 OPS = ("infer", "stats", "ping")
 POLICIES = ("auto", "edge", "cloud")
-_FIELDS = {"infer": {"op", "id", "dtype", "shape", "policy", "deadline_ms"},
+_FIELDS = {"infer": {"op", "id", "dtype", "shape", "policy", "deadline_ms", "gate"},
            "stats": {"op", "id"}, "ping": {"op", "id"}}
 MAX_HEADER_BYTES = 4096
 
@@ -64,7 +68,21 @@ def parse_header(frame: Any) -> dict[str, Any]:
         if isinstance(d, bool) or not isinstance(d, int | float) or not 0 < d < 1e9:
             raise ProtocolError(f"deadline_ms must be a positive number of milliseconds, "
                                 f"got {d!r}")
+    if "gate" in header:
+        header["gate"] = _parse_gate(header["gate"])
     return header
+
+
+def _parse_gate(gate: Any) -> Gate:
+    if not isinstance(gate, dict) or set(gate) != {"score", "threshold"}:
+        raise ProtocolError("gate must be {\"score\": ..., \"threshold\": ...}")
+    t = gate["threshold"]
+    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+        raise ProtocolError(f"gate threshold must be a number, got {t!r}")
+    if gate["score"] not in SCORES:
+        raise ProtocolError(f"gate score must be one of {', '.join(SCORES)}, got "
+                            f"{gate['score']!r}")
+    return Gate(gate["score"], float(t))
 
 
 def parse_request(body: Sequence[Any]) -> tuple[dict[str, Any], np.ndarray | None]:

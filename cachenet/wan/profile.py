@@ -38,7 +38,8 @@ class LinkProfile:
     (kilobits per second) adds each chunk's serialisation time, queued behind
     the chunks before it. ``drop`` cuts the link: connections are reset.
     ``stall`` holds data in the proxy until a profile without it is configured.
-    ``seed`` makes the jitter repeatable.
+    ``stall_rate`` is the share of chunks held for ``stall_ms`` more (transient
+    stalls, as on a congested link). ``seed`` makes the jitter and stalls repeatable.
     """
 
     delay_ms: float = 0.0
@@ -47,11 +48,16 @@ class LinkProfile:
     drop: bool = False
     stall: bool = False
     seed: int | None = None
+    stall_rate: float = 0.0
+    stall_ms: float = 0.0
 
     def __post_init__(self) -> None:
         # Fail here, where the caller wrote the bad number, rather than as an
         # odd timing inside the proxy's event loop much later.
-        for name in ("delay_ms", "jitter_ms"):
+        if not _is_number(self.stall_rate) or not 0.0 <= self.stall_rate <= 1.0:
+            raise ConfigError(f"LinkProfile.stall_rate must lie in [0, 1], got "
+                              f"{self.stall_rate!r}")
+        for name in ("delay_ms", "jitter_ms", "stall_ms"):
             value = getattr(self, name)
             if not _is_number(value) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"LinkProfile.{name} must be a finite number >= 0, got {value!r}")

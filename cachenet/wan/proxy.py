@@ -152,6 +152,8 @@ class WanProxy:
         delay = p.delay_ms
         if p.jitter_ms:
             delay += self._rng.uniform(-p.jitter_ms, p.jitter_ms)
+        if p.stall_rate and self._rng.random() < p.stall_rate:
+            delay += p.stall_ms  # a transient stall: this chunk, and those behind it, wait
         due = max(previous, now + max(0.0, delay) / 1000.0)
         if p.bandwidth_kbps is not None:
             due += size * 8 / (p.bandwidth_kbps * 1000.0)

@@ -135,6 +135,8 @@ def test_profile_rtt_and_presets() -> None:
         {"bandwidth_kbps": 0},
         {"bandwidth_kbps": -5},
         {"delay_ms": float("nan")},
+        {"stall_rate": 1.5},
+        {"stall_ms": -1},
     ],
 )
 def test_invalid_profiles_raise_config_error(kwargs: dict[str, float]) -> None:
@@ -154,6 +156,13 @@ def test_rtt_matches_profile(echo: tuple[str, int]) -> None:
     with ProxyThread(echo, LinkProfile.from_rtt(40)) as p:
         rtt = _median_rtt_ms(p.port)
     assert 40.0 <= rtt <= 55.0, rtt
+
+
+def test_transient_stalls_delay_the_chunks_they_hit(proxy: ProxyThread) -> None:
+    proxy.configure(LinkProfile(stall_rate=1.0, stall_ms=30.0, seed=1))
+    assert _median_rtt_ms(proxy.port) >= 60.0  # every chunk, both ways
+    proxy.configure(LinkProfile(stall_rate=0.0, stall_ms=30.0))
+    assert _median_rtt_ms(proxy.port) < 10.0
 
 
 def test_zero_delay_is_fast_and_reconfigure_applies(proxy: ProxyThread) -> None:

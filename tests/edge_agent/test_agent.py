@@ -75,6 +75,20 @@ def test_unsure_inputs_go_to_the_cloud_through_the_wan(client, sure_and_unsure):
     assert "edge_label" in answer and "cloud_server" in answer["latency_us"]
 
 
+def test_a_request_may_bring_its_own_gate(client, sure_and_unsure):
+    sure, unsure = sure_and_unsure
+    everything = {"score": "entropy", "threshold": 0.0}
+    nothing = {"score": "margin", "threshold": 1.5}
+    assert client.infer(unsure[0], gate=everything)["source"] == "edge"
+    assert client.infer(sure[0], gate=nothing)["source"] == "cloud"
+    for bad, message in (({"score": "entropy"}, "gate must be"),
+                         ({"score": "vibes", "threshold": 0.5}, "gate score must be one of"),
+                         ({"score": "entropy", "threshold": "high"}, "must be a number")):
+        with pytest.raises(ProtocolError, match=message):
+            client.infer(sure[0], gate=bad)
+    assert client.ping()  # and it keeps serving
+
+
 def test_policies_force_a_side(client, sure_and_unsure):
     sure, unsure = sure_and_unsure
     assert client.infer(unsure[0], policy="edge")["source"] == "edge"

@@ -1,0 +1,160 @@
+"""The suite's outputs: ``summary.json``, ``report.md`` and the PNG plots.
+
+The latency-accuracy frontier sweeps each gated system's threshold on the
+trace offline: at each threshold the accuracy is exact (the cache model's
+answer where the gate accepts, the full model's elsewhere) and the latency is
+estimated from the same run's measured edge-only and cloud-only means. The
+measured points of every system are drawn on top.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cachenet.gate import score
+
+HEADLINE = ("runs50", "4g")
+GOALS = {"speedup_vs_cloud": 5.0, "accuracy_points": 1.0, "vs_oracle": 1.5}
+
+
+def _find(rows: list[dict], stream: str, network: str, system: str) -> dict | None:
+    for r in rows:
+        if (r["stream"], r["network"], r["system"]) == (stream, network, system):
+            return r
+    return None
+
+
+def frontier(offline: dict[str, Any], edge_ms: float, cloud_ms: float, kind: str
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(estimated mean latency, accuracy) over thresholds of gate score ``kind``."""
+    conf = score(offline["cache_logits"], kind)
+    cache_lab = offline["cache_logits"].argmax(1)
+    full, y = offline["full_labels"], offline["y"]
+    lat, acc = [], []
+    for t in np.quantile(conf, np.linspace(0, 1, 41)):
+        local = conf >= t
+        lat.append(local.mean() * edge_ms + (1 - local.mean()) * cloud_ms)
+        acc.append((np.where(local, cache_lab, full) == y).mean())
+    return np.asarray(lat), np.asarray(acc)
+
+
+def _plots(result: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    rows = result["rows"]
+    for key, systems in result["latencies"].items():
+        stream, net = key.split("/")
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        for system, lat in systems.items():
+            v = np.sort(lat)
+            ax1.plot(v, np.arange(1, len(v) + 1) / len(v), label=system)
+        ax1.set(xscale="log", xlabel="end-to-end latency (ms)", ylabel="share of requests",
+                title=f"latency CDF: {stream}, {net}")
+        ax1.legend(fontsize=8)
+        edge, cloud = (_find(rows, stream, net, s) for s in ("edge_only", "cloud_only"))
+        if edge and cloud:
+            for label, kind in (("cachenet (max softmax)", "max_softmax"),
+                                ("fixed_threshold (entropy)", "entropy")):
+                lat_c, acc_c = frontier(result["offline"][stream], edge["mean_ms"],
+                                        cloud["mean_ms"], kind)
+                ax2.plot(lat_c, acc_c, label=f"{label}, over thresholds")
+        for system in systems:
+            r = _find(rows, stream, net, system)
+            ax2.scatter([r["mean_ms"]], [r["accuracy"]], label=f"{system} (measured)", s=18)
+        ax2.set(xlabel="mean latency (ms)", ylabel="accuracy",
+                title=f"latency-accuracy frontier: {stream}, {net}")
+        ax2.legend(fontsize=7)
+        fig.tight_layout()
+        name = f"{stream}-{net}.png"
+        fig.savefig(out / name, dpi=90)
+        plt.close(fig)
+        files.append(name)
+    return files
+
+
+def _headline(rows: list[dict]) -> list[str]:
+    stream, net = HEADLINE
+    cloud, oracle = _find(rows, stream, net, "cloud_only"), _find(rows, stream, net, "oracle")
+    spec = _find(rows, stream, net, "cachenet_specialized")
+    general = _find(rows, stream, net, "cachenet")
+    if not (cloud and oracle and general):
+        return [f"The headline combination ({stream} at {net}) was not run."]
+    lines = []
+    for name, r in (("cachenet_specialized", spec), ("cachenet (general)", general)):
+        if r is None or "pending" in r:
+            lines.append(f"- `{name}`: pending ({r['pending'] if r else 'not run'}).")
+            continue
+        speedup = cloud["mean_ms"] / r["mean_ms"]
+        points = 100 * (r["accuracy"] - cloud["accuracy"])
+        vs_oracle = r["mean_ms"] / oracle["mean_ms"]
+        lines.append(
+            f"- `{name}`: mean latency {r['mean_ms']:.2f} ms = {speedup:.2f}x lower than "
+            f"cloud_only ({cloud['mean_ms']:.2f} ms; goal >= {GOALS['speedup_vs_cloud']}x: "
+            f"{'met' if speedup >= GOALS['speedup_vs_cloud'] else 'missed'}); accuracy "
+            f"{points:+.2f} points vs cloud_only (goal within {GOALS['accuracy_points']}: "
+            f"{'met' if abs(points) <= GOALS['accuracy_points'] else 'missed'}); "
+            f"{vs_oracle:.2f}x the oracle's mean ({oracle['mean_ms']:.2f} ms; goal <= "
+            f"{GOALS['vs_oracle']}x: {'met' if vs_oracle <= GOALS['vs_oracle'] else 'missed'}).")
+    return lines
+
+
+def _table(rows: list[dict], stream: str, net: str) -> list[str]:
+    cols = ("accuracy", "agreement", "mean_ms", "p50_ms", "p95_ms", "p99_ms",
+            "escalation_rate", "bytes_up", "bytes_down", "edge_cpu_ms_per_request")
+    out = [f"### {stream}, {net}", "", "| system | " + " | ".join(cols) + " |",
+           "|---" * (len(cols) + 1) + "|"]
+    for r in rows:
+        if (r["stream"], r["network"]) != (stream, net):
+            continue
+        if "pending" in r:
+            out.append(f"| {r['system']} | pending |" + " |" * (len(cols) - 1))
+            continue
+        cells = [f"{r[c]:.4f}" if c in ("accuracy", "agreement", "escalation_rate")
+                 else f"{r[c]:,}" if c.startswith("bytes") else f"{r[c]:.2f}" for c in cols]
+        out.append(f"| {r['system']} | " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
+def write_outputs(result: dict[str, Any], out: Path, *, quick: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = result["rows"]
+    (out / "summary.json").write_text(json.dumps(rows, indent=1) + "\n")
+    plots = _plots(result, out)
+    m = result["machine"]
+    lines = [
+        "# cachenet benchmark report", "",
+        "Generated by `bench/suite.py`; every figure below was measured in one run of:", "",
+        f"    {result['command']}", "",
+        f"Mode: {'quick' if quick else 'full'}; {result['requests']} requests per trace, "
+        f"seed {result['seed']}; bundle `{result['bundle']}`; data `{result['dataset']}`; "
+        f"wall time {result['wall_s']} s.", "",
+        f"Machine: {m['platform']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, no GPU; Python "
+        f"{m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}, grpcio "
+        f"{m['grpcio']}.", "",
+        "Systems stream the same trace through the agent's ZeroMQ API one request at a "
+        "time; latency is what the client sees. Bytes are those crossing the emulated WAN "
+        "(requests and answers; no model pushes happen in this suite). Edge CPU is the "
+        "agent process's CPU time per request.", "",
+        "## Headline: runs50 at 4g", "", *_headline(rows), "",
+        "## Results", ""]
+    for key in result["latencies"]:
+        lines += _table(rows, *key.split("/"))
+    if result.get("micro"):
+        o, t = result["micro"]["agent_overhead"], result["micro"]["cloud_throughput"]
+        lines += ["## Microbenchmarks", "",
+                  f"- Agent overhead (p50 local-API round trip of an edge hit minus p50 bare "
+                  f"ONNX Runtime): {o['overhead_p50_us']:.1f} us (goal <= 150 us); transport "
+                  f"floor (bare Python ZeroMQ echo): {o['zmq_echo_floor_p50_us']:.1f} us.",
+                  f"- Cloud throughput, 32 clients: {t['batching']['requests_per_s']:.0f} req/s "
+                  f"with dynamic batching vs {t['no_batching']['requests_per_s']:.0f} at "
+                  f"max_batch_size 1: {t['speedup']:.2f}x (goal >= 3x).", ""]
+    lines += ["## Plots", "", *[f"![{p}]({p})" for p in plots], ""]
+    (out / "report.md").write_text("\n".join(lines))

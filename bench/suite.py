@@ -1,0 +1,228 @@
+#!/usr/bin/env python
+"""The benchmark suite: systems compared on the same traces, through the emulated WAN.
+
+One cloud server and one edge agent run as processes on loopback with the WAN
+proxy between them. For each network profile the proxy is reconfigured; for
+each trace every system streams the same requests through the agent's ZeroMQ
+API, one at a time, as an application would:
+
+* ``edge_only``: the agent answers everything itself;
+* ``cloud_only``: everything goes to the cloud;
+* ``fixed_threshold``: a fixed threshold of 0.5 on 1 - normalised entropy (the
+  default of KubeEdge Sedna's CrossEntropy hard-example filter);
+* ``cachenet``: the general cache model with its calibrated gate;
+* ``cachenet_specialized``: pending here (see ``bench/specialization.py`` for the
+  specialised model's hit rate, and ``cachenet demo --scenario drift``);
+* ``oracle``: the same cache model, escalating exactly where it disagrees with
+  the full model: the latency floor at full-model agreement.
+
+Results go to ``bench/results/``: ``summary.json`` (one row per stream, network
+and system), ``report.md``, PNG plots, and the traces as ``traces/*.npz``.
+
+    python bench/suite.py --bundle bundles/cifar [--quick]
+
+The data set is ``../shared/data/cifar10-jpg.zip`` unless ``--dataset`` says
+otherwise; without it the suite says so and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.traces import TRACES, make_trace, save_trace  # noqa: E402
+from cachenet.daemon import Process  # noqa: E402
+from cachenet.wan import LinkProfile, ProxyThread  # noqa: E402
+
+NETWORKS: dict[str, LinkProfile] = {
+    "lan": LinkProfile.from_rtt(2.0),
+    "wifi": LinkProfile.from_rtt(20.0, bandwidth_kbps=50_000),
+    "4g": LinkProfile.from_rtt(50.0, bandwidth_kbps=10_000),
+    "congested": LinkProfile(delay_ms=50.0, bandwidth_kbps=5_000, stall_rate=0.01,
+                             stall_ms=200.0, seed=0),
+}
+SYSTEMS = ("edge_only", "cloud_only", "fixed_threshold", "cachenet", "cachenet_specialized",
+           "oracle")
+FIXED_GATE = {"score": "entropy", "threshold": 0.5}
+PENDING = ("measured by bench/specialization.py (hit rate) and `cachenet demo --scenario "
+           "drift`; not yet run live in this suite")
+
+
+def request_options(system: str, i: int, cache_lab: np.ndarray, full_lab: np.ndarray
+                    ) -> dict[str, Any]:
+    if system == "edge_only":
+        return {"policy": "edge"}
+    if system == "cloud_only":
+        return {"policy": "cloud"}
+    if system == "fixed_threshold":
+        return {"policy": "auto", "gate": FIXED_GATE}
+    if system == "oracle":
+        return {"policy": "edge" if cache_lab[i] == full_lab[i] else "cloud"}
+    return {"policy": "auto"}
+
+
+def run_system(client: Any, x: np.ndarray, system: str, cache_lab: np.ndarray,
+               full_lab: np.ndarray, timeout: float) -> dict[str, Any]:
+    labels, lat, sources = [], [], []
+    for i in range(len(x)):
+        opts = request_options(system, i, cache_lab, full_lab)
+        t0 = time.perf_counter()
+        answer = client.infer(x[i], timeout=timeout, **opts)
+        lat.append((time.perf_counter() - t0) * 1e3)
+        labels.append(answer["label"])
+        sources.append(answer["source"])
+    return {"labels": np.asarray(labels), "latencies_ms": np.asarray(lat),
+            "sources": np.asarray(sources)}
+
+
+def row(stream: str, network: str, system: str, run: dict[str, Any], y: np.ndarray,
+        full_lab: np.ndarray, bytes_up: int, bytes_down: int, cpu_s: float) -> dict[str, Any]:
+    lat, src, n = run["latencies_ms"], run["sources"], len(y)
+    return {"stream": stream, "network": network, "system": system, "n": n,
+            "accuracy": float((run["labels"] == y).mean()),
+            "agreement": float((run["labels"] == full_lab).mean()),
+            "mean_ms": float(lat.mean()), "p50_ms": float(np.percentile(lat, 50)),
+            "p95_ms": float(np.percentile(lat, 95)), "p99_ms": float(np.percentile(lat, 99)),
+            "escalation_rate": float((src != "edge").mean()),
+            "fallbacks": int((src == "edge-fallback").sum()),
+            "bytes_up": bytes_up, "bytes_down": bytes_down,
+            "edge_cpu_ms_per_request": 1e3 * cpu_s / n}
+
+
+def machine() -> dict[str, Any]:
+    import grpc
+    import onnxruntime
+    import psutil
+    import torch
+
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30),
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "grpcio": grpc.__version__}
+
+
+def labels_for(bundle: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cache model labels, cache logits, full model labels) on ``x``, as agent and cloud
+    compute them."""
+    from cachenet.runtime import load_cache_model
+    from cachenet.train import predict_logits
+    from cloud_server.model import load_full_model
+
+    full, _ = load_full_model(bundle, device="cpu")
+    logits = load_cache_model(bundle).logits(x)
+    return logits.argmax(1), logits, predict_logits(full, x).argmax(1)
+
+
+def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
+              networks: tuple[str, ...], requests: int, seed: int, micro: dict | None
+              ) -> dict[str, Any]:
+    import psutil
+
+    from cachenet.bundle import verify_bundle
+    from cachenet.data import load_splits
+    from edge_agent.client import EdgeClient
+
+    manifest = verify_bundle(bundle)
+    splits = load_splits(dataset, seed=int(manifest.data["dataset"]["seed"]))
+    rows: list[dict[str, Any]] = []
+    latencies: dict[str, dict[str, list[float]]] = {}
+    offline: dict[str, Any] = {}
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="cachenet-suite-") as tmp:
+        work = Path(tmp)
+        cloud = Process("cloud_server", ["--bundle", str(bundle), "--port", "0",
+                                         "--log-level", "WARNING"], work)
+        stack.callback(cloud.stop)
+        proxy = stack.enter_context(ProxyThread(("127.0.0.1", cloud.wait_ready()["port"]),
+                                                LinkProfile()))
+        edge = Process("edge_agent", ["--bundle", str(bundle), "--bind", "tcp://127.0.0.1:0",
+                                      "--cloud", f"127.0.0.1:{proxy.port}", "--deadline-ms",
+                                      "2000", "--log-level", "WARNING"], work,
+                       env={"OMP_NUM_THREADS": "1"})
+        stack.callback(edge.stop)
+        client = stack.enter_context(EdgeClient(edge.wait_ready()["endpoint"]))
+        agent_proc = psutil.Process(edge.proc.pid)
+        for name in traces:
+            idx = make_trace(name, splits.test.y, requests, seed=seed)
+            save_trace(out / "traces" / f"{name}.npz", name, idx, splits.test.y, seed)
+            x, y = splits.test.x[idx], splits.test.y[idx]
+            cache_lab, cache_logits, full_lab = labels_for(bundle, x)
+            offline[name] = {"cache_logits": cache_logits, "full_labels": full_lab, "y": y}
+            for net in networks:
+                proxy.configure(NETWORKS[net])
+                for i in range(5):  # warm-up: connections, sessions
+                    client.infer(x[i], policy="cloud", timeout=10)
+                for system in SYSTEMS:
+                    if system == "cachenet_specialized":
+                        rows.append({"stream": name, "network": net, "system": system,
+                                     "pending": PENDING})
+                        continue
+                    up0, down0 = proxy.bytes_up, proxy.bytes_down
+                    cpu0 = sum(agent_proc.cpu_times()[:2])
+                    run = run_system(client, x, system, cache_lab, full_lab, timeout=30)
+                    cpu = sum(agent_proc.cpu_times()[:2]) - cpu0
+                    rows.append(row(name, net, system, run, y, full_lab,
+                                    proxy.bytes_up - up0, proxy.bytes_down - down0, cpu))
+                    latencies.setdefault(f"{name}/{net}", {})[system] = (
+                        run["latencies_ms"].tolist())
+                    print(f"{name:>9} {net:>9} {system:>16}: mean "
+                          f"{rows[-1]['mean_ms']:8.2f} ms, accuracy {rows[-1]['accuracy']:.4f},"
+                          f" escalated {rows[-1]['escalation_rate']:.3f}", flush=True)
+    return {"rows": rows, "latencies": latencies, "offline": offline, "micro": micro,
+            "machine": machine(), "bundle": str(bundle), "dataset": dataset,
+            "requests": requests, "seed": seed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--dataset", default=str(ROOT.parent / "shared/data/cifar10-jpg.zip"))
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--quick", action="store_true",
+                   help="runs50 and iid, lan and 4g, 150 requests (<= 3 minutes)")
+    p.add_argument("--requests", type=int, help="requests per trace (default 400; quick 150)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-micro", action="store_true", help="skip the microbenchmarks")
+    args = p.parse_args(argv)
+    if args.dataset != "digits" and not Path(args.dataset).exists():
+        print(f"skipped: data set {args.dataset} not found (the suite needs CIFAR-10 from "
+              "../shared/data, or --dataset)", file=sys.stderr)
+        return 0
+    from bench.report import write_outputs
+
+    started = time.monotonic()
+    traces = ("runs50", "iid") if args.quick else TRACES
+    networks = ("lan", "4g") if args.quick else tuple(NETWORKS)
+    requests = args.requests or (150 if args.quick else 400)
+    micro = None
+    if not args.no_micro:
+        from bench.micro import agent_overhead, cloud_throughput
+
+        with tempfile.TemporaryDirectory(prefix="cachenet-micro-") as tmp:
+            micro = {"agent_overhead": agent_overhead(args.bundle, Path(tmp),
+                                                      1000 if args.quick else 3000),
+                     "cloud_throughput": cloud_throughput(args.bundle, Path(tmp), 32,
+                                                          3.0 if args.quick else 5.0)}
+    result = run_suite(bundle=args.bundle, dataset=args.dataset, out=args.out, traces=traces,
+                       networks=networks, requests=requests, seed=args.seed, micro=micro)
+    result["wall_s"] = round(time.monotonic() - started, 1)
+    result["command"] = "python bench/suite.py " + " ".join(sys.argv[1:] if argv is None
+                                                            else argv)
+    write_outputs(result, args.out, quick=args.quick)
+    print(f"wrote {args.out} in {result['wall_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

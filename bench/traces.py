@@ -1,0 +1,67 @@
+"""The suite's named workloads: which test images, in which order. Seeded; saved as files.
+
+* ``iid``: classes uniform, independent;
+* ``runs10``, ``runs50``: class runs of mean length 10 and 50;
+* ``markov90``: the class stays with probability 0.9, else moves to a uniform other;
+* ``zipf``: class popularity Zipf with s = 1.2 (classes ranked in a seeded order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from cachenet.stream import class_run_stream
+
+TRACES = ("iid", "runs10", "runs50", "markov90", "zipf")
+
+
+def _images_of(labels: np.ndarray, classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    by_class = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
+    return np.asarray([rng.choice(by_class[c]) for c in classes], dtype=np.int64)
+
+
+def _iid(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, len(labels), n)
+
+
+def _markov(labels: np.ndarray, n: int, rng: np.random.Generator, stay: float = 0.9
+            ) -> np.ndarray:
+    k = int(labels.max()) + 1
+    seq = [int(rng.integers(k))]
+    for _ in range(n - 1):
+        if rng.random() < stay:
+            seq.append(seq[-1])
+        else:
+            seq.append(int((seq[-1] + rng.integers(1, k)) % k))
+    return _images_of(labels, np.asarray(seq), rng)
+
+
+def _zipf(labels: np.ndarray, n: int, rng: np.random.Generator, s: float = 1.2) -> np.ndarray:
+    k = int(labels.max()) + 1
+    p = 1.0 / np.arange(1, k + 1) ** s
+    ranked = rng.permutation(k)
+    return _images_of(labels, ranked[rng.choice(k, n, p=p / p.sum())], rng)
+
+
+def make_trace(name: str, labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Indices into ``labels`` (the test split) for trace ``name``."""
+    rng = np.random.default_rng(seed)
+    makers: dict[str, Callable[[], np.ndarray]] = {
+        "iid": lambda: _iid(labels, n, rng),
+        "runs10": lambda: class_run_stream(labels, n, mean_run=10, seed=seed),
+        "runs50": lambda: class_run_stream(labels, n, mean_run=50, seed=seed),
+        "markov90": lambda: _markov(labels, n, rng),
+        "zipf": lambda: _zipf(labels, n, rng),
+    }
+    if name not in makers:
+        raise ValueError(f"unknown trace '{name}'; known: {', '.join(TRACES)}")
+    return np.asarray(makers[name](), dtype=np.int64)
+
+
+def save_trace(path: Path, name: str, idx: np.ndarray, labels: np.ndarray, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, name=name, indices=idx.astype(np.int32),
+                        labels=labels[idx].astype(np.int8), seed=seed)

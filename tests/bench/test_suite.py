@@ -1,0 +1,52 @@
+"""The benchmark suite: its traces, and one tiny real run on the embedded digits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench.traces import TRACES, make_trace
+
+
+def _mean_run(labels: np.ndarray) -> float:
+    return len(labels) / (1 + np.count_nonzero(np.diff(labels)))
+
+
+def test_traces_have_the_locality_their_names_promise():
+    labels = np.repeat(np.arange(10), 100)
+    got = {name: labels[make_trace(name, labels, 4000, seed=3)] for name in TRACES}
+    assert _mean_run(got["iid"]) < 1.5
+    assert 8 < _mean_run(got["runs10"]) < 14 and 40 < _mean_run(got["runs50"]) < 80
+    assert 8 < _mean_run(got["markov90"]) < 12  # stay 0.9: runs of 10
+    counts = np.sort(np.bincount(got["zipf"], minlength=10))[::-1]
+    assert counts[0] > 3 * counts[4] and counts[0] / 4000 == pytest.approx(0.42, abs=0.05)
+    assert np.array_equal(make_trace("zipf", labels, 100, seed=3),
+                          make_trace("zipf", labels, 100, seed=3))
+    with pytest.raises(ValueError, match="unknown trace"):
+        make_trace("bursty", labels, 10)
+
+
+@pytest.mark.slow
+def test_quick_suite_on_digits_writes_rows_report_and_plots(digits_bundle, tmp_path):
+    from bench.suite import main
+
+    assert main(["--bundle", str(digits_bundle[0]), "--dataset", "digits", "--quick",
+                 "--requests", "40", "--no-micro", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    measured = [r for r in rows if "pending" not in r]
+    assert len(measured) == 2 * 2 * 5  # traces x networks x systems run
+    by = {(r["stream"], r["network"], r["system"]): r for r in measured}
+    for stream in ("runs50", "iid"):
+        for net in ("lan", "4g"):
+            assert by[stream, net, "edge_only"]["escalation_rate"] == 0.0
+            assert by[stream, net, "edge_only"]["bytes_up"] == 0
+            assert by[stream, net, "cloud_only"]["escalation_rate"] == 1.0
+            assert by[stream, net, "oracle"]["agreement"] == 1.0  # escalates every mismatch
+            assert by[stream, net, "cloud_only"]["fallbacks"] == 0
+    assert by["runs50", "4g", "cloud_only"]["p50_ms"] >= 50.0  # crossed the 50 ms WAN
+    report = (tmp_path / "report.md").read_text()
+    assert "## Headline: runs50 at 4g" in report and "cachenet_specialized" in report
+    assert (tmp_path / "runs50-4g.png").stat().st_size > 10_000
+    assert {p.name for p in (tmp_path / "traces").iterdir()} == {"runs50.npz", "iid.npz"}
