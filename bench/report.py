@@ -61,7 +61,8 @@ def _plots(result: dict[str, Any], out: Path) -> list[str]:
         ax1.legend(fontsize=8)
         edge, cloud = (_find(rows, stream, net, s) for s in ("edge_only", "cloud_only"))
         if edge and cloud:
-            for label, kind in (("cachenet (max softmax)", "max_softmax"),
+            gate = result.get("gate_score", "max_softmax")
+            for label, kind in ((f"cachenet ({gate})", gate),
                                 ("fixed_threshold (entropy)", "entropy")):
                 lat_c, acc_c = frontier(result["offline"][stream], edge["mean_ms"],
                                         cloud["mean_ms"], kind)
@@ -136,7 +137,8 @@ def write_outputs(result: dict[str, Any], out: Path, *, quick: bool) -> None:
         f"Mode: {'quick' if quick else 'full'}; {result['requests']} requests per trace, "
         f"seed {result['seed']}; bundle `{result['bundle']}`; data `{result['dataset']}`; "
         f"wall time {result['wall_s']} s.", "",
-        f"Machine: {m['platform']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, no GPU; Python "
+        f"Machine: {m['platform']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, "
+        f"GPU: {m['gpu'] or 'none'}; Python "
         f"{m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}, grpcio "
         f"{m['grpcio']}.", "",
         "Systems stream the same trace through the agent's ZeroMQ API one request at a "
@@ -156,5 +158,21 @@ def write_outputs(result: dict[str, Any], out: Path, *, quick: bool) -> None:
                   f"- Cloud throughput, 32 clients: {t['batching']['requests_per_s']:.0f} req/s "
                   f"with dynamic batching vs {t['no_batching']['requests_per_s']:.0f} at "
                   f"max_batch_size 1: {t['speedup']:.2f}x (goal >= 3x).", ""]
+    spec_file = out / "specialization.json"
+    if spec_file.exists():  # written by bench/specialization.py
+        sp = json.loads(spec_file.read_text())
+        ratio = sp["hit_rate_ratio"]
+        ratio_text = "n/a" if ratio is None else f"{ratio:.2f}x"
+        lines += ["## Specialised cache models (steady state, bench/specialization.py)", "",
+                  f"On a {sp['requests']}-request CIFAR-10 stream of class runs (mean "
+                  f"{sp['mean_run']:g}, 2-3 classes active), at agreement target "
+                  f"{sp['target']}: the general cache model answers "
+                  f"{sp['general']['hit_rate']:.3f} of inputs at the edge (agreement "
+                  f"{sp['general']['agreement']}); with each run's partition model active "
+                  f"(and the general one behind it) {sp['specialized']['hit_rate']:.3f} "
+                  f"(agreement {sp['specialized']['agreement']}): "
+                  f"{ratio_text} (goal >= 2x). {sp['partition_models']} "
+                  f"partition models were fine-tuned, {sp['train_s_total']:.0f} s in all. "
+                  f"Command: `{sp['command']}`.", ""]
     lines += ["## Plots", "", *[f"![{p}]({p})" for p in plots], ""]
     (out / "report.md").write_text("\n".join(lines))

@@ -106,7 +106,8 @@ def machine() -> dict[str, Any]:
     import psutil
     import torch
 
-    return {"platform": platform.platform(), "python": platform.python_version(),
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"platform": platform.platform(), "python": platform.python_version(), "gpu": gpu,
             "cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30),
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
             "grpcio": grpc.__version__}
@@ -179,6 +180,7 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
                           f"{rows[-1]['mean_ms']:8.2f} ms, accuracy {rows[-1]['accuracy']:.4f},"
                           f" escalated {rows[-1]['escalation_rate']:.3f}", flush=True)
     return {"rows": rows, "latencies": latencies, "offline": offline, "micro": micro,
+            "gate_score": manifest.gate["score"],
             "machine": machine(), "bundle": str(bundle), "dataset": dataset,
             "requests": requests, "seed": seed}
 

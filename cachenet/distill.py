@@ -13,7 +13,13 @@ from torch import nn
 from cachenet.bundle import sha256_file
 from cachenet.data import Splits
 from cachenet.full import FullModel, data_fingerprint
-from cachenet.models import ModelSpec, build_model, load_checkpoint, save_checkpoint
+from cachenet.models import (
+    ModelSpec,
+    build_model,
+    cached_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from cachenet.train import TrainConfig, fit
 
 log = logging.getLogger(__name__)
@@ -82,10 +88,11 @@ def obtain_cache_model(splits: Splits, full: FullModel, spec: ModelSpec, *,
         [spec.to_dict(), cfg.to_dict(), data_fingerprint(splits), *teacher],
         sort_keys=True).encode()).hexdigest()[:16]
     ckpt = cache_dir / "models" / f"cache-{spec.arch}-{splits.name}-{key}.pt"
-    if ckpt.exists():
-        model, _, meta = load_checkpoint(ckpt)
-        log.info("reusing the distilled cache model %s", ckpt)
-        return model, {**meta, "source": "cached", "checkpoint": str(ckpt)}
+    found = cached_checkpoint(cache_dir, ckpt.name)
+    if found is not None:
+        model, _, meta = load_checkpoint(found)
+        log.info("reusing the distilled cache model %s", found)
+        return model, {**meta, "source": "cached", "checkpoint": str(found)}
     torch.manual_seed(cfg.seed)
     model = build_model(spec)
     log.info("distilling %s from the full model (%s)", spec.arch, cfg)

@@ -11,10 +11,11 @@ its ``other`` output always escalates.
   replay data and the agent's hard (escalated) examples, both labelled by the
   full model, never by people;
 * :func:`heldout_like` draws held-out data like the agent's recent inputs, and
-  :func:`compare` calibrates candidate and current model at the same agreement
-  target on one draw (with a share of other classes mixed in, as a guard for
-  when the stream drifts) and measures their hit rates on another, run as the
-  agent runs them: an unsure partition model hands over to the general one;
+  :func:`compare` calibrates the candidate (and a current partition model) at
+  the agreement target on one draw (with a share of other classes mixed in, a
+  guard for when the stream drifts), keeps the general model at its shipped
+  threshold, and measures their hit rates on another draw, run as the agent
+  runs them: an unsure partition model hands over to the general one;
 * :func:`write_partition_bundle` writes the bundle the agents load.
 
 The orchestration (window of escalations, triggers, library, push) is the
@@ -26,7 +27,7 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -155,10 +156,16 @@ def _training_set(classes: tuple[int, ...], replay: ReplayData,
     return x, partition_targets(y, classes)
 
 
+class Stopped(Exception):
+    """Training was asked to stop (the server is shutting down)."""
+
+
 def train_partition(base: nn.Module, classes: tuple[int, ...], replay: ReplayData, *,
                     hard: tuple[np.ndarray, np.ndarray] | None = None,
-                    cfg: FinetuneConfig | None = None) -> nn.Module:
-    """Fine-tune a partition model for ``classes`` (see the module docstring)."""
+                    cfg: FinetuneConfig | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> nn.Module:
+    """Fine-tune a partition model for ``classes`` (see the module docstring); raises
+    :class:`Stopped` as soon as ``should_stop`` says so."""
     cfg = cfg or FinetuneConfig()
     rng = np.random.default_rng(cfg.seed)
     x, t = _training_set(classes, replay, hard, cfg, rng)
@@ -174,6 +181,8 @@ def train_partition(base: nn.Module, classes: tuple[int, ...], replay: ReplayDat
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), cfg.batch_size):
+            if should_stop is not None and should_stop():
+                raise Stopped(f"training for classes {classes} stopped")
             b = perm[i:i + cfg.batch_size]
             loss = F.cross_entropy(model(augment_batch(xt[b], replay.augment, gen)), tt[b])
             opt.zero_grad(set_to_none=True)

@@ -140,6 +140,8 @@ class CloudServer:
 
     async def startup(self) -> None:
         c = self.config
+        if c.specialize and c.store is None:
+            raise ConfigError("specialisation pushes through the model store: give --store")
         card, runner = load_card_and_runner(c.bundle, c.device)
         self.server, self.port = await create_server(
             card, runner, host=c.host, port=c.port, max_batch_size=c.max_batch_size,
@@ -156,8 +158,6 @@ class CloudServer:
             tmp.write_text(json.dumps({"port": self.port, "pid": os.getpid()}))
             tmp.replace(c.ready_file)
         if c.specialize:
-            if c.store is None:
-                raise ConfigError("specialisation pushes through the model store: give --store")
             self.specializer_task = asyncio.create_task(self.run_specializer(),
                                                         name="specializer")
 
@@ -197,6 +197,8 @@ class CloudServer:
         parts: ServerParts = self.server.cachenet
         await parts.health.enter_graceful_shutdown()  # every service NOT_SERVING
         if self.specializer_task is not None:
+            if parts.specializer is not None:
+                parts.specializer.stopping.set()  # a training step in a thread ends soon
             self.specializer_task.cancel()
             await asyncio.gather(self.specializer_task, return_exceptions=True)
         log.info("shutting down: draining in-flight requests (grace %.1f s)",

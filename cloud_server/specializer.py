@@ -77,6 +77,7 @@ class AgentState:
     pending: str | None = None  # pushed, not yet reported as running
     pending_since: float = 0.0
     rejected: set = field(default_factory=set)  # library versions that lost for this agent
+    backoff: int = 1  # multiplies min_interval_s after checks that pushed nothing
 
 
 class Specializer:
@@ -94,6 +95,7 @@ class Specializer:
         # Version of each calibrated copy pushed -> the library bundle it was made from.
         self._agent_versions: dict[str, Manifest] = {}
         self._lock = threading.Lock()
+        self.stopping = threading.Event()  # set on shutdown: training stops at its next step
 
     def _state(self, agent: str) -> AgentState:
         if agent not in self.agents:
@@ -120,8 +122,7 @@ class Specializer:
             d_req, d_esc = requests, escalations
         s.last_counts = (requests, escalations)
         s.requests = requests
-        if d_req > 0:
-            s.escalation_rate = d_esc / d_req
+        s.escalation_rate = d_esc / d_req if d_req > 0 else None  # idle: no evidence
         c = self.config
         high = s.escalation_rate is not None and s.escalation_rate > c.escalation_trigger
         moved = (s.histogram is not None and s.made_for is not None
@@ -134,6 +135,8 @@ class Specializer:
         s = self._state(agent)
         if s.pending == version or not applied:
             s.pending = None
+        if not applied and version in self._agent_versions:  # not that one again
+            s.rejected.add(self._agent_versions[version].version)
 
     # -- the loop -------------------------------------------------------
     async def run(self) -> None:
@@ -143,12 +146,19 @@ class Specializer:
             for agent, s in list(self.agents.items()):
                 waiting = (s.pending is not None and s.pending != s.version
                            and now - s.pending_since < self.config.push_timeout_s)
-                if s.due and not waiting and now - s.last_check >= self.config.min_interval_s:
+                interval = self.config.min_interval_s * s.backoff
+                if s.due and not waiting and now - s.last_check >= interval:
                     s.due, s.pending = False, None
+                    record = None
                     try:
-                        await asyncio.to_thread(self.check, agent)
+                        record = await asyncio.to_thread(self.check, agent)
+                    except sp.Stopped:
+                        return
                     except Exception:
                         log.exception("specialising for %s failed", agent)
+                    # Checks that push nothing back off, up to 16 x the interval.
+                    pushed = record is not None and record["outcome"] == "pushed"
+                    s.backoff = 1 if pushed else min(16, s.backoff * 2)
                     s.last_check = time.monotonic()
             await asyncio.sleep(self.config.poll_s)
 
@@ -157,10 +167,10 @@ class Specializer:
         m = self._agent_versions.get(version)
         return (m.root, m.data.get("partition")) if m else (self.base.root, None)
 
-    def _candidate(self, classes: tuple[int, ...], s: AgentState, x: np.ndarray
-                   ) -> tuple[str, Manifest]:
+    def _candidate(self, classes: tuple[int, ...], s: AgentState, version: str,
+                   x: np.ndarray) -> tuple[str, Manifest]:
         """A partition bundle from the library that covers ``classes``, else a new one."""
-        running = self._agent_versions.get(s.version)
+        running = self._agent_versions.get(version)
         covering = [k for k, m in self.library.items() if set(classes) <= set(k)
                     and m is not running and m.version not in s.rejected
                     and len(k) <= self.config.max_classes]
@@ -172,12 +182,15 @@ class Specializer:
             hard = (np.stack(xs), np.asarray(ys))
         t0 = time.perf_counter()
         model = sp.train_partition(self.base_model, classes, self.replay, hard=hard,
-                                   cfg=self.config.finetune)
+                                   cfg=self.config.finetune, should_stop=self.stopping.is_set)
         out = self.library_dir / f"p{'-'.join(map(str, classes))}-{time.time_ns()}"
         manifest = sp.write_partition_bundle(out, model, self.base, classes, canary_x=x[:64])
         log.info("trained partition model %s for classes %s in %.1f s", manifest.version,
                  classes, time.perf_counter() - t0)
+        replaced = self.library.get(classes)
         self.library[classes] = manifest
+        if replaced is not None and replaced not in self._agent_versions.values():
+            shutil.rmtree(replaced.root, ignore_errors=True)  # no agent runs it
         return "trained", manifest
 
     def _scored(self, root: Path, partition: dict | None, cal_idx: np.ndarray,
@@ -190,25 +203,26 @@ class Specializer:
         """Pick or train a candidate for ``agent``, compare, and store it if better."""
         with self._lock:
             s = self._state(agent)
-            assert s.histogram is not None
+            hist, version = s.histogram, s.version  # report() may replace them meanwhile
+            assert hist is not None
             c = self.config
-            classes = sp.active_classes(s.histogram, coverage=c.coverage,
-                                        max_classes=c.max_classes)
+            classes = sp.active_classes(hist, coverage=c.coverage, max_classes=c.max_classes)
             record: dict[str, Any] = {"agent": agent, "time": time.time(),
                                       "classes": list(classes),
                                       "escalation_rate": s.escalation_rate}
-            if not classes or s.histogram[list(classes)].sum() < c.coverage:
+            if not classes or hist[list(classes)].sum() < c.coverage:
                 record.update(outcome="skipped", reason=f"no {c.max_classes} classes cover "
                               f"{c.coverage:.0%} of the recent inputs")
                 return self._done(record)
             seed = len(self.history)
-            cal_idx = sp.heldout_like(s.histogram, self.replay, c.heldout,
+            cal_idx = sp.heldout_like(hist, self.replay, c.heldout,
                                       uniform_share=c.uniform_share, half=0, seed=seed)
-            ev_idx = sp.heldout_like(s.histogram, self.replay, c.heldout, half=1, seed=seed)
-            source, manifest = self._candidate(classes, s, self.replay.hold_x[cal_idx])
+            ev_idx = sp.heldout_like(hist, self.replay, c.heldout, half=1, seed=seed)
+            source, manifest = self._candidate(classes, s, version,
+                                               self.replay.hold_x[cal_idx])
             cmp = sp.compare(
                 self._scored(manifest.root, manifest.data["partition"], cal_idx, ev_idx),
-                self._scored(*self._current(s.version), cal_idx, ev_idx),
+                self._scored(*self._current(version), cal_idx, ev_idx),
                 self._scored(self.base.root, None, cal_idx, ev_idx),
                 float(self.base.gate["threshold"]), full_calib=self.replay.hold_full[cal_idx],
                 full_eval=self.replay.hold_full[ev_idx], score_kind=self.base.gate["score"],
@@ -220,7 +234,7 @@ class Specializer:
                               f" is not above the current model's {cmp.current_hit_rate:.3f}")
                 return self._done(record)
             record.update(outcome="pushed", version=self._store(agent, manifest, cmp))
-            s.made_for = s.histogram.copy()
+            s.made_for = hist.copy()
             s.pending, s.pending_since = record["version"], time.monotonic()
             return self._done(record)
 

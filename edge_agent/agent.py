@@ -63,7 +63,7 @@ def _bind(sock: zmq.Socket, endpoint: str) -> str:
 class EdgeAgent:
     def __init__(self, config: AgentConfig, *, model: CacheModel | None = None) -> None:
         self.config = config
-        self.model = model  # the active cache model: one reference, swapped whole
+        self._model = model  # until startup: then the model set says which model is active
         self.models: ModelSet | None = None  # general + partition models held
         self.ctx = zmq.Context()
         self.sock: zmq.Socket | None = None
@@ -86,11 +86,11 @@ class EdgeAgent:
     # -- lifecycle ------------------------------------------------------
     def startup(self) -> None:
         c = self.config
-        if self.model is None:
+        if self._model is None:
             if c.bundle is None:
                 raise CachenetError("no bundle configured (--bundle or CACHENET_BUNDLE)")
-            self.model = load_cache_model(c.bundle, precision=c.precision, threads=c.threads)
-        self.models = ModelSet(self.model, k=c.partition_models)
+            self._model = load_cache_model(c.bundle, precision=c.precision, threads=c.threads)
+        self.models = ModelSet(self._model, k=c.partition_models)
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.endpoint = _bind(self.sock, c.bind)
@@ -204,9 +204,17 @@ class EdgeAgent:
         self.reloader.start(self.config.bundle, self.model, precision=self.config.precision,
                             threads=self.config.threads)
 
+    @property
+    def model(self) -> CacheModel | None:
+        """The active cache model: one reference, swapped whole; requests in flight keep
+        the one they started with."""
+        return self.models.active if self.models is not None else self._model
+
     def _swap(self, model: CacheModel) -> None:
-        # One reference change; requests in flight keep the model they started with.
-        self.model = self.models.add(model) if self.models is not None else model
+        if self.models is not None:
+            self.models.add(model)
+        else:
+            self._model = model
 
     def serve(self) -> None:
         self.install_signal_handlers()
@@ -341,10 +349,9 @@ class EdgeAgent:
         answer["latency_us"]["agent_total"] = total
         self.stats.record(source, answer["label"], total)
         self.reply(envelope, answer)
-        if source == "cloud" and self.models is not None:
-            switched = self.models.observe_cloud(answer["label"])
-            if switched is not None:
-                self.model = switched
+        if self.models is not None:  # after the reply: off the request's path
+            self.models.observe(answer["label"], hit=source == "edge" and "cache_general"
+                                not in answer["versions"])
 
     def stats_reply(self, request_id: Any) -> dict[str, Any]:
         model = self.model

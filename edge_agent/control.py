@@ -45,6 +45,7 @@ class ControlClient:
         self.root = self.config.state_dir or (Path(bundle).parent / ".pushed" if bundle
                                               else Path(".cachenet-agent"))
         self.stats_interval_s = 30
+        self.received: str | None = None  # the last version pushed (applied or rejected)
         self._clean_staging()
 
     def _clean_staging(self) -> None:
@@ -56,6 +57,11 @@ class ControlClient:
 
     def _version(self) -> str:
         return self.agent.model.version if self.agent.model else ""
+
+    def _subscribe_version(self) -> str:
+        """The version to subscribe with: the last one pushed to this agent, so that
+        switching locally among held models does not make the cloud push it again."""
+        return self.received or self._version()
 
     async def register(self) -> None:
         import onnxruntime
@@ -92,7 +98,7 @@ class ControlClient:
         assembler = PushAssembler()
         stream = self.stub.Subscribe(pb.SubscribeRequest(
             agent_id=self.config.agent_id, token=self.config.token,
-            current_version=self._version()))
+            current_version=self._subscribe_version()))
         async for msg in stream:
             try:
                 done = assembler.feed(msg)
@@ -105,6 +111,7 @@ class ControlClient:
             if done is not None:
                 header, files = done
                 reason = await self.apply(header, files)
+                self.received = header.version
                 await self.ack(header.push_id, header.version, reason)
 
     async def report_stats(self) -> None:

@@ -3,8 +3,9 @@
 The cloud pushes *partition models* (:mod:`cachenet.specialize`), each sure of
 a few classes and escalating the rest. The agent keeps the general model and up
 to ``k`` partition models, least recently used out first, and switches the
-active one locally, without asking the cloud, when the cloud's recent answers
-show that the stream moved: if another held model covers the recent labels
+active one locally, without asking the cloud, when the recent answers (the
+edge's and the cloud's) show that the stream moved: if another held model covers
+the recent labels
 well (``min_coverage``) and better than the active one, it becomes active; if
 the active one covers few of them (``1 - min_coverage``) and no held model fits,
 the general model does. numpy only.
@@ -54,13 +55,15 @@ class ModelSet:
     def _coverage(self, model: CacheModel) -> float:
         return sum(model.covers(label) for label in self.recent) / len(self.recent)
 
-    def observe_cloud(self, label: int) -> CacheModel | None:
-        """Note a cloud answer; the model to switch to, if the stream has moved."""
+    def observe(self, label: int, *, hit: bool) -> CacheModel | None:
+        """Note an answer's label (``hit``: the active model answered it itself); the
+        model switched to, if the stream has moved. A hit cannot show a move, so only
+        the other answers are checked."""
         with self._lock:
-            return self._observe(label)
+            self.recent.append(label)
+            return None if hit else self._check()
 
-    def _observe(self, label: int) -> CacheModel | None:
-        self.recent.append(label)
+    def _check(self) -> CacheModel | None:
         if len(self.recent) < (self.recent.maxlen or 1) or not self.partitions:
             return None
         # The general model covers everything, but any partition that fits is better.

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cachenet.bundle import read_manifest
 from cachenet.exceptions import CachenetError
 from cachenet.runtime import CacheModel, load_cache_model
 
@@ -28,7 +29,14 @@ WARMUP_RUNS = 3
 
 def prepare(bundle: Path, current: CacheModel | None, *, precision: str,
             threads: int) -> CacheModel:
-    """Load ``bundle`` and make it ready to serve; raises :class:`CachenetError`."""
+    """Load ``bundle`` and make it ready to serve; raises :class:`CachenetError`.
+
+    A bundle without a variant for ``precision`` (the cloud's partition models
+    are fp32 only) is loaded in fp32.
+    """
+    if precision != "fp32" and precision not in read_manifest(bundle).data.get("variants", {}):
+        log.info("%s has no %s variant: loading fp32", bundle, precision)
+        precision = "fp32"
     new = load_cache_model(bundle, precision=precision, threads=threads)
     if current is not None and (new.input_shape, new.dtype) != (current.input_shape,
                                                                  current.dtype):

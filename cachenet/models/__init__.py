@@ -148,3 +148,19 @@ def load_torchscript(path: Path) -> nn.Module:
         return torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:  # torch.jit raises RuntimeError and others
         raise ModelError(f"cannot load TorchScript file {path}: {exc}") from exc
+
+
+#: Small reference checkpoints committed with the repository (see its README):
+#: a trained model is looked up there when the cache does not have it.
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "bench" / "reference"
+
+
+def cached_checkpoint(cache_dir: Path, name: str) -> Path | None:
+    """The checkpoint ``name`` from the cache, else from the reference checkpoints."""
+    import os
+
+    for root in (cache_dir / "models",
+                 Path(os.environ.get("CACHENET_REFERENCE_DIR", REFERENCE_DIR))):
+        if (root / name).is_file():
+            return root / name
+    return None

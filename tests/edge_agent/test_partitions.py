@@ -41,12 +41,12 @@ def test_switches_when_the_cloud_answers_show_the_stream_moved(models):
     s.add(models[(0, 1, 2)])
     s.add(models[(3, 4, 5)])
     # The stream is on 3-5: cloud answers there keep the active model.
-    assert all(s.observe_cloud(label) is None for label in (3, 4, 5, 4))
+    assert all(s.observe(label, hit=False) is None for label in (3, 4, 5, 4))
     # It moves to 0-2, which a held model covers: switch to it, locally.
-    switched = [s.observe_cloud(label) for label in (0, 1, 2, 1)]
+    switched = [s.observe(label, hit=False) for label in (0, 1, 2, 1)]
     assert switched.count(models[(0, 1, 2)]) == 1 and s.active is models[(0, 1, 2)]
     # Then to 9, which none covers: back to the general model.
-    switched = [s.observe_cloud(9) for _ in range(4)]
+    switched = [s.observe(9, hit=False) for _ in range(4)]
     assert switched.count(models["general"]) == 1 and s.active is models["general"]
     assert s.switches == 2
     # A general model that is pushed replaces the general one.
