@@ -248,6 +248,7 @@ class EdgeAgent:
                 self.reply(envelope, {"id": request_id, "ok": True, "pong": True})
         except (ProtocolError, InputSpecError) as exc:
             self.stats.counts["errors"] += 1
+            request_id = getattr(exc, "request_id", request_id)
             self.reply(envelope, wire.error_reply(request_id, type(exc).__name__, str(exc)))
         except Exception as exc:  # a bug must cost one request an error, not the daemon
             log.exception("request failed")

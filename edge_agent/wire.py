@@ -54,6 +54,16 @@ def parse_header(frame: Any) -> dict[str, Any]:
         raise ProtocolError(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError("header must be a JSON object")
+    try:
+        return _check_header(header)
+    except ProtocolError as exc:  # the reply still names the request, where it can
+        rid = header.get("id")
+        exc.request_id = rid if isinstance(rid, str | int) and not isinstance(rid, bool) \
+            else None  # type: ignore[attr-defined]
+        raise
+
+
+def _check_header(header: dict[str, Any]) -> dict[str, Any]:
     op = header.get("op")
     if op not in OPS:
         raise ProtocolError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")

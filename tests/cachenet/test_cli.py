@@ -8,7 +8,7 @@ import sys
 import pytest
 
 
-def run_cli(*args, cache_dir, timeout=300):
+def run_cli(*args, cache_dir, timeout=600):
     env = {**os.environ, "CACHENET_CACHE_DIR": str(cache_dir)}
     return subprocess.run([sys.executable, "-m", "cachenet", *args], capture_output=True,
                           text=True, timeout=timeout, env=env)
