@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import shutil
-import threading
 
 import pytest
 
@@ -15,7 +13,7 @@ from cachenet.push import PushAssembler, install, iter_push
 from cachenet.store import ModelStore
 from cachenet.wan import LinkProfile, ProxyThread
 from edge_agent.client import EdgeClient
-from tests.processes import start_cloud, start_edge
+from tests.processes import Load, start_cloud, start_edge
 from tests.processes import wait_until as wait_for
 
 
@@ -93,41 +91,22 @@ def test_twenty_pushes_under_continuous_load_lose_nothing(digits_bundle, digits_
     cloud = start_cloud(digits_bundle[0], tmp_path, "--store", str(tmp_path / "store"))
     agent = start_edge(digits_bundle[0], tmp_path, "--cloud", f"127.0.0.1:{cloud.info['port']}",
                        "--agent-id", "cam-load")
-    stop = threading.Event()
-    outcomes = {"sent": 0, "ok": 0, "failed": 0, "sources": collections.Counter()}
-
-    def load() -> None:
-        with EdgeClient(agent.info["endpoint"]) as c:
-            i = 0
-            while not stop.is_set():
-                outcomes["sent"] += 1
-                try:
-                    answer = c.infer(digits_splits.test.x[i % 300], timeout=10)
-                    outcomes["ok"] += 1
-                    outcomes["sources"][answer["source"]] += 1
-                except Exception:
-                    outcomes["failed"] += 1
-                i += 1
-
-    worker = threading.Thread(target=load)
-    worker.start()
     try:
-        with EdgeClient(agent.info["endpoint"]) as admin:
+        with EdgeClient(agent.info["endpoint"]) as admin, \
+                Load(agent.info["endpoint"], digits_splits.test.x[:300]) as load:
             for n in range(20):
                 pushed = store.push(variant(digits_bundle[0], tmp_path / f"v{n}", f"v{n}"),
                                     agent="cam-load")
-                served_before = outcomes["ok"]
+                served_before = load.ok
                 wait_for(lambda v=pushed.version: admin.stats()["model"]["version"] == v)
-                wait_for(lambda s=served_before: outcomes["ok"] > s + 5)  # serving throughout
+                wait_for(lambda s=served_before: load.ok > s + 5)  # serving throughout
             reloads = admin.stats()["reloads"]
     finally:
-        stop.set()
-        worker.join(30)
         agent_status = agent.stop()
         cloud.stop()
     assert reloads["applied"] == 20 and reloads["rejected"] == 0
-    assert outcomes["failed"] == 0 and outcomes["ok"] == outcomes["sent"]
-    assert outcomes["sources"]["edge"] > 0 and outcomes["sources"]["cloud"] > 0
+    assert load.failed == 0 and load.ok == load.sent
+    assert load.sources["edge"] > 0 and load.sources["cloud"] > 0
     assert agent_status == 0
 
 

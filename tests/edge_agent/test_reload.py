@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import shutil
 import signal
-import threading
 
 import pytest
 
 from cachenet.bundle import repack
 from edge_agent.client import EdgeClient
-from tests.processes import start_edge
+from tests.processes import Load, start_edge
 from tests.processes import wait_until as wait_for
 
 
@@ -31,40 +30,23 @@ def test_twenty_reloads_under_continuous_load_lose_nothing(live, digits_bundle,
     notes = tmp_path / "notes.txt"
     notes.write_text("variant B: same model, another version")
     agent = start_edge(live, tmp_path)
-    stop = threading.Event()
-    outcomes = {"ok": 0, "failed": 0, "versions": set()}
-
-    def load() -> None:
-        with EdgeClient(agent.info["endpoint"]) as c:
-            i = 0
-            while not stop.is_set():
-                try:
-                    answer = c.infer(digits_splits.test.x[i % 300], timeout=5, policy="edge")
-                    outcomes["ok"] += 1
-                    outcomes["versions"].add(answer["versions"]["cache"])
-                except Exception:
-                    outcomes["failed"] += 1
-                i += 1
-
-    worker = threading.Thread(target=load)
-    worker.start()
     try:
-        with EdgeClient(agent.info["endpoint"]) as admin:
+        with EdgeClient(agent.info["endpoint"]) as admin, \
+                Load(agent.info["endpoint"], digits_splits.test.x[:300], policy="edge",
+                     timeout=5) as load:
             for n in range(20):
                 version = rewrite(live, digits_bundle[0], {"notes.txt": notes} if n % 2 == 0
                                   else None)
-                served_before = outcomes["ok"]
+                served_before = load.ok
                 agent.proc.send_signal(signal.SIGHUP)
                 wait_for(lambda v=version: admin.stats()["model"]["version"] == v)
-                wait_for(lambda s=served_before: outcomes["ok"] > s + 5)  # serving throughout
+                wait_for(lambda s=served_before: load.ok > s + 5)  # serving throughout
             reloads = admin.stats()["reloads"]
     finally:
-        stop.set()
-        worker.join(30)
         assert agent.stop() == 0
-    assert outcomes["failed"] == 0
+    assert load.failed == 0
     assert reloads["applied"] == 20 and reloads["rejected"] == 0
-    assert len(outcomes["versions"]) == 2 and outcomes["ok"] > 200
+    assert len(load.versions) == 2 and load.ok > 200
 
 
 @pytest.mark.parametrize("damage", ["bit flip", "truncated", "hash mismatch"])
