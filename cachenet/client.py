@@ -123,6 +123,23 @@ class CloudClient:
         except grpc.FutureTimeoutError:
             raise CloudUnavailable(f"cloud not reachable within {timeout} s") from None
 
+    def wait_serving(self, service: str = "", *, timeout: float) -> None:
+        """Wait until standard health checking says ``service`` ("" is the whole server)
+        is SERVING, watching rather than polling; raises :class:`CloudError` if it is
+        not within ``timeout`` seconds."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        call = health_pb2_grpc.HealthStub(self.channel).Watch(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        try:
+            with map_grpc_errors():
+                for resp in call:
+                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+        finally:
+            call.cancel()
+        raise CloudUnavailable(f"health of '{service}' ended without SERVING")
+
     def close(self) -> None:
         self.channel.close()
 

@@ -114,8 +114,10 @@ def run_drift_demo(*, rtt_ms: float = 40.0, after: int = 300, max_wait_s: float 
                    phases: tuple[tuple[int, ...], ...] = PHASES,
                    keep_logs: Path | None = None) -> dict[str, Any]:
     """Run the drift scenario (see the module docstring); returns its results."""
+    from cachenet.client import CloudClient
     from cachenet.data import default_cache_dir, load_splits
     from cachenet.wan import LinkProfile, ProxyThread
+    from cloud_server.server import SPECIALIZER_HEALTH
     from edge_agent.client import EdgeClient
 
     cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
@@ -130,7 +132,10 @@ def run_drift_demo(*, rtt_ms: float = 40.0, after: int = 300, max_wait_s: float 
             "--specialize", "--specialize-interval", "3", "--report-interval", "1",
             "--target", str(DRIFT_TARGET), "--escalation-trigger", "0.05"], work)
         stack.callback(cloud.stop)
-        proxy = stack.enter_context(ProxyThread(("127.0.0.1", cloud.wait_ready()["port"]),
+        port = cloud.wait_ready()["port"]
+        with CloudClient(f"127.0.0.1:{port}") as direct:  # the specialiser labels its data
+            direct.wait_serving(SPECIALIZER_HEALTH, timeout=120)
+        proxy = stack.enter_context(ProxyThread(("127.0.0.1", port),
                                                 LinkProfile.from_rtt(rtt_ms)))
         edge = Process("edge_agent", [
             "--bundle", str(bundle), "--bind", "tcp://127.0.0.1:0", "--agent-id", "camera-1",

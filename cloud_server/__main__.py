@@ -37,6 +37,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="specialise cache models per agent and push them (needs --store)")
     p.add_argument("--replay", default=_env("REPLAY"),
                    help="data set for specialisation (default: the one the bundle was built on)")
+    p.add_argument("--library", type=Path, default=_env("LIBRARY"),
+                   help="directory of partition models, kept and reused across runs "
+                        "(default: STORE/library)")
     p.add_argument("--specialize-interval", type=float, default=60.0,
                    help="least seconds between two specialisation checks for one agent")
     p.add_argument("--escalation-trigger", type=float, default=0.15,
@@ -65,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           max_queue_delay_us=args.max_queue_delay_us,
                           max_queue_size=args.max_queue_size, store=args.store,
                           specialize=args.specialize, replay=args.replay,
+                          library=args.library,
                           report_interval_s=args.report_interval,
                           specializer=SpecializerConfig(
                               min_interval_s=args.specialize_interval,

@@ -8,7 +8,9 @@ startup, main loop (periodic stats in the log), and a graceful shutdown on
 SIGTERM/SIGINT: health goes NOT_SERVING, no new RPCs are accepted, queued and
 in-flight work drains, then the process exits. With a model store it also
 serves the control plane (:mod:`cloud_server.control`), and with
-``specialize`` it learns per agent what to push (:mod:`cloud_server.specializer`).
+``specialize`` it learns per agent what to push (:mod:`cloud_server.specializer`);
+loading the specialiser takes a while (it labels the replay data), so it has
+its own health entry, :data:`SPECIALIZER_HEALTH`, SERVING once it is ready.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from cloud_server.specializer import Specializer, SpecializerConfig, build_speci
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+#: Health-check name of the specialiser: NOT_SERVING while it loads (or when it failed).
+SPECIALIZER_HEALTH = "cachenet.v1.Specializer"
 
 
 @dataclass
@@ -68,6 +72,7 @@ class ServerConfig:
     #: specialise cache models per agent and push them (needs ``store``)
     specialize: bool = False
     replay: str | None = None  # replay data for specialisation (default: the bundle's)
+    library: Path | None = None  # partition models, kept across runs (default: store/library)
     specializer: SpecializerConfig | None = None
     report_interval_s: int = 30  # how often agents send stats reports
     grace_s: float = 10.0
@@ -148,8 +153,11 @@ class CloudServer:
             max_queue_delay_us=c.max_queue_delay_us, max_queue_size=c.max_queue_size,
             store=c.store, report_interval_s=c.report_interval_s)
         await self.server.start()
+        health_ = self.server.cachenet.health
         for name in ("", SERVICE_NAME):
-            await self.server.cachenet.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await health_.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if c.specialize:
+            await health_.set(SPECIALIZER_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
         log.info("serving %s version %s on %s:%d (device %s, max_batch_size %d, "
                  "max_queue_delay_us %d)", card.name, card.version, c.host, self.port,
                  card.device, c.max_batch_size, c.max_queue_delay_us)
@@ -168,7 +176,7 @@ class CloudServer:
         try:
             spec = await asyncio.to_thread(build_specializer, c.bundle, ModelStore(c.store),
                                            replay=c.replay, device=c.device,
-                                           config=c.specializer)
+                                           config=c.specializer, library_dir=c.library)
         except CachenetError as exc:
             log.error("specialisation is off: %s", exc)
             return
@@ -176,6 +184,7 @@ class CloudServer:
         assert parts.control is not None
         parts.control.specializer = spec
         parts.service.observer = spec.observe
+        await parts.health.set(SPECIALIZER_HEALTH, health_pb2.HealthCheckResponse.SERVING)
         await spec.run()
 
     def log_stats(self) -> None:

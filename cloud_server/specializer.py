@@ -39,6 +39,7 @@ from torch import nn
 
 from cachenet import specialize as sp
 from cachenet.bundle import Manifest, verify_bundle
+from cachenet.exceptions import CachenetError
 from cachenet.export import onnx_logits
 from cachenet.store import ModelStore
 
@@ -82,7 +83,8 @@ class AgentState:
 
 class Specializer:
     def __init__(self, *, base_bundle: Path, base_model: nn.Module, replay: sp.ReplayData,
-                 store: ModelStore, config: SpecializerConfig | None = None) -> None:
+                 store: ModelStore, config: SpecializerConfig | None = None,
+                 library_dir: Path | None = None) -> None:
         self.base = verify_bundle(base_bundle)
         self.base_model = base_model
         self.replay = replay
@@ -91,11 +93,39 @@ class Specializer:
         self.agents: dict[str, AgentState] = {}
         self.library: dict[tuple[int, ...], Manifest] = {}
         self.history: list[dict[str, Any]] = []
-        self.library_dir = store.root / "library"
+        self.library_dir = Path(library_dir) if library_dir else store.root / "library"
         # Version of each calibrated copy pushed -> the library bundle it was made from.
         self._agent_versions: dict[str, Manifest] = {}
         self._lock = threading.Lock()
         self.stopping = threading.Event()  # set on shutdown: training stops at its next step
+        self._load_library()
+
+    def _load_library(self) -> None:
+        """Take back the partition models an earlier run left in the library directory,
+        those made from this general model; the newest wins where two answer the same
+        classes. A bundle that fails verification is skipped with a warning."""
+        if not self.library_dir.is_dir():
+            return
+        found: dict[tuple[int, ...], tuple[int, Manifest]] = {}
+        for root in self.library_dir.iterdir():
+            if root.name.startswith(".") or not (root / "manifest.json").is_file():
+                continue
+            try:
+                m = verify_bundle(root)
+            except CachenetError as exc:
+                log.warning("library: skipping %s: %s", root, exc)
+                continue
+            part = m.data.get("partition") or {}
+            if part.get("base_version") != self.base.version:
+                continue
+            classes = tuple(int(c) for c in part["classes"])
+            made = root.stat().st_mtime_ns
+            if classes not in found or made > found[classes][0]:
+                found[classes] = (made, m)
+        self.library = {k: m for k, (_, m) in found.items()}
+        if self.library:
+            log.info("library %s: %d partition models of general model %s", self.library_dir,
+                     len(self.library), self.base.version)
 
     def _state(self, agent: str) -> AgentState:
         if agent not in self.agents:
@@ -261,7 +291,8 @@ class Specializer:
 
 def build_specializer(bundle: Path, store: ModelStore, *, replay: str | None = None,
                       device: str | None = None, cache_dir: Path | None = None,
-                      config: SpecializerConfig | None = None) -> Specializer:
+                      config: SpecializerConfig | None = None,
+                      library_dir: Path | None = None) -> Specializer:
     """Load what specialisation needs: the general cache model's weights (the bundle's
     ``full/cache.pt``), the replay data (``replay``, else the data the bundle was built
     from) and the full model's answers on it. Slow: run it off the serving loop."""
@@ -291,4 +322,4 @@ def build_specializer(bundle: Path, store: ModelStore, *, replay: str | None = N
              "full model in %.1f s", len(data.train_x), len(data.hold_x), spec,
              time.perf_counter() - t0)
     return Specializer(base_bundle=bundle, base_model=base.eval(), replay=data, store=store,
-                       config=config)
+                       config=config, library_dir=library_dir)

@@ -7,7 +7,7 @@ import pytest
 
 from cachenet import specialize as sp
 from cachenet.store import ModelStore
-from cloud_server.specializer import SpecializerConfig, build_specializer
+from cloud_server.specializer import Specializer, SpecializerConfig, build_specializer
 
 CONFIG = SpecializerConfig(target=0.95, min_requests=10, escalation_trigger=0.05)
 
@@ -65,6 +65,15 @@ def test_a_better_candidate_is_stored_for_the_agent_and_reused(specializer, digi
     again = specializer.check("cam2")
     assert again["source"] == "library"
     assert specializer.history[0] is record
+    # A restarted server takes its library back from disk; a damaged entry is skipped.
+    damaged = specializer.library_dir / "p0-damaged"
+    damaged.mkdir()
+    (damaged / "manifest.json").write_text("{")
+    restarted = Specializer(base_bundle=specializer.base.root,
+                            base_model=specializer.base_model, replay=specializer.replay,
+                            store=specializer.store, config=CONFIG)
+    assert {k: m.version for k, m in restarted.library.items()} == {
+        tuple(classes): specializer.library[tuple(classes)].version}
 
 
 def test_a_flat_histogram_is_skipped(specializer):
