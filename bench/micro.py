@@ -6,7 +6,8 @@
    run of the same model on the same input in this process. Target <= 150 us.
    Also the floor under it: the p50 round trip to a bare Python ZeroMQ echo
    process with the same messages, so the report can tell transport from
-   the agent's own processing.
+   the agent's own processing. Measured over loopback TCP and again over ipc
+   (a Unix socket), which an application on the same device may use instead.
 2. Cloud throughput under 32 concurrent clients (asyncio gRPC, batch-1
    requests) with dynamic batching (max_batch_size 32) against
    max_batch_size 1. Target >= 3x.
@@ -48,16 +49,23 @@ def _echo_server(endpoint: str, ready) -> None:
         sock.send_multipart([frames[0], b"", b'{"ok":true}'])
 
 
-def zmq_floor_us(x: np.ndarray, n: int) -> float:
+def endpoint_for(transport: str, work: Path, name: str) -> str:
+    """A fresh local endpoint: ``tcp`` on loopback (a free port) or ``ipc`` in ``work``."""
+    import socket
+
+    if transport == "ipc":
+        return f"ipc://{work / (name + '.sock')}"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def zmq_floor_us(x: np.ndarray, n: int, endpoint: str) -> float:
     """p50 of a round trip to a bare Python ZeroMQ echo process: the transport's floor."""
     import multiprocessing as mp
-    import socket
 
     from edge_agent import wire
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
     ready = mp.Event()
     proc = mp.Process(target=_echo_server, args=(endpoint, ready), daemon=True)
     proc.start()
@@ -79,7 +87,10 @@ def zmq_floor_us(x: np.ndarray, n: int) -> float:
     return float(np.median(samples[200:]))
 
 
-def agent_overhead(bundle: Path, work: Path, n: int) -> dict[str, float]:
+def agent_overhead(bundle: Path, work: Path, n: int, transport: str = "tcp"
+                   ) -> dict[str, float | str]:
+    """The agent's overhead with its local API on ``transport``: ``tcp`` (loopback)
+    or ``ipc`` (a Unix socket, for applications on the same device)."""
     import onnxruntime as ort
 
     from edge_agent.client import EdgeClient
@@ -94,7 +105,8 @@ def agent_overhead(bundle: Path, work: Path, n: int) -> dict[str, float]:
     sess = ort.InferenceSession(str(bundle / model.manifest.model_file()), sess_options=opts,
                                 providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    edge = Process("edge_agent", ["--bundle", str(bundle), "--bind", "tcp://127.0.0.1:0",
+    bind = "tcp://127.0.0.1:0" if transport == "tcp" else endpoint_for("ipc", work, "agent")
+    edge = Process("edge_agent", ["--bundle", str(bundle), "--bind", bind,
                                   "--threads", "1", "--log-level", "WARNING"], work)
     try:
         endpoint = edge.wait_ready()["endpoint"]
@@ -114,8 +126,9 @@ def agent_overhead(bundle: Path, work: Path, n: int) -> dict[str, float]:
     finally:
         edge.stop()
     ort_p50, rt_p50 = float(np.median(ort_us)), float(np.median(rt_us))
-    floor = zmq_floor_us(x, n)
-    return {"bare_onnxruntime_p50_us": ort_p50, "local_api_edge_hit_p50_us": rt_p50,
+    floor = zmq_floor_us(x, n, endpoint_for(transport, work, "echo"))
+    return {"transport": transport, "bare_onnxruntime_p50_us": ort_p50,
+            "local_api_edge_hit_p50_us": rt_p50,
             "overhead_p50_us": rt_p50 - ort_p50, "zmq_echo_floor_p50_us": floor,
             "agent_processing_p50_us": rt_p50 - ort_p50 - floor, "n": n, "target_us": 150.0}
 
@@ -178,6 +191,7 @@ def main() -> int:
     bundle = args.bundle or ensure_bundle(default_cache_dir(), rebuild=False, progress=False)
     with tempfile.TemporaryDirectory(prefix="cachenet-bench-") as tmp:
         overhead = agent_overhead(bundle, Path(tmp), args.requests)
+        overhead_ipc = agent_overhead(bundle, Path(tmp), args.requests, "ipc")
         throughput = cloud_throughput(bundle, Path(tmp), args.clients, args.seconds)
     print(f"bundle {bundle}")
     print(f"agent overhead (p50): {overhead['overhead_p50_us']:.1f} us = local API "
@@ -186,13 +200,16 @@ def main() -> int:
     print(f"  of which the transport floor (a bare Python ZeroMQ echo process, same "
           f"messages): {overhead['zmq_echo_floor_p50_us']:.1f} us; the agent's own "
           f"processing: {overhead['agent_processing_p50_us']:.1f} us")
+    print(f"  over ipc (a Unix socket): {overhead_ipc['overhead_p50_us']:.1f} us, of which "
+          f"the transport floor {overhead_ipc['zmq_echo_floor_p50_us']:.1f} us")
     b, nb = throughput["batching"], throughput["no_batching"]
     print(f"cloud throughput, {args.clients} clients: {b['requests_per_s']:.0f} req/s with "
           f"dynamic batching (mean batch {b['mean_batch_size']:.1f}) vs "
           f"{nb['requests_per_s']:.0f} req/s at max_batch_size 1: "
           f"{throughput['speedup']:.2f}x (target >= 3x)")
     if args.json:
-        print(json.dumps({"agent_overhead": overhead, "cloud_throughput": throughput}))
+        print(json.dumps({"agent_overhead": overhead, "agent_overhead_ipc": overhead_ipc,
+                          "cloud_throughput": throughput}))
     return 0
 
 

@@ -81,18 +81,22 @@ def _plots(result: dict[str, Any], out: Path) -> list[str]:
     return files
 
 
+def _ipc_line(o: dict | None) -> list[str]:
+    if not o:
+        return []
+    return [f"- The same over ipc (a Unix socket, for applications on the device): "
+            f"{o['overhead_p50_us']:.1f} us; transport floor {o['zmq_echo_floor_p50_us']:.1f} us."]
+
+
 def _headline(rows: list[dict]) -> list[str]:
     stream, net = HEADLINE
     cloud, oracle = _find(rows, stream, net, "cloud_only"), _find(rows, stream, net, "oracle")
     spec = _find(rows, stream, net, "cachenet_specialized")
     general = _find(rows, stream, net, "cachenet")
-    if not (cloud and oracle and general):
+    if not (cloud and oracle and general and spec):
         return [f"The headline combination ({stream} at {net}) was not run."]
     lines = []
     for name, r in (("cachenet_specialized", spec), ("cachenet (general)", general)):
-        if r is None or "pending" in r:
-            lines.append(f"- `{name}`: pending ({r['pending'] if r else 'not run'}).")
-            continue
         speedup = cloud["mean_ms"] / r["mean_ms"]
         points = 100 * (r["accuracy"] - cloud["accuracy"])
         vs_oracle = r["mean_ms"] / oracle["mean_ms"]
@@ -104,22 +108,40 @@ def _headline(rows: list[dict]) -> list[str]:
             f"{'met' if abs(points) <= GOALS['accuracy_points'] else 'missed'}); "
             f"{vs_oracle:.2f}x the oracle's mean ({oracle['mean_ms']:.2f} ms; goal <= "
             f"{GOALS['vs_oracle']}x: {'met' if vs_oracle <= GOALS['vs_oracle'] else 'missed'}).")
+    lines.append(
+        f"- Why: latency follows the escalation rate, since each escalation pays the WAN "
+        f"round trip and the cloud. cachenet_specialized escalated "
+        f"{spec['escalation_rate']:.1%} of inputs (pushes applied: "
+        f"{spec.get('pushes_applied', 0)}), the general cachenet {general['escalation_rate']:.1%}"
+        f", the oracle {oracle['escalation_rate']:.1%}.{_needed(rows)}")
     return lines
+
+
+def _needed(rows: list[dict]) -> str:
+    """The share a system must answer at the edge to be the goal's factor faster."""
+    edge, cloud = (_find(rows, *HEADLINE, s) for s in ("edge_only", "cloud_only"))
+    if not (edge and cloud) or cloud["mean_ms"] <= edge["mean_ms"]:
+        return ""
+    goal = GOALS["speedup_vs_cloud"]
+    share = 1 - (cloud["mean_ms"] / goal - edge["mean_ms"]) / (cloud["mean_ms"] - edge["mean_ms"])
+    return (f" To be {goal:g}x faster than cloud_only, a system must answer {share:.0%} of "
+            f"inputs at the edge (from this run's edge_only and cloud_only means), and at "
+            f"the agreement target only inputs it agrees on with the full model.")
 
 
 def _table(rows: list[dict], stream: str, net: str) -> list[str]:
     cols = ("accuracy", "agreement", "mean_ms", "p50_ms", "p95_ms", "p99_ms",
-            "escalation_rate", "bytes_up", "bytes_down", "edge_cpu_ms_per_request")
+            "escalation_rate", "bytes_up", "bytes_down", "edge_cpu_ms_per_request",
+            "pushes_applied")
     out = [f"### {stream}, {net}", "", "| system | " + " | ".join(cols) + " |",
            "|---" * (len(cols) + 1) + "|"]
     for r in rows:
         if (r["stream"], r["network"]) != (stream, net):
             continue
-        if "pending" in r:
-            out.append(f"| {r['system']} | pending |" + " |" * (len(cols) - 1))
-            continue
-        cells = [f"{r[c]:.4f}" if c in ("accuracy", "agreement", "escalation_rate")
-                 else f"{r[c]:,}" if c.startswith("bytes") else f"{r[c]:.2f}" for c in cols]
+        cells = ["" if c not in r else f"{r[c]:.4f}"
+                 if c in ("accuracy", "agreement", "escalation_rate")
+                 else f"{r[c]:,}" if c.startswith(("bytes", "pushes")) else f"{r[c]:.2f}"
+                 for c in cols]
         out.append(f"| {r['system']} | " + " | ".join(cells) + " |")
     return [*out, ""]
 
@@ -142,9 +164,13 @@ def write_outputs(result: dict[str, Any], out: Path, *, quick: bool) -> None:
         f"{m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}, grpcio "
         f"{m['grpcio']}.", "",
         "Systems stream the same trace through the agent's ZeroMQ API one request at a "
-        "time; latency is what the client sees. Bytes are those crossing the emulated WAN "
-        "(requests and answers; no model pushes happen in this suite). Edge CPU is the "
-        "agent process's CPU time per request.", "",
+        "time; latency is what the client sees. Bytes are those crossing the emulated WAN: "
+        "requests and answers, and for cachenet_specialized and the oracle also their "
+        "agent's stats reports and the cache models pushed to it. Those two systems run on "
+        "a specialising cloud, each on a fresh agent per run that starts on the general "
+        "cache model; the cloud's library of partition models persists across runs, and "
+        "what it trains during the suite it trains on this machine (niced). Edge CPU is "
+        "the agent process's CPU time per request.", "",
         "## Headline: runs50 at 4g", "", *_headline(rows), "",
         "## Results", ""]
     for key in result["latencies"]:
@@ -155,6 +181,7 @@ def write_outputs(result: dict[str, Any], out: Path, *, quick: bool) -> None:
                   f"- Agent overhead (p50 local-API round trip of an edge hit minus p50 bare "
                   f"ONNX Runtime): {o['overhead_p50_us']:.1f} us (goal <= 150 us); transport "
                   f"floor (bare Python ZeroMQ echo): {o['zmq_echo_floor_p50_us']:.1f} us.",
+                  *_ipc_line(result["micro"].get("agent_overhead_ipc")),
                   f"- Cloud throughput, 32 clients: {t['batching']['requests_per_s']:.0f} req/s "
                   f"with dynamic batching vs {t['no_batching']['requests_per_s']:.0f} at "
                   f"max_batch_size 1: {t['speedup']:.2f}x (goal >= 3x).", ""]

@@ -11,10 +11,11 @@ API, one at a time, as an application would:
 * ``fixed_threshold``: a fixed threshold of 0.5 on 1 - normalised entropy (the
   default of KubeEdge Sedna's CrossEntropy hard-example filter);
 * ``cachenet``: the general cache model with its calibrated gate;
-* ``cachenet_specialized``: pending here (see ``bench/specialization.py`` for the
-  specialised model's hit rate, and ``cachenet demo --scenario drift``);
-* ``oracle``: the same cache model, escalating exactly where it disagrees with
-  the full model: the latency floor at full-model agreement.
+* ``cachenet_specialized``: cachenet with specialisation and model push, live:
+  a specialising cloud and a fresh agent for each run (:mod:`bench.specializing`);
+* ``oracle``: the same cache models as ``cachenet_specialized`` (a fresh agent of
+  the specialising cloud), escalating exactly where the active model disagrees
+  with the full model: the latency floor for those models at full-model agreement.
 
 Results go to ``bench/results/``: ``summary.json`` (one row per stream, network
 and system), ``report.md``, PNG plots, and the traces as ``traces/*.npz``.
@@ -41,6 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.specializing import SpecializingCloud, oracle_answer, pushes  # noqa: E402
 from bench.traces import TRACES, make_trace, save_trace  # noqa: E402
 from cachenet.daemon import Process  # noqa: E402
 from cachenet.wan import LinkProfile, ProxyThread  # noqa: E402
@@ -54,36 +56,48 @@ NETWORKS: dict[str, LinkProfile] = {
 }
 SYSTEMS = ("edge_only", "cloud_only", "fixed_threshold", "cachenet", "cachenet_specialized",
            "oracle")
+#: Systems run on the specialising cloud, each on a fresh agent of its own.
+SPECIALIZING = ("cachenet_specialized", "oracle")
 FIXED_GATE = {"score": "entropy", "threshold": 0.5}
-PENDING = ("measured by bench/specialization.py (hit rate) and `cachenet demo --scenario "
-           "drift`; not yet run live in this suite")
+DEADLINE_MS = 2000
 
 
-def request_options(system: str, i: int, cache_lab: np.ndarray, full_lab: np.ndarray
-                    ) -> dict[str, Any]:
+def request_options(system: str) -> dict[str, Any]:
     if system == "edge_only":
         return {"policy": "edge"}
     if system == "cloud_only":
         return {"policy": "cloud"}
     if system == "fixed_threshold":
         return {"policy": "auto", "gate": FIXED_GATE}
-    if system == "oracle":
-        return {"policy": "edge" if cache_lab[i] == full_lab[i] else "cloud"}
     return {"policy": "auto"}
 
 
-def run_system(client: Any, x: np.ndarray, system: str, cache_lab: np.ndarray,
-               full_lab: np.ndarray, timeout: float) -> dict[str, Any]:
+def run_system(client: Any, x: np.ndarray, system: str, full_lab: np.ndarray,
+               timeout: float) -> dict[str, Any]:
     labels, lat, sources = [], [], []
+    options = request_options(system)
     for i in range(len(x)):
-        opts = request_options(system, i, cache_lab, full_lab)
-        t0 = time.perf_counter()
-        answer = client.infer(x[i], timeout=timeout, **opts)
-        lat.append((time.perf_counter() - t0) * 1e3)
+        if system == "oracle":
+            answer, ms = oracle_answer(client, x[i], int(full_lab[i]), timeout)
+        else:
+            t0 = time.perf_counter()
+            answer = client.infer(x[i], timeout=timeout, **options)
+            ms = (time.perf_counter() - t0) * 1e3
+        lat.append(ms)
         labels.append(answer["label"])
         sources.append(answer["source"])
     return {"labels": np.asarray(labels), "latencies_ms": np.asarray(lat),
             "sources": np.asarray(sources)}
+
+
+def measure(client: Any, proc: Any, proxy: Any, x: np.ndarray, system: str,
+            full_lab: np.ndarray) -> tuple[dict[str, Any], int, int, float]:
+    """One system's run: (run, bytes up, bytes down across the WAN, agent CPU seconds)."""
+    up0, down0 = proxy.bytes_up, proxy.bytes_down
+    cpu0 = sum(proc.cpu_times()[:2])
+    run = run_system(client, x, system, full_lab, timeout=30)
+    return (run, proxy.bytes_up - up0, proxy.bytes_down - down0,
+            sum(proc.cpu_times()[:2]) - cpu0)
 
 
 def row(stream: str, network: str, system: str, run: dict[str, Any], y: np.ndarray,
@@ -113,21 +127,20 @@ def machine() -> dict[str, Any]:
             "grpcio": grpc.__version__}
 
 
-def labels_for(bundle: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(cache model labels, cache logits, full model labels) on ``x``, as agent and cloud
+def labels_for(bundle: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(general cache model's logits, full model's labels) on ``x``, as agent and cloud
     compute them."""
     from cachenet.runtime import load_cache_model
     from cachenet.train import predict_logits
     from cloud_server.model import load_full_model
 
     full, _ = load_full_model(bundle, device="cpu")
-    logits = load_cache_model(bundle).logits(x)
-    return logits.argmax(1), logits, predict_logits(full, x).argmax(1)
+    return load_cache_model(bundle).logits(x), predict_logits(full, x).argmax(1)
 
 
 def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
-              networks: tuple[str, ...], requests: int, seed: int, micro: dict | None
-              ) -> dict[str, Any]:
+              networks: tuple[str, ...], requests: int, seed: int, micro: dict | None,
+              library: Path) -> dict[str, Any]:
     import psutil
 
     from cachenet.bundle import verify_bundle
@@ -141,6 +154,9 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
     offline: dict[str, Any] = {}
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="cachenet-suite-") as tmp:
         work = Path(tmp)
+        # First, so that labelling its replay data does not overlap any measurement.
+        specializing = SpecializingCloud(stack, bundle=bundle, dataset=dataset, work=work,
+                                         library=library, deadline_ms=DEADLINE_MS)
         cloud = Process("cloud_server", ["--bundle", str(bundle), "--port", "0",
                                          "--log-level", "WARNING"], work)
         stack.callback(cloud.stop)
@@ -148,7 +164,7 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
                                                 LinkProfile()))
         edge = Process("edge_agent", ["--bundle", str(bundle), "--bind", "tcp://127.0.0.1:0",
                                       "--cloud", f"127.0.0.1:{proxy.port}", "--deadline-ms",
-                                      "2000", "--log-level", "WARNING"], work,
+                                      str(DEADLINE_MS), "--log-level", "WARNING"], work,
                        env={"OMP_NUM_THREADS": "1"})
         stack.callback(edge.stop)
         client = stack.enter_context(EdgeClient(edge.wait_ready()["endpoint"]))
@@ -157,28 +173,31 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
             idx = make_trace(name, splits.test.y, requests, seed=seed)
             save_trace(out / "traces" / f"{name}.npz", name, idx, splits.test.y, seed)
             x, y = splits.test.x[idx], splits.test.y[idx]
-            cache_lab, cache_logits, full_lab = labels_for(bundle, x)
+            cache_logits, full_lab = labels_for(bundle, x)
             offline[name] = {"cache_logits": cache_logits, "full_labels": full_lab, "y": y}
             for net in networks:
                 proxy.configure(NETWORKS[net])
+                specializing.configure(NETWORKS[net])
                 for i in range(5):  # warm-up: connections, sessions
                     client.infer(x[i], policy="cloud", timeout=10)
                 for system in SYSTEMS:
-                    if system == "cachenet_specialized":
-                        rows.append({"stream": name, "network": net, "system": system,
-                                     "pending": PENDING})
-                        continue
-                    up0, down0 = proxy.bytes_up, proxy.bytes_down
-                    cpu0 = sum(agent_proc.cpu_times()[:2])
-                    run = run_system(client, x, system, cache_lab, full_lab, timeout=30)
-                    cpu = sum(agent_proc.cpu_times()[:2]) - cpu0
-                    rows.append(row(name, net, system, run, y, full_lab,
-                                    proxy.bytes_up - up0, proxy.bytes_down - down0, cpu))
+                    extra: dict[str, Any] = {}
+                    if system in SPECIALIZING:
+                        with specializing.agent(f"{system}-{name}-{net}") as (own, proc):
+                            run, up, down, cpu = measure(own, proc, specializing.proxy, x,
+                                                         system, full_lab)
+                            extra = pushes(own.stats())
+                    else:
+                        run, up, down, cpu = measure(client, agent_proc, proxy, x, system,
+                                                     full_lab)
+                    rows.append(row(name, net, system, run, y, full_lab, up, down, cpu) | extra)
                     latencies.setdefault(f"{name}/{net}", {})[system] = (
                         run["latencies_ms"].tolist())
-                    print(f"{name:>9} {net:>9} {system:>16}: mean "
+                    print(f"{name:>9} {net:>9} {system:>20}: mean "
                           f"{rows[-1]['mean_ms']:8.2f} ms, accuracy {rows[-1]['accuracy']:.4f},"
-                          f" escalated {rows[-1]['escalation_rate']:.3f}", flush=True)
+                          f" escalated {rows[-1]['escalation_rate']:.3f}"
+                          + (f", pushes applied {extra['pushes_applied']}" if extra else ""),
+                          flush=True)
     return {"rows": rows, "latencies": latencies, "offline": offline, "micro": micro,
             "gate_score": manifest.gate["score"],
             "machine": machine(), "bundle": str(bundle), "dataset": dataset,
@@ -196,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, help="requests per trace (default 400; quick 150)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-micro", action="store_true", help="skip the microbenchmarks")
+    p.add_argument("--library", type=Path,
+                   help="the specialising cloud's partition-model library, kept between "
+                        "runs (default: under the cache directory, per bundle version)")
     args = p.parse_args(argv)
     if args.dataset != "digits" and not Path(args.dataset).exists():
         print(f"skipped: data set {args.dataset} not found (the suite needs CIFAR-10 from "
@@ -212,12 +234,19 @@ def main(argv: list[str] | None = None) -> int:
         from bench.micro import agent_overhead, cloud_throughput
 
         with tempfile.TemporaryDirectory(prefix="cachenet-micro-") as tmp:
-            micro = {"agent_overhead": agent_overhead(args.bundle, Path(tmp),
-                                                      1000 if args.quick else 3000),
+            n = 1000 if args.quick else 3000
+            micro = {"agent_overhead": agent_overhead(args.bundle, Path(tmp), n),
+                     "agent_overhead_ipc": agent_overhead(args.bundle, Path(tmp), n, "ipc"),
                      "cloud_throughput": cloud_throughput(args.bundle, Path(tmp), 32,
                                                           3.0 if args.quick else 5.0)}
+    from cachenet.bundle import verify_bundle
+    from cachenet.data import default_cache_dir
+
+    library = args.library or (default_cache_dir() / "library"
+                               / verify_bundle(args.bundle).version)
     result = run_suite(bundle=args.bundle, dataset=args.dataset, out=args.out, traces=traces,
-                       networks=networks, requests=requests, seed=args.seed, micro=micro)
+                       networks=networks, requests=requests, seed=args.seed, micro=micro,
+                       library=library)
     result["wall_s"] = round(time.monotonic() - started, 1)
     result["command"] = "python bench/suite.py " + " ".join(sys.argv[1:] if argv is None
                                                             else argv)

@@ -23,15 +23,18 @@ class Process:
     """A child daemon in its own session, readiness announced through a ready file."""
 
     def __init__(self, module: str, args: list[str], workdir: Path, *,
-                 env: dict[str, str] | None = None, tag: str = "") -> None:
+                 env: dict[str, str] | None = None, tag: str = "", nice: int = 0) -> None:
         self.name = module
         self.ready_file = workdir / f"{module}{tag}.ready"
         self.log_path = workdir / f"{module}{tag}.log"
         self.ready_file.unlink(missing_ok=True)  # a previous run's file is not readiness
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.info: dict[str, Any] = {}
+        argv = [sys.executable, "-m", module, *args, "--ready-file", str(self.ready_file)]
+        if nice:  # nice(1) execs the daemon: the pid stays the daemon's
+            argv = ["nice", "-n", str(nice), *argv]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, *args, "--ready-file", str(self.ready_file)],
+            argv,
             stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, env=env,
             start_new_session=True)
 

@@ -35,9 +35,8 @@ def test_quick_suite_on_digits_writes_rows_report_and_plots(digits_bundle, tmp_p
     assert main(["--bundle", str(digits_bundle[0]), "--dataset", "digits", "--quick",
                  "--requests", "40", "--no-micro", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "summary.json").read_text())
-    measured = [r for r in rows if "pending" not in r]
-    assert len(measured) == 2 * 2 * 5  # traces x networks x systems run
-    by = {(r["stream"], r["network"], r["system"]): r for r in measured}
+    assert len(rows) == 2 * 2 * 6  # traces x networks x systems, every one run
+    by = {(r["stream"], r["network"], r["system"]): r for r in rows}
     for stream in ("runs50", "iid"):
         for net in ("lan", "4g"):
             assert by[stream, net, "edge_only"]["escalation_rate"] == 0.0
@@ -45,6 +44,9 @@ def test_quick_suite_on_digits_writes_rows_report_and_plots(digits_bundle, tmp_p
             assert by[stream, net, "cloud_only"]["escalation_rate"] == 1.0
             assert by[stream, net, "oracle"]["agreement"] == 1.0  # escalates every mismatch
             assert by[stream, net, "cloud_only"]["fallbacks"] == 0
+            specialized = by[stream, net, "cachenet_specialized"]
+            assert specialized["n"] == 40 and specialized["pushes_rejected"] == 0
+            assert specialized["fallbacks"] == 0  # the specialising cloud answered them all
     assert by["runs50", "4g", "cloud_only"]["p50_ms"] >= 50.0  # crossed the 50 ms WAN
     report = (tmp_path / "report.md").read_text()
     assert "## Headline: runs50 at 4g" in report and "cachenet_specialized" in report
