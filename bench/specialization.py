@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mean-run", type=float, default=50.0)
     p.add_argument("--target", type=float, default=0.99)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs a partition")
+    p.add_argument("--epochs", type=int, default=sp.FinetuneConfig.epochs,
+                   help="fine-tuning epochs a partition (default: the cloud's)")
     p.add_argument("--out", type=Path, help="also write the JSON here")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

@@ -28,6 +28,20 @@ def base(digits_bundle):
     return model.eval()
 
 
+def test_replay_answers_are_kept_and_reused(replay, digits_bundle, digits_splits, tmp_path):
+    from cloud_server.model import load_full_model
+
+    cache = tmp_path / "answers.npz"
+    full, _ = load_full_model(digits_bundle[0])
+    first = sp.ReplayData.from_splits(digits_splits, full, cache=cache)
+    assert cache.is_file() and np.array_equal(first.train_full, replay.train_full)
+    assert np.allclose(first.train_probs.sum(1), 1.0, atol=1e-4)
+    # Read back, not recomputed: there is no model to run this time.
+    again = sp.ReplayData.from_splits(digits_splits, None, cache=cache)  # type: ignore[arg-type]
+    assert np.array_equal(again.hold_full, first.hold_full)
+    assert np.array_equal(again.train_probs, first.train_probs)
+
+
 def test_active_classes_leave_out_the_odd_mistake():
     hist = sp.normalise_histogram({1: 30, 7: 28, 9: 35, 4: 3, 2: 4}, 10)
     assert sp.active_classes(hist) == (1, 7, 9)
@@ -40,6 +54,9 @@ def test_active_classes_leave_out_the_odd_mistake():
 
 def test_partition_targets_and_head():
     assert sp.partition_targets(np.array([0, 3, 5, 9]), (3, 9)).tolist() == [2, 0, 2, 1]
+    probs = np.array([[0.1, 0.0, 0.0, 0.6, 0.0, 0.1, 0.0, 0.0, 0.0, 0.2]])
+    # Soft targets: the partition's classes keep their mass, "other" gets the rest.
+    assert np.allclose(sp.partition_probs(probs, (3, 9)), [[0.6, 0.2, 0.2]])
     base = torch.nn.Sequential()
     base.fc = torch.nn.Linear(4, 10)
     model = sp.partition_model(base, (3, 9))
