@@ -296,8 +296,9 @@ def build_specializer(bundle: Path, store: ModelStore, *, replay: str | None = N
     """Load what specialisation needs: the general cache model's weights (the bundle's
     ``full/cache.pt``), the replay data (``replay``, else the data the bundle was built
     from) and the full model's answers on it. Slow: run it off the serving loop."""
-    from cachenet.data import load_splits
+    from cachenet.data import default_cache_dir, load_splits
     from cachenet.exceptions import ConfigError
+    from cachenet.full import data_fingerprint
     from cachenet.models import load_checkpoint
     from cloud_server.model import load_full_model
 
@@ -317,9 +318,11 @@ def build_specializer(bundle: Path, store: ModelStore, *, replay: str | None = N
         raise ConfigError(f"replay data has inputs {splits.input_shape}, the bundle takes "
                           f"{manifest.input['shape'][1:]}")
     t0 = time.perf_counter()
-    data = sp.ReplayData.from_splits(splits, full.cpu())
-    log.info("specialisation ready: %d replay and %d held-out inputs from %s, labelled by the "
-             "full model in %.1f s", len(data.train_x), len(data.hold_x), spec,
-             time.perf_counter() - t0)
+    answers = ((cache_dir or default_cache_dir()) / "replay"
+               / f"{manifest.version}-{data_fingerprint(splits)}.npz")
+    data = sp.ReplayData.from_splits(splits, full.cpu(), cache=answers)
+    log.info("specialisation ready: %d replay and %d held-out inputs from %s, with the full "
+             "model's answers (kept in %s) in %.1f s", len(data.train_x), len(data.hold_x),
+             spec, answers, time.perf_counter() - t0)
     return Specializer(base_bundle=bundle, base_model=base.eval(), replay=data, store=store,
                        config=config, library_dir=library_dir)
