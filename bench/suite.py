@@ -184,6 +184,8 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
                     extra: dict[str, Any] = {}
                     if system in SPECIALIZING:
                         with specializing.agent(f"{system}-{name}-{net}") as (own, proc):
+                            for i in range(5):  # the same warm-up as the agent above had
+                                own.infer(x[i], policy="cloud", timeout=10)
                             run, up, down, cpu = measure(own, proc, specializing.proxy, x,
                                                          system, full_lab)
                             extra = pushes(own.stats())

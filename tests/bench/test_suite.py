@@ -40,7 +40,8 @@ def test_quick_suite_on_digits_writes_rows_report_and_plots(digits_bundle, tmp_p
     for stream in ("runs50", "iid"):
         for net in ("lan", "4g"):
             assert by[stream, net, "edge_only"]["escalation_rate"] == 0.0
-            assert by[stream, net, "edge_only"]["bytes_up"] == 0
+            # No request crosses the WAN (one is over 256 bytes); an HTTP/2 ping (17) may.
+            assert by[stream, net, "edge_only"]["bytes_up"] < 100
             assert by[stream, net, "cloud_only"]["escalation_rate"] == 1.0
             assert by[stream, net, "oracle"]["agreement"] == 1.0  # escalates every mismatch
             assert by[stream, net, "cloud_only"]["fallbacks"] == 0
