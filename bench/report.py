@@ -117,6 +117,16 @@ def _headline(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _specialization_lines(spec: dict | None) -> list[str]:
+    if not spec:
+        return []
+    checks = ", ".join(f"{n} {k}" for k, n in sorted(spec["checks"].items())) or "none"
+    return ["## What the specialising cloud did", "",
+            f"Specialisation checks over the whole suite: {checks}; partition models "
+            f"trained during the suite: {spec['partitions_trained']}. Each check's outcome "
+            f"and reason are in [{spec['log']}]({spec['log']}).", ""]
+
+
 def _needed(rows: list[dict]) -> str:
     """The share a system must answer at the edge to be the goal's factor faster."""
     edge, cloud = (_find(rows, *HEADLINE, s) for s in ("edge_only", "cloud_only"))
@@ -172,6 +182,7 @@ def write_outputs(result: dict[str, Any], out: Path, *, quick: bool) -> None:
         "what it trains during the suite it trains on this machine (niced). Edge CPU is "
         "the agent process's CPU time per request.", "",
         "## Headline: runs50 at 4g", "", *_headline(rows), "",
+        *_specialization_lines(result.get("specialization")),
         "## Results", ""]
     for key in result["latencies"]:
         lines += _table(rows, *key.split("/"))

@@ -19,6 +19,8 @@ model; its latency is that of the answer it keeps.
 
 from __future__ import annotations
 
+import collections
+import re
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -30,6 +32,9 @@ import numpy as np
 from cachenet.daemon import Process
 from cachenet.wan import LinkProfile, ProxyThread
 
+#: The specialiser's log lines for a check's outcome and for a partition model trained.
+CHECK_LINE = re.compile(r"specialisation check for \S+: (\w+)")
+TRAINED = "trained partition model"
 #: How soon the specialiser may look at an agent again, and how often agents report.
 CHECK_INTERVAL_S = 2
 REPORT_INTERVAL_S = 1
@@ -56,6 +61,15 @@ class SpecializingCloud:
 
     def configure(self, profile: LinkProfile) -> None:
         self.proxy.configure(profile)
+
+    def finish(self, out: Path) -> dict[str, Any]:
+        """Stop the cloud, keep its log in ``out``, and count what its specialiser did."""
+        self.cloud.stop()
+        text = self.cloud.log_path.read_text(errors="replace")
+        (out / "specializing-cloud.log").write_text(text)
+        outcomes = collections.Counter(m.group(1) for m in CHECK_LINE.finditer(text))
+        return {"checks": dict(outcomes), "partitions_trained": text.count(TRAINED),
+                "log": "specializing-cloud.log"}
 
     @contextmanager
     def agent(self, agent_id: str) -> Iterator[tuple[Any, Any]]:

@@ -200,7 +200,9 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
                           f" escalated {rows[-1]['escalation_rate']:.3f}"
                           + (f", pushes applied {extra['pushes_applied']}" if extra else ""),
                           flush=True)
+        specialization = specializing.finish(out)
     return {"rows": rows, "latencies": latencies, "offline": offline, "micro": micro,
+            "specialization": specialization,
             "gate_score": manifest.gate["score"],
             "machine": machine(), "bundle": str(bundle), "dataset": dataset,
             "requests": requests, "seed": seed}
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--quick", action="store_true",
                    help="runs50 and iid, lan and 4g, 150 requests (<= 3 minutes)")
-    p.add_argument("--requests", type=int, help="requests per trace (default 400; quick 150)")
+    p.add_argument("--requests", type=int, help="requests per trace (default 300; quick 150)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-micro", action="store_true", help="skip the microbenchmarks")
     p.add_argument("--library", type=Path,
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     traces = ("runs50", "iid") if args.quick else TRACES
     networks = ("lan", "4g") if args.quick else tuple(NETWORKS)
-    requests = args.requests or (150 if args.quick else 400)
+    requests = args.requests or (150 if args.quick else 300)
     micro = None
     if not args.no_micro:
         from bench.micro import agent_overhead, cloud_throughput
