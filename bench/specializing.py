@@ -43,11 +43,15 @@ REPORT_INTERVAL_S = 1
 class SpecializingCloud:
     def __init__(self, stack: ExitStack, *, bundle: Path, dataset: str, work: Path,
                  library: Path, deadline_ms: float) -> None:
+        from cachenet.bundle import verify_bundle
         from cachenet.client import CloudClient
         from cloud_server.server import SPECIALIZER_HEALTH
 
         self.bundle, self.work, self.deadline_ms = bundle, work, deadline_ms
+        # Specialise at the agreement target the general model was calibrated to.
+        target = verify_bundle(bundle).gate.get("calibration", {}).get("target", 0.99)
         self.cloud = Process("cloud_server", [
+            "--target", str(target),
             "--bundle", str(bundle), "--port", "0", "--store", str(work / "store"),
             "--library", str(library), "--specialize", "--replay", dataset,
             "--specialize-interval", str(CHECK_INTERVAL_S),

@@ -318,8 +318,12 @@ def build_specializer(bundle: Path, store: ModelStore, *, replay: str | None = N
         raise ConfigError(f"replay data has inputs {splits.input_shape}, the bundle takes "
                           f"{manifest.input['shape'][1:]}")
     t0 = time.perf_counter()
+    # The answers depend on the full model and the data only, not on the cache model.
+    full_files = manifest.data.get("full_model", {}).get("files") or []
+    full_key = (manifest.data["files"][full_files[0]]["sha256"][:16] if full_files
+                else manifest.version)
     answers = ((cache_dir or default_cache_dir()) / "replay"
-               / f"{manifest.version}-{data_fingerprint(splits)}.npz")
+               / f"{full_key}-{data_fingerprint(splits)}.npz")
     data = sp.ReplayData.from_splits(splits, full.cpu(), cache=answers)
     log.info("specialisation ready: %d replay and %d held-out inputs from %s, with the full "
              "model's answers (kept in %s) in %.1f s", len(data.train_x), len(data.hold_x),

@@ -33,7 +33,8 @@ def test_quick_suite_on_digits_writes_rows_report_and_plots(digits_bundle, tmp_p
     from bench.suite import main
 
     assert main(["--bundle", str(digits_bundle[0]), "--dataset", "digits", "--quick",
-                 "--requests", "40", "--no-micro", "--out", str(tmp_path)]) == 0
+                 "--requests", "40", "--no-micro", "--out", str(tmp_path),
+                 "--library", str(tmp_path / "library")]) == 0
     rows = json.loads((tmp_path / "summary.json").read_text())
     assert len(rows) == 2 * 2 * 6  # traces x networks x systems, every one run
     by = {(r["stream"], r["network"], r["system"]): r for r in rows}
@@ -50,6 +51,8 @@ def test_quick_suite_on_digits_writes_rows_report_and_plots(digits_bundle, tmp_p
             assert specialized["fallbacks"] == 0  # the specialising cloud answered them all
     assert by["runs50", "4g", "cloud_only"]["p50_ms"] >= 50.0  # crossed the 50 ms WAN
     report = (tmp_path / "report.md").read_text()
+    assert "## What the specialising cloud did" in report
+    assert "specialisation ready" in (tmp_path / "specializing-cloud.log").read_text()
     assert "## Headline: runs50 at 4g" in report and "cachenet_specialized" in report
     assert (tmp_path / "runs50-4g.png").stat().st_size > 10_000
     assert {p.name for p in (tmp_path / "traces").iterdir()} == {"runs50.npz", "iid.npz"}

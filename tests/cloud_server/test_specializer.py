@@ -14,7 +14,8 @@ CONFIG = SpecializerConfig(target=0.95, min_requests=10, escalation_trigger=0.05
 
 @pytest.fixture
 def specializer(digits_bundle, tmp_path):
-    return build_specializer(digits_bundle[0], ModelStore(tmp_path / "store"), config=CONFIG)
+    return build_specializer(digits_bundle[0], ModelStore(tmp_path / "store"), config=CONFIG,
+                             cache_dir=tmp_path / "cache")
 
 
 def report(spec, agent, hist, *, requests, escalations, version=""):
