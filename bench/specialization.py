@@ -76,14 +76,20 @@ def markdown(r: dict) -> str:
         lines.append(f"| {t} | {g['hit_rate']:.3f} ({g['agreement']}) | "
                      f"{sp_['hit_rate']:.3f} ({sp_['agreement']}) | {ratio} |")
     lines += ["", "Per run (partition answers / with the general model behind it / general "
-              "alone), at each target:", "",
+              "alone; in brackets, answered inputs that disagree with the full model), at "
+              "each target:", "",
               "| run start | classes | " + " | ".join(r["by_target"]) + " |",
               "|---|---|" + "---|" * len(r["by_target"])]
     for i, run in enumerate(r["per_run"]):
-        cells = [f"{f['per_run'][i]['partition_hit_rate']:.2f} / {f['per_run'][i]['hit_rate']:.2f}"
-                 f" / {f['per_run'][i]['general_hit_rate']:.2f}" for f in r["by_target"].values()]
+        cells = [_run_cell(f["per_run"][i]) for f in r["by_target"].values()]
         lines.append(f"| {run['start']} | {run['classes']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _run_cell(run: dict) -> str:
+    wrong = f" ({run['disagreements']}/{run['answered']})" if "answered" in run else ""
+    return (f"{run['partition_hit_rate']:.2f} / {run['hit_rate']:.2f} / "
+            f"{run['general_hit_rate']:.2f}{wrong}")
 
 
 def _figures(local: np.ndarray, lab: np.ndarray, full_lab: np.ndarray, y: np.ndarray
@@ -108,9 +114,13 @@ def at_target(target: float, runs: list[dict], general: dict, full_lab: np.ndarr
         sure = run["conf"] >= cal.threshold
         s_lab[a:b] = np.where(sure, run["labels"], g_lab[a:b])
         s_local[a:b] = sure | g_local[a:b]  # unsure: the general model, if it is sure
+        mine = s_local[a:b]
         per_run.append({"threshold": cal.threshold, "partition_hit_rate": float(sure.mean()),
-                        "hit_rate": float(s_local[a:b].mean()),
-                        "general_hit_rate": float(g_local[a:b].mean())})
+                        "hit_rate": float(mine.mean()),
+                        "general_hit_rate": float(g_local[a:b].mean()),
+                        "answered": int(mine.sum()),
+                        "disagreements": int((s_lab[a:b] != full_lab[a:b])[mine].sum()),
+                        "calibration_n": cal.n})
     gen, spec = _figures(g_local, g_lab, full_lab, y), _figures(s_local, s_lab, full_lab, y)
     return {"general_threshold": g_cal.threshold, "general": gen, "specialized": spec,
             "hit_rate_ratio": spec["hit_rate"] / gen["hit_rate"] if gen["hit_rate"] else None,
