@@ -102,25 +102,28 @@ def _figures(local: np.ndarray, lab: np.ndarray, full_lab: np.ndarray, y: np.nda
 def at_target(target: float, runs: list[dict], general: dict, full_lab: np.ndarray,
               y: np.ndarray, score_kind: str) -> dict:
     """Hit rates of the general model and of the specialised ones at ``target``."""
-    g_cal = sp.calibrate_answerable(general["calib_conf"], general["calib_agree"],
+    gc_lab, gc_conf = outcome(general["calib_logits"], score_kind)
+    g_cal = sp.calibrate_answerable(gc_conf, gc_lab == general["calib_full"],
                                     score_kind=score_kind, target=target, delta=0.05)
-    g_lab, g_local = general["labels"], general["conf"] >= g_cal.threshold
+    g_lab, g_conf = outcome(general["logits"], score_kind)
+    g_local = g_conf >= g_cal.threshold
     s_lab, s_local = g_lab.copy(), np.zeros(len(g_lab), bool)
     per_run = []
     for run in runs:
         a, b = run["start"], run["end"]
-        cal = sp.calibrate_answerable(run["calib_conf"], run["calib_agree"],
-                                      score_kind=score_kind, target=target, delta=0.05)
-        sure = run["conf"] >= cal.threshold
-        s_lab[a:b] = np.where(sure, run["labels"], g_lab[a:b])
-        s_local[a:b] = sure | g_local[a:b]  # unsure: the general model, if it is sure
-        mine = s_local[a:b]
-        per_run.append({"threshold": cal.threshold, "partition_hit_rate": float(sure.mean()),
+        answers = sp.answer_as_agent(  # as the agent runs it: the general model behind it
+            run["scored"], sp.Scored(general["calib_logits"], general["logits"][a:b]),
+            g_cal.threshold, full_calib=run["calib_full"], score_kind=score_kind,
+            target=target, delta=0.05)
+        s_lab[a:b], s_local[a:b] = answers.labels, answers.local
+        mine = answers.local
+        per_run.append({"threshold": answers.calibration.threshold,
+                        "partition_hit_rate": float(answers.own.mean()),
                         "hit_rate": float(mine.mean()),
                         "general_hit_rate": float(g_local[a:b].mean()),
                         "answered": int(mine.sum()),
                         "disagreements": int((s_lab[a:b] != full_lab[a:b])[mine].sum()),
-                        "calibration_n": cal.n})
+                        "calibration_n": answers.calibration.n})
     gen, spec = _figures(g_local, g_lab, full_lab, y), _figures(s_local, s_lab, full_lab, y)
     return {"general_threshold": g_cal.threshold, "general": gen, "specialized": spec,
             "hit_rate_ratio": spec["hit_rate"] / gen["hit_rate"] if gen["hit_rate"] else None,
@@ -157,10 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     full_lab = predict_logits(full, x).argmax(1)
     score_kind = bundle.gate["score"]
     onnx = args.bundle / "model.onnx"
-    g_lab, g_conf = outcome(onnx_logits(onnx, x), score_kind)
-    gc_lab, gc_conf = outcome(onnx_logits(onnx, splits.calib.x), score_kind)
-    general = {"labels": g_lab, "conf": g_conf, "calib_conf": gc_conf,
-               "calib_agree": gc_lab == replay.hold_full}
+    general = {"logits": onnx_logits(onnx, x), "calib_logits": onnx_logits(onnx, splits.calib.x),
+               "calib_full": replay.hold_full}
 
     cfg = sp.FinetuneConfig(epochs=args.epochs, seed=args.seed)
     library: dict[tuple[int, ...], object] = {}
@@ -173,14 +174,12 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             library[classes] = sp.train_partition(base, classes, replay, cfg=cfg)
             train_s += time.perf_counter() - t0
-        part = {"classes": classes, "other_index": len(classes)}
         cal = sp.heldout_like(hist, replay, 4000, uniform_share=0.2, half=0, seed=start)
-        c_lab, c_conf = outcome(predict_logits(library[classes], replay.hold_x[cal]),
-                                score_kind, part)
-        lab, conf = outcome(predict_logits(library[classes], x[start:end]), score_kind, part)
-        runs.append({"start": start, "end": end, "classes": list(classes), "labels": lab,
-                     "conf": conf, "calib_conf": c_conf,
-                     "calib_agree": c_lab == replay.hold_full[cal]})
+        scored = sp.Scored(predict_logits(library[classes], replay.hold_x[cal]),
+                           predict_logits(library[classes], x[start:end]),
+                           {"classes": classes, "other_index": len(classes)})
+        runs.append({"start": start, "end": end, "classes": list(classes), "scored": scored,
+                     "calib_full": replay.hold_full[cal]})
 
     by_target = {str(t): at_target(t, runs, general, full_lab, y, score_kind)
                  for t in args.targets}

@@ -192,18 +192,19 @@ def _training_set(classes: tuple[int, ...], replay: ReplayData,
     n_out = min(len(outside), int(n_in * cfg.other_ratio))
     idx = np.concatenate([rng.choice(inside, n_in, replace=False),
                           rng.choice(outside, n_out, replace=False)])
-    k = len(classes) + 1
+    def one_hot(labels: np.ndarray) -> np.ndarray:
+        return np.eye(len(classes) + 1, dtype=np.float32)[partition_targets(labels, classes)]
+
     x = replay.train_x[idx]
     if cfg.distill and replay.train_probs is not None:
         q = partition_probs(replay.train_probs[idx], classes)
     else:
-        q = np.eye(k, dtype=np.float32)[partition_targets(replay.train_full[idx], classes)]
+        q = one_hot(replay.train_full[idx])
     if hard is not None and len(hard[0]):
         # The agent's own hard examples (what it could not answer itself), with the
         # full model's answers.
         x = np.concatenate([x, hard[0]])
-        q = np.concatenate([q, np.eye(k, dtype=np.float32)[partition_targets(hard[1],
-                                                                               classes)]])
+        q = np.concatenate([q, one_hot(hard[1])])
     return x, q.astype(np.float32)
 
 
@@ -318,33 +319,52 @@ def calibrate_answerable(conf: np.ndarray, agree: np.ndarray, *, score_kind: str
                                          delta=delta)
 
 
-def system_outcome(model: Scored, general: Scored, general_threshold: float, *,
-                   full_calib: np.ndarray, full_eval: np.ndarray, score_kind: str,
-                   target: float, delta: float) -> tuple[calib_mod.Calibration, dict[str, float]]:
+@dataclass
+class AgentAnswers:
+    """How the agent answers the evaluation draw with a model active."""
+
+    calibration: calib_mod.Calibration  # the active model's
+    labels: np.ndarray  # what the edge answers, where it does
+    local: np.ndarray  # answered at the edge: by the model, or handed over to the general one
+    own: np.ndarray  # answered by the model itself
+
+
+def answer_as_agent(model: Scored, general: Scored, general_threshold: float, *,
+                    full_calib: np.ndarray, score_kind: str, target: float,
+                    delta: float) -> AgentAnswers:
     """How the agent would answer the evaluation draw with ``model`` active.
 
     A partition model's threshold is calibrated on the calibration draw, and
     where it is unsure the general model answers if it is sure (the agent's
-    cascade); the general model keeps the threshold it shipped with. Returns the
-    calibration and ``{hit_rate, agreement}``.
+    cascade); the general model keeps the threshold it shipped with.
     """
-    lab_c, conf_c = outcome(model.calib, score_kind, model.partition)
     if model.partition is None:  # the general model runs at the threshold it shipped with
         cal = calib_mod.Calibration(score_kind, general_threshold, "shipped", target, delta,
                                     0, 0, float("nan"), float("nan"), float("nan"), True)
     else:
+        lab_c, conf_c = outcome(model.calib, score_kind, model.partition)
         cal = calibrate_answerable(conf_c, lab_c == full_calib, score_kind=score_kind,
                                    target=target, delta=delta)
     lab, conf = outcome(model.eval, score_kind, model.partition)
-    local = conf >= cal.threshold
+    own = conf >= cal.threshold
+    local = own
     if model.partition is not None:
         g_lab, g_conf = outcome(general.eval, score_kind)
-        handover = ~local & (g_conf >= general_threshold)
+        handover = ~own & (g_conf >= general_threshold)
         lab = np.where(handover, g_lab, lab)
-        local = local | handover
-    n = int(local.sum())
-    return cal, {"hit_rate": n / len(local),
-                 "agreement": float((lab == full_eval)[local].mean()) if n else float("nan")}
+        local = own | handover
+    return AgentAnswers(cal, lab, local, own)
+
+
+def system_outcome(model: Scored, general: Scored, general_threshold: float, *,
+                   full_calib: np.ndarray, full_eval: np.ndarray, score_kind: str,
+                   target: float, delta: float) -> tuple[calib_mod.Calibration, dict[str, float]]:
+    """:func:`answer_as_agent`, summed up: the calibration and ``{hit_rate, agreement}``."""
+    a = answer_as_agent(model, general, general_threshold, full_calib=full_calib,
+                        score_kind=score_kind, target=target, delta=delta)
+    n = int(a.local.sum())
+    return a.calibration, {"hit_rate": n / len(a.local), "agreement":
+                           float((a.labels == full_eval)[a.local].mean()) if n else float("nan")}
 
 
 def compare(candidate: Scored, current: Scored, general: Scored, general_threshold: float, *,
