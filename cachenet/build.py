@@ -66,11 +66,25 @@ class BuildReport:
     full_source: str
     cache_source: str
     target_met_on_test: bool | None = None  # agreement mode: test agreement >= target
+    full_tta: str = "none"  # the full model's test-time augmentation, as served
+    full_single_pass_accuracy: float | None = None  # without it, when it is on
     int8: dict[str, Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _single_pass_accuracy(fm: FullModel, splits: Splits) -> float | None:
+    """The full model's test accuracy without its test-time augmentation, if it has one."""
+    tta = getattr(fm.model, "tta", "none")
+    if tta == "none":
+        return None
+    fm.model.tta = "none"
+    try:
+        return accuracy(predict_logits(fm.model, splits.test.x), splits.test.y)
+    finally:
+        fm.model.tta = tta
 
 
 def _full_files(full: FullModel, cache_model: torch.nn.Module, cache_spec: ModelSpec,
@@ -138,14 +152,15 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
           int8: bool = False, seed: int = 0, cache_dir: Path | None = None,
           name: str | None = None, progress: bool = True,
           limit_per_class: int | None = None, image_size: int | None = None,
-          full_kwargs: dict | None = None) -> BuildReport:
+          full_kwargs: dict | None = None, full_tta: str = "auto") -> BuildReport:
     """Build a cache bundle at ``out``; see the module docstring for the steps."""
     cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
     splits = load_splits(dataset, seed=seed, cache_dir=cache_dir,
                          limit_per_class=limit_per_class, image_size=image_size)
     log.info("data: %s", splits.describe())
     fm = obtain_full_model(splits, full=full, weights=full_weights, full_kwargs=full_kwargs,
-                           cfg=full_config, cache_dir=cache_dir, progress=progress)
+                           cfg=full_config, cache_dir=cache_dir, progress=progress, tta=full_tta)
+    tta = getattr(fm.model, "tta", "none")
     arch = cache_arch or default_cache_arch(splits)
     knobs = default_cache_knobs(splits, arch)
     knobs.update({k: v for k, v in {"widths": cache_widths, "depth": cache_depth,
@@ -212,6 +227,7 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
             "variant_gates": {"int8": int8_info["gate"]} if int8_info else {},
             "canary": {"file": "canary.npz", "n": N_CANARY},
             "full_model": {"files": [p for p in files if p.startswith("full/model")],
+                           "tta": tta,
                            "cache_checkpoint": "full/cache.pt",
                            "spec": fm.spec.to_dict() if fm.spec else None,
                            "format": "torchscript" if fm.spec is None else "cachenet-checkpoint",
@@ -238,5 +254,6 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
         full_source=fm.source, cache_source=cache_meta["source"], int8=int8_info,
         target_met_on_test=(None if escalation_budget is not None or not cal.feasible
                             else bool(ev["agreement"] >= target)),
+        full_tta=tta, full_single_pass_accuracy=_single_pass_accuracy(fm, splits),
         extras={"version": loaded.version, "torch_threads": torch.get_num_threads(),
                 "full_train": fm.meta.get("train"), "cache_train": cache_meta.get("train")})

@@ -56,6 +56,10 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--full-weights", type=Path, help="state dict or cachenet checkpoint")
     p.add_argument("--full-kwargs", type=_json_object, metavar="JSON",
                    help="keyword arguments for a package.module:factory full model")
+    p.add_argument("--full-tta", default="auto", choices=["auto", "flip", "none"],
+                   help="the full model's test-time augmentation: flip averages the logits of "
+                   "the input and its mirror image (two passes); auto flips a model trained "
+                   "here with flips and keeps what a checkpoint records (default auto)")
     p.add_argument("--image-size", type=int,
                    help="resize image-folder images to this square size")
     p.add_argument("--cache-arch", choices=["tinycnn", "mlp"],
@@ -128,7 +132,10 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def format_report(r) -> str:
     rows = [
-        ("full model accuracy (test)", _fmt(r.full_accuracy, ".4f")),
+        ("full model accuracy (test)", _fmt(r.full_accuracy, ".4f") + (
+            "" if r.full_tta == "none" else
+            f"  (test-time {r.full_tta}, 2 passes; one pass: "
+            f"{_fmt(r.full_single_pass_accuracy, '.4f')})")),
         ("cache model accuracy (test)", _fmt(r.cache_accuracy, ".4f")),
         ("cachenet accuracy (edge + cloud)", _fmt(r.system_accuracy, ".4f")),
         (f"gate ({r.score}) threshold", _fmt(r.threshold, ".4f")),
@@ -140,7 +147,7 @@ def format_report(r) -> str:
         ("calibration: agreement / bound", f"{_fmt(r.calibration['agreement'], '.4f')} / "
          f">= {_fmt(1 - r.calibration['disagreement_ucb'], '.4f')} "
          f"(n={r.calibration['n']})"),
-        ("cache / full MACs", (f"{r.cache_macs / 1e6:.3f}M / {r.full_macs / 1e6:.2f}M = "
+        ("cache / full MACs (one pass)", (f"{r.cache_macs / 1e6:.3f}M / {r.full_macs / 1e6:.2f}M = "
                                f"1/{1 / r.macs_ratio:.1f}") if r.macs_ratio else
          f"{r.cache_macs / 1e6:.3f}M / n/a"),
         ("bundle size (edge files)", f"{r.bundle_bytes / 1024:.1f} KiB"),
@@ -169,7 +176,7 @@ def _run_build(args: argparse.Namespace) -> int:
                    cache_dir=args.cache_dir, name=args.name,
                    progress=not args.no_progress and sys.stderr.isatty(),
                    limit_per_class=args.limit_per_class, image_size=args.image_size,
-                   full_kwargs=args.full_kwargs)
+                   full_kwargs=args.full_kwargs, full_tta=args.full_tta)
     print(format_report(report))
     if args.json:
         print(json.dumps(_finite(report.to_dict()), default=float))

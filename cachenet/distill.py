@@ -84,6 +84,8 @@ def obtain_cache_model(splits: Splits, full: FullModel, spec: ModelSpec, *,
     teacher = [model_fingerprint(full.model)]
     if full.spec is None and "path" in full.meta:  # TorchScript: code and constants too
         teacher.append(sha256_file(Path(full.meta["path"])))
+    if getattr(full.model, "tta", "none") != "none":  # same weights, other answers
+        teacher.append(f"tta={full.model.tta}")
     key = hashlib.sha256(json.dumps(
         [spec.to_dict(), cfg.to_dict(), data_fingerprint(splits), *teacher],
         sort_keys=True).encode()).hexdigest()[:16]

@@ -5,6 +5,13 @@ dict, or as a TorchScript file. Otherwise a registered architecture is trained
 on the data's training split; the result is cached under
 ``<cache>/models/`` keyed by the architecture, the training configuration and a
 fingerprint of the training data, so that a rerun does not retrain.
+
+Test-time augmentation (``tta``) is chosen when the model is served, not when it
+is trained: a model we train with horizontal flips answers, by default, the mean
+of its logits on the input and its mirror image (:mod:`cachenet.models.resnet`).
+It is recorded in the spec saved with the bundle, so the cloud serves exactly the
+model the cache was distilled from and calibrated against; the training cache key
+leaves it out, so one trained model serves either way.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from cachenet.data import Splits
 from cachenet.exceptions import ConfigError
 from cachenet.models import (
     ARCHITECTURES,
+    TTA_MODES,
     ModelSpec,
     build_model,
     cached_checkpoint,
@@ -82,15 +90,52 @@ def default_full_config(splits: Splits) -> TrainConfig:
     return TrainConfig(epochs=30, batch_size=64, lr=0.05, weight_decay=5e-4, augment="crop")
 
 
+def resolve_tta(tta: str, cfg: TrainConfig | None) -> str:
+    """``auto``: ``flip`` for a model trained here with horizontal flips, else ``none``."""
+    if tta == "auto":
+        return "flip" if cfg is not None and cfg.augment == "crop-flip" else "none"
+    if tta not in TTA_MODES:
+        raise ConfigError(f"test-time augmentation must be auto or one of {', '.join(TTA_MODES)}, "
+                          f"not '{tta}'")
+    return tta
+
+
+def with_tta(fm: FullModel, tta: str) -> FullModel:
+    """``fm`` serving with test-time augmentation ``tta`` (``none`` or ``flip``)."""
+    if not hasattr(fm.model, "tta"):
+        if tta == "none":
+            return fm
+        what = fm.spec.arch if fm.spec is not None else "a TorchScript model"
+        raise ConfigError(f"test-time augmentation '{tta}' needs a registered ResNet full model, "
+                          f"not {what}; a model of your own can average its views in forward()")
+    fm.model.tta = tta
+    kwargs = {k: v for k, v in fm.spec.kwargs.items() if k != "tta"}
+    if tta != "none":
+        kwargs["tta"] = tta
+    return FullModel(fm.model, ModelSpec(fm.spec.arch, kwargs), fm.source, {**fm.meta, "tta": tta})
+
+
 def obtain_full_model(splits: Splits, *, full: str = "resnet20", weights: Path | None = None,
                       full_kwargs: dict | None = None, cfg: TrainConfig | None = None,
-                      cache_dir: Path, progress: bool = True) -> FullModel:
+                      cache_dir: Path, progress: bool = True, tta: str = "auto") -> FullModel:
     """Return the full model named by ``full`` (and ``weights``), training it if needed.
 
     ``full`` is a registered architecture, ``package.module:factory`` (built
     with ``full_kwargs``), or a path to a TorchScript file or a cachenet
     checkpoint (a bundle's ``full/model.pt``) when ``weights`` is None.
+    ``tta`` (``auto``, ``none`` or ``flip``) sets test-time augmentation; ``auto``
+    keeps what a checkpoint records and flips for a model trained here with flips.
     """
+    if full in ARCHITECTURES and weights is None:
+        cfg = cfg or default_full_config(splits)
+        fm = _registered_full_model(splits, full, cfg, cache_dir, progress)
+        return with_tta(fm, resolve_tta(tta, cfg))
+    fm = _user_full_model(splits, full, weights, full_kwargs)
+    return fm if tta == "auto" else with_tta(fm, resolve_tta(tta, None))
+
+
+def _user_full_model(splits: Splits, full: str, weights: Path | None,
+                     full_kwargs: dict | None) -> FullModel:
     path = Path(full)
     if weights is None and path.suffix in {".pt", ".ts", ".pth", ".jit"} and path.exists():
         if _is_torchscript(path):
@@ -104,12 +149,15 @@ def obtain_full_model(splits: Splits, *, full: str = "resnet20", weights: Path |
                 else ModelSpec(full, dict(full_kwargs or {})))
         model, spec, meta = load_checkpoint(weights, spec, prefer_stored=full_kwargs is None)
         return FullModel(model, spec, "user-state-dict", {"weights": str(weights), **meta})
-    if full not in ARCHITECTURES:
-        raise ConfigError(f"full model '{full}' is not a registered architecture "
-                          f"({', '.join(sorted(ARCHITECTURES))}); a user model needs weights "
-                          "(a state dict) or must be a TorchScript file")
+    raise ConfigError(f"full model '{full}' is not a registered architecture "
+                      f"({', '.join(sorted(ARCHITECTURES))}); a user model needs weights "
+                      "(a state dict) or must be a TorchScript file")
+
+
+def _registered_full_model(splits: Splits, full: str, cfg: TrainConfig, cache_dir: Path,
+                           progress: bool) -> FullModel:
+    """A registered architecture trained on ``splits`` once, then taken from the cache."""
     spec = arch_spec(full, splits)
-    cfg = cfg or default_full_config(splits)
     key = hashlib.sha256(json.dumps([spec.to_dict(), cfg.to_dict(), data_fingerprint(splits)],
                                     sort_keys=True).encode()).hexdigest()[:16]
     ckpt = cache_dir / "models" / f"full-{full}-{splits.name}-{key}.pt"

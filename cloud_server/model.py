@@ -35,4 +35,5 @@ def load_full_model(bundle: Path, *, device: str | None = None) -> tuple[nn.Modu
     else:
         spec = ModelSpec.from_dict(info["spec"]) if info.get("spec") else None
         model, _, _ = load_checkpoint(path, spec)
+    log.info("full model %s, test-time augmentation: %s", path, info.get("tta", "none"))
     return model.to(pick_device(device)).eval(), manifest

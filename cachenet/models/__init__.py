@@ -22,10 +22,10 @@ from torch import nn
 from cachenet.exceptions import ModelError
 from cachenet.models.cache import MLP, TinyCNN
 from cachenet.models.flops import count_macs
-from cachenet.models.resnet import resnet18, resnet20
+from cachenet.models.resnet import TTA_MODES, resnet18, resnet20
 
-__all__ = ["ARCHITECTURES", "ModelSpec", "build_model", "count_macs", "load_checkpoint",
-           "load_torchscript", "save_checkpoint"]
+__all__ = ["ARCHITECTURES", "TTA_MODES", "ModelSpec", "build_model", "count_macs",
+           "load_checkpoint", "load_torchscript", "save_checkpoint"]
 
 
 def _mlp(*, in_channels: int, num_classes: int, mean: Any, std: Any, image_size: int,
@@ -44,8 +44,9 @@ def _tinycnn(*, in_channels: int, num_classes: int, mean: Any, std: Any,
 
 def _resnet(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     def build(*, in_channels: int, num_classes: int, mean: Any, std: Any,
-              image_size: int | None = None) -> nn.Module:
-        return factory(in_channels=in_channels, num_classes=num_classes, mean=mean, std=std)
+              image_size: int | None = None, tta: str = "none") -> nn.Module:
+        return factory(in_channels=in_channels, num_classes=num_classes, mean=mean, std=std,
+                       tta=tta)
     return build
 
 
@@ -98,7 +99,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
                          f"{', '.join(sorted(ARCHITECTURES))}, or package.module:factory")
     try:
         model = factory(**spec.kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ModelError(f"cannot build '{spec.arch}' with {sorted(spec.kwargs)}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise ModelError(f"'{spec.arch}' returned {type(model).__name__}, not a torch.nn.Module")

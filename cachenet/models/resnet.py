@@ -6,7 +6,10 @@
 * :func:`resnet18`: the usual CIFAR variant of ResNet-18 (3x3 stem, no max
   pool, widths 64-512, ~11 M parameters, ~0.56 G multiply-adds at 32x32).
 
-Both end in global average pooling, so they accept any input size.
+Both end in global average pooling, so they accept any input size. With
+``tta="flip"`` a model answers, in eval mode, the mean of its logits on the
+input and on its mirror image (horizontal-flip test-time augmentation: the same
+weights, two passes). Training is unchanged: TTA only applies in eval mode.
 """
 
 from __future__ import annotations
@@ -37,10 +40,17 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
+TTA_MODES = ("none", "flip")
+
+
 class ResNet(nn.Module):
     def __init__(self, blocks: Sequence[int], widths: Sequence[int], *, in_channels: int,
-                 num_classes: int, mean: Sequence[float], std: Sequence[float]) -> None:
+                 num_classes: int, mean: Sequence[float], std: Sequence[float],
+                 tta: str = "none") -> None:
         super().__init__()
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {TTA_MODES}, not {tta!r}")
+        self.tta = tta
         self.normalize = Normalize(mean, std)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
@@ -57,18 +67,29 @@ class ResNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def tta_passes(self) -> int:
+        """Forward passes per input in eval mode."""
+        return 2 if self.tta == "flip" else 1
+
+    def single(self, x: torch.Tensor) -> torch.Tensor:
+        """One pass, without test-time augmentation."""
         x = self.layers(self.stem(self.normalize(x)))
         return self.fc(torch.flatten(self.pool(x), 1))
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tta == "flip" and not self.training:
+            return 0.5 * (self.single(x) + self.single(x.flip(3)))
+        return self.single(x)
+
 
 def resnet20(*, in_channels: int = 3, num_classes: int = 10, mean: Sequence[float] = (0.5,),
-             std: Sequence[float] = (0.25,)) -> ResNet:
+             std: Sequence[float] = (0.25,), tta: str = "none") -> ResNet:
     return ResNet((3, 3, 3), (16, 32, 64), in_channels=in_channels, num_classes=num_classes,
-                  mean=mean, std=std)
+                  mean=mean, std=std, tta=tta)
 
 
 def resnet18(*, in_channels: int = 3, num_classes: int = 10, mean: Sequence[float] = (0.5,),
-             std: Sequence[float] = (0.25,)) -> ResNet:
+             std: Sequence[float] = (0.25,), tta: str = "none") -> ResNet:
     return ResNet((2, 2, 2, 2), (64, 128, 256, 512), in_channels=in_channels,
-                  num_classes=num_classes, mean=mean, std=std)
+                  num_classes=num_classes, mean=mean, std=std, tta=tta)

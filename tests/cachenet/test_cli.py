@@ -40,6 +40,24 @@ def test_build_digits_reaches_the_figures_and_reuses_models(tmp_path, cli_cache)
     second = json.loads(again.stdout.strip().splitlines()[-1])
     assert (second["full_source"], second["cache_source"]) == ("cached", "cached")
     assert second["threshold"] == report["threshold"]
+    assert report["full_tta"] == "none"  # digits train without flips: auto keeps one pass
+
+
+@pytest.mark.slow
+def test_build_with_flip_tta_reuses_the_full_model_and_the_cloud_serves_it(tmp_path, cli_cache):
+    from cloud_server.model import load_full_model
+
+    out = tmp_path / "flip"
+    proc = run_cli("build", "--dataset", "digits", "--out", str(out), "--full-tta", "flip",
+                   "--json", cache_dir=cli_cache)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["full_tta"] == "flip" and report["full_source"] in ("cached", "trained")
+    assert 0 < report["full_single_pass_accuracy"] <= 1
+    assert "test-time flip, 2 passes; one pass: " in proc.stdout
+    model, manifest = load_full_model(out, device="cpu")
+    assert model.tta == "flip" and manifest.data["full_model"]["tta"] == "flip"
+    assert manifest.data["full_model"]["spec"]["kwargs"]["tta"] == "flip"
 
 
 @pytest.mark.parametrize("args,message", [

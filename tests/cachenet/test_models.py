@@ -3,7 +3,7 @@ import sys
 import pytest
 import torch
 
-from cachenet.exceptions import ModelError
+from cachenet.exceptions import ConfigError, ModelError
 from cachenet.models import ModelSpec, build_model, count_macs, load_checkpoint, save_checkpoint
 
 CIFAR = {"in_channels": 3, "num_classes": 10, "mean": [0.5] * 3, "std": [0.25] * 3,
@@ -31,6 +31,27 @@ def test_macs_of_the_reference_models():
     wider = count_macs(build_model(ModelSpec("tinycnn", {**CIFAR, "widths": [16, 32, 64],
                                                          "depth": 2})), (3, 32, 32))
     assert wider > tiny
+
+
+def test_flip_tta_answers_the_mean_of_both_views_in_eval_mode_only(tmp_path):
+    torch.manual_seed(0)
+    spec = ModelSpec("resnet20", {**CIFAR, "tta": "flip"})
+    model = build_model(spec).eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        one, mirrored = model.single(x), model.single(x.flip(3))
+        assert not torch.allclose(one, mirrored)
+        torch.testing.assert_close(model(x), 0.5 * (one + mirrored))
+        torch.testing.assert_close(model(x.flip(3)), model(x))
+        model.train()
+        torch.testing.assert_close(model(x), model.single(x))  # training sees one view
+    plain = build_model(ModelSpec("resnet20", CIFAR))
+    assert count_macs(model, (3, 32, 32)) == count_macs(plain, (3, 32, 32))  # per pass
+    save_checkpoint(tmp_path / "m.pt", model, spec, {})
+    loaded, stored, _ = load_checkpoint(tmp_path / "m.pt")
+    assert loaded.tta == "flip" and stored.kwargs["tta"] == "flip"
+    with pytest.raises(ModelError, match="tta must be one of"):
+        build_model(ModelSpec("resnet20", {**CIFAR, "tta": "rotate"}))
 
 
 def test_checkpoint_roundtrip_and_user_factory(tmp_path, monkeypatch):
@@ -84,6 +105,8 @@ def test_user_torchscript_full_model(tmp_path, digits_splits):
     torch.jit.trace(net, torch.rand(1, 1, 8, 8)).save(str(path))
     fm = obtain_full_model(digits_splits, full=str(path), cache_dir=tmp_path)
     assert fm.source == "torchscript" and fm.spec is None
+    with pytest.raises(ConfigError, match="needs a registered ResNet"):
+        obtain_full_model(digits_splits, full=str(path), cache_dir=tmp_path, tta="flip")
     x = torch.from_numpy(digits_splits.test.x[:4])
     torch.testing.assert_close(fm.model(x), net(x))
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cachenet.full import arch_spec, obtain_full_model
+from cachenet.exceptions import ConfigError
+from cachenet.full import arch_spec, obtain_full_model, resolve_tta
 from cachenet.models import build_model
 from cachenet.train import (
     TrainConfig,
@@ -113,3 +114,17 @@ def test_trained_full_model_is_cached(digits_splits, tmp_path):
     x = torch.from_numpy(digits_splits.test.x[:8])
     with torch.no_grad():
         torch.testing.assert_close(first.model(x), second.model(x))
+
+
+def test_test_time_augmentation_is_chosen_when_serving_not_when_training(digits_splits, tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=128, lr=0.05)
+    plain = obtain_full_model(digits_splits, full="resnet20", cfg=cfg, cache_dir=tmp_path)
+    flipped = obtain_full_model(digits_splits, full="resnet20", cfg=cfg, cache_dir=tmp_path,
+                                tta="flip")
+    assert plain.model.tta == "none" and "tta" not in plain.spec.kwargs  # auto: no flips here
+    assert flipped.source == "cached" and flipped.spec.kwargs["tta"] == "flip"
+    assert flipped.meta["tta"] == "flip"
+    assert resolve_tta("auto", TrainConfig(augment="crop-flip")) == "flip"
+    assert resolve_tta("auto", None) == "none"
+    with pytest.raises(ConfigError, match="test-time augmentation must be"):
+        resolve_tta("rotate", cfg)
