@@ -102,7 +102,7 @@ def resolve_tta(tta: str, cfg: TrainConfig | None) -> str:
 
 def with_tta(fm: FullModel, tta: str) -> FullModel:
     """``fm`` serving with test-time augmentation ``tta`` (``none`` or ``flip``)."""
-    if not hasattr(fm.model, "tta"):
+    if fm.spec is None or not hasattr(fm.model, "tta"):
         if tta == "none":
             return fm
         what = fm.spec.arch if fm.spec is not None else "a TorchScript model"

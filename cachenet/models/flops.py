@@ -12,9 +12,10 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     """MACs of one forward pass on one input of ``input_shape`` (C, H, W).
 
     Counts Conv2d and Linear layers, which dominate every model here; BN,
-    activations and pooling are ignored. TorchScript modules report 0. A model
-    with test-time augmentation (a ``tta_passes`` attribute) reports one pass:
-    its cost per input is that times ``tta_passes``.
+    activations and pooling are ignored. TorchScript modules report 0. Each layer
+    counts the first item of its output, so a model that batches test-time views
+    of the input (``tta_passes`` of them) reports one view's pass: its cost per
+    input is that times ``tta_passes``.
     """
     total = 0
 
@@ -42,4 +43,4 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return total // max(1, int(getattr(model, "tta_passes", 1)))
+    return total
