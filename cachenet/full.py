@@ -34,6 +34,7 @@ from cachenet.models import (
     ModelSpec,
     build_model,
     cached_checkpoint,
+    for_inference,
     load_checkpoint,
     load_torchscript,
     save_checkpoint,
@@ -128,10 +129,13 @@ def obtain_full_model(splits: Splits, *, full: str = "resnet20", weights: Path |
     """
     if full in ARCHITECTURES and weights is None:
         cfg = cfg or default_full_config(splits)
-        fm = _registered_full_model(splits, full, cfg, cache_dir, progress)
-        return with_tta(fm, resolve_tta(tta, cfg))
-    fm = _user_full_model(splits, full, weights, full_kwargs)
-    return fm if tta == "auto" else with_tta(fm, resolve_tta(tta, None))
+        fm = with_tta(_registered_full_model(splits, full, cfg, cache_dir, progress),
+                      resolve_tta(tta, cfg))
+    else:
+        fm = _user_full_model(splits, full, weights, full_kwargs)
+        fm = fm if tta == "auto" else with_tta(fm, resolve_tta(tta, None))
+    for_inference(fm.model)  # from here on it only answers: as teacher, labeller, judge
+    return fm
 
 
 def _user_full_model(splits: Splits, full: str, weights: Path | None,

@@ -10,7 +10,7 @@ from torch import nn
 
 from cachenet.bundle import Manifest, verify_bundle
 from cachenet.exceptions import ManifestError
-from cachenet.models import ModelSpec, load_checkpoint, load_torchscript
+from cachenet.models import ModelSpec, for_inference, load_checkpoint, load_torchscript
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,8 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 
 def load_full_model(bundle: Path, *, device: str | None = None) -> tuple[nn.Module, Manifest]:
-    """Verify ``bundle`` and load its full model, in eval mode, on ``device``."""
+    """Verify ``bundle`` and load its full model, in eval mode, on ``device``, laid out
+    for fast inference (:func:`cachenet.models.for_inference`)."""
     manifest = verify_bundle(Path(bundle))
     info = manifest.data.get("full_model")
     if not info or not info.get("files"):
@@ -36,4 +37,4 @@ def load_full_model(bundle: Path, *, device: str | None = None) -> tuple[nn.Modu
         spec = ModelSpec.from_dict(info["spec"]) if info.get("spec") else None
         model, _, _ = load_checkpoint(path, spec)
     log.info("full model %s, test-time augmentation: %s", path, info.get("tta", "none"))
-    return model.to(pick_device(device)).eval(), manifest
+    return for_inference(model, pick_device(device)), manifest

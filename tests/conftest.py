@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -10,6 +11,21 @@ import numpy as np
 import pytest
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpg.zip"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory):
+    """Point ``CACHENET_CACHE_DIR`` (ours and that of every process we start) at a
+    session directory, so that no test reads or writes the working directory's
+    ``.cachenet-cache``: a daemon that labels replay data or trains partition
+    models would otherwise leave them there."""
+    before = os.environ.get("CACHENET_CACHE_DIR")
+    os.environ["CACHENET_CACHE_DIR"] = str(tmp_path_factory.mktemp("cachenet-cache"))
+    yield Path(os.environ["CACHENET_CACHE_DIR"])
+    if before is None:
+        del os.environ["CACHENET_CACHE_DIR"]
+    else:
+        os.environ["CACHENET_CACHE_DIR"] = before
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from cachenet.exceptions import ConfigError, ModelError
-from cachenet.models import ModelSpec, build_model, count_macs, load_checkpoint, save_checkpoint
+from cachenet.models import (
+    ModelSpec,
+    build_model,
+    count_macs,
+    for_inference,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 CIFAR = {"in_channels": 3, "num_classes": 10, "mean": [0.5] * 3, "std": [0.25] * 3,
          "image_size": 32}
@@ -52,6 +59,26 @@ def test_flip_tta_answers_the_mean_of_both_views_in_eval_mode_only(tmp_path):
     assert loaded.tta == "flip" and stored.kwargs["tta"] == "flip"
     with pytest.raises(ModelError, match="tta must be one of"):
         build_model(ModelSpec("resnet20", {**CIFAR, "tta": "rotate"}))
+
+
+def test_for_inference_lays_a_conv_net_out_channels_last_with_the_same_answers(tmp_path):
+    torch.manual_seed(0)
+    spec = ModelSpec("resnet20", CIFAR)
+    model = build_model(spec).train()
+    x = torch.rand(5, 3, 32, 32)
+    with torch.no_grad():
+        before = model.eval()(x)
+        fast = for_inference(model.train())
+        assert fast is model and not fast.training
+        assert fast.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+        assert not fast.stem[0].weight.is_contiguous()
+        torch.testing.assert_close(fast(x), before, atol=1e-5, rtol=1e-5)
+    save_checkpoint(tmp_path / "m.pt", fast, spec, {})  # stored contiguous, whatever the layout
+    state = torch.load(tmp_path / "m.pt", weights_only=True)["state_dict"]
+    assert all(t.is_contiguous() for t in state.values())
+    mlp = ModelSpec("mlp", {**CIFAR, "in_channels": 1, "mean": [0.3], "std": [0.4],
+                            "image_size": 8, "hidden": [16]})
+    assert for_inference(build_model(mlp)).fc.weight.is_contiguous()  # no convolutions
 
 
 def test_checkpoint_roundtrip_and_user_factory(tmp_path, monkeypatch):
