@@ -128,7 +128,9 @@ def save_checkpoint(path: Path, model: nn.Module, spec: ModelSpec, meta: dict[st
     stored contiguous, so a file's bytes do not depend on the model's memory layout."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    for k, v in state.items():  # in place: the dict keeps its metadata (module versions)
+        state[k] = v.clone(memory_format=torch.contiguous_format)  # canonical strides too
     torch.save({"spec": spec.to_dict(), "state_dict": state, "meta": meta}, tmp)
     tmp.replace(path)
 
