@@ -7,6 +7,7 @@ from cachenet.calibration import (
     calibrate_budget,
     clopper_pearson_upper,
     evaluate,
+    first_tested_n,
     min_testable_n,
 )
 from cachenet.exceptions import CalibrationError
@@ -21,6 +22,24 @@ def test_clopper_pearson_matches_closed_forms():
     assert clopper_pearson_upper(10, 1000, 0.05) > 0.01
     assert clopper_pearson_upper(10, 1000, 0.05) < clopper_pearson_upper(1, 100, 0.05)
     assert min_testable_n(0.01, 0.05) == 299
+    n1 = min_testable_n(0.01, 0.05, 1)  # the smallest n that passes with one event
+    assert clopper_pearson_upper(1, n1, 0.05) <= 0.01 < clopper_pearson_upper(1, n1 - 1, 0.05)
+    assert n1 == 473 and min_testable_n(0.01, 0.05, 2) > n1
+
+
+def test_one_disagreement_among_the_most_confident_does_not_end_the_search():
+    conf = np.linspace(1, 0, 5000)
+    agree = np.ones(5000, bool)
+    agree[0] = False  # the surest input disagrees (a mistake of the full model's, say)
+    cal = calibrate_agreement(conf, agree, score="max_softmax", target=0.99, delta=0.05)
+    # Testing from the top 299 (the smallest testable count) would stop at once.
+    assert clopper_pearson_upper(1, 299, 0.05) > 0.01
+    assert cal.feasible and cal.hit_rate > 0.99 and cal.disagreement_ucb <= 0.01
+    # With no room for a tolerated disagreement, the search starts where none is allowed.
+    assert first_tested_n(5000, 0.01, 0.05) == 473
+    assert first_tested_n(400, 0.01, 0.05) == 299
+    small = calibrate_agreement(conf[:400], np.ones(400, bool), score="max_softmax")
+    assert small.feasible and small.hit_rate == 1.0
 
 
 def synthetic(n: int, seed: int):
