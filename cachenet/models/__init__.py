@@ -24,8 +24,8 @@ from cachenet.models.cache import MLP, TinyCNN
 from cachenet.models.flops import count_macs
 from cachenet.models.resnet import TTA_MODES, resnet18, resnet20
 
-__all__ = ["ARCHITECTURES", "TTA_MODES", "ModelSpec", "build_model", "count_macs", "for_inference",
-           "load_checkpoint", "load_torchscript", "save_checkpoint"]
+__all__ = ["ARCHITECTURES", "TTA_MODES", "ModelSpec", "build_model", "count_macs",
+           "for_inference", "load_checkpoint", "load_torchscript", "save_checkpoint"]
 
 
 def _mlp(*, in_channels: int, num_classes: int, mean: Any, std: Any, image_size: int,
@@ -106,8 +106,9 @@ def build_model(spec: ModelSpec) -> nn.Module:
     return model
 
 
-def for_inference(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
-    """``model`` in eval mode on ``device`` (in place, and returned), laid out to run fast.
+def for_inference(model: nn.Module, device: str | torch.device | None = None) -> nn.Module:
+    """``model`` in eval mode on ``device`` (default: where it is), in place and returned,
+    laid out to run fast.
 
     On a CPU a convolutional network's weights go to ``channels_last``, the
     layout oneDNN's convolutions prefer: our ResNet-20 answers 15-20% faster at
@@ -115,6 +116,8 @@ def for_inference(model: nn.Module, device: str | torch.device = "cpu") -> nn.Mo
     the contiguous model's logits. Inputs need no change; TorchScript models
     are left as they are.
     """
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
     model = model.to(device).eval()
     if (device.type == "cpu" and not isinstance(model, torch.jit.ScriptModule)
