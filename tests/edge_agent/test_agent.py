@@ -159,6 +159,44 @@ def test_client_raises_on_an_error_reply(client):
         client.infer(np.zeros((2, 8), np.float32))
 
 
+def test_client_times_out_and_skips_a_late_reply_to_an_earlier_call():
+    """The client against a bare ROUTER that answers late: the timed-out call raises,
+    and the next call returns its own answer, not the late one."""
+    import threading
+
+    import zmq
+
+    from edge_agent.client import EdgeTimeout
+
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    answered: list[str] = []
+
+    def answer(frames: list[bytes]) -> None:
+        rid = json.loads(frames[2])["id"]
+        router.send_multipart([*frames[:2], json.dumps({"id": rid, "ok": True,
+                                                        "pong": True}).encode()])
+        answered.append(rid)
+
+    try:
+        with EdgeClient(f"tcp://127.0.0.1:{port}") as edge:
+            with pytest.raises(EdgeTimeout, match=r"within 0\.05 s"):
+                edge.ping(timeout=0.05)
+            late = router.recv_multipart()  # the timed-out call, still unanswered
+
+            def peer() -> None:
+                answer(late)  # first the late answer, then the new call's
+                answer(router.recv_multipart())
+
+            thread = threading.Thread(target=peer)
+            thread.start()
+            reply = edge.call("ping", timeout=10)
+            thread.join(10)
+            assert len(answered) == 2 and reply["id"] == answered[1] != answered[0]
+    finally:
+        router.close(linger=0)
+
+
 def test_cloud_down_falls_back_to_the_edge(digits_bundle, tmp, sure_and_unsure):
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
