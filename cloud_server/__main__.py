@@ -40,6 +40,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--library", type=Path, default=_env("LIBRARY"),
                    help="directory of partition models, kept and reused across runs "
                         "(default: STORE/library)")
+    p.add_argument("--library-size", type=int, default=int(_env("LIBRARY_SIZE", "64")),
+                   help="partition models kept in the library; the least recently used "
+                        "that no agent runs are deleted past it (default 64)")
     p.add_argument("--specialize-interval", type=float, default=60.0,
                    help="least seconds between two specialisation checks for one agent")
     p.add_argument("--escalation-trigger", type=float, default=0.15,
@@ -63,19 +66,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cloud_server.server import CloudServer, ServerConfig
     from cloud_server.specializer import SpecializerConfig
 
-    config = ServerConfig(bundle=args.bundle, host=args.host, port=args.port,
-                          device=args.device, max_batch_size=args.max_batch_size,
-                          max_queue_delay_us=args.max_queue_delay_us,
-                          max_queue_size=args.max_queue_size, store=args.store,
-                          specialize=args.specialize, replay=args.replay,
-                          library=args.library,
-                          report_interval_s=args.report_interval,
-                          specializer=SpecializerConfig(
-                              min_interval_s=args.specialize_interval,
-                              escalation_trigger=args.escalation_trigger, target=args.target),
-                          grace_s=args.grace,
-                          stats_interval_s=args.stats_interval, ready_file=args.ready_file)
     try:
+        config = ServerConfig(
+            bundle=args.bundle, host=args.host, port=args.port, device=args.device,
+            max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
+            max_queue_size=args.max_queue_size, store=args.store, specialize=args.specialize,
+            replay=args.replay, library=args.library, report_interval_s=args.report_interval,
+            specializer=SpecializerConfig(
+                min_interval_s=args.specialize_interval,
+                escalation_trigger=args.escalation_trigger, target=args.target,
+                max_library=args.library_size),
+            grace_s=args.grace, stats_interval_s=args.stats_interval,
+            ready_file=args.ready_file)
         asyncio.run(CloudServer(config).serve())
     except CachenetError as exc:
         print(f"cachenet-cloud: error: {exc}", file=sys.stderr)

@@ -39,7 +39,7 @@ from torch import nn
 
 from cachenet import specialize as sp
 from cachenet.bundle import Manifest, verify_bundle
-from cachenet.exceptions import CachenetError
+from cachenet.exceptions import CachenetError, ConfigError
 from cachenet.export import onnx_logits
 from cachenet.store import ModelStore
 
@@ -60,8 +60,16 @@ class SpecializerConfig:
     coverage: float = 0.85
     push_timeout_s: float = 30.0  # wait this long for the agent to run a push before rechecking
     max_classes: int = 4
+    #: partition models kept in the library; past it the least recently used one that no
+    #: agent runs is deleted (the store keeps its own copy of everything it pushed)
+    max_library: int = 64
     poll_s: float = 0.5
     finetune: sp.FinetuneConfig = field(default_factory=sp.FinetuneConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_library < 1:
+            raise ConfigError(f"the library must hold at least one partition model, "
+                              f"got {self.max_library}")
 
 
 @dataclass
@@ -92,6 +100,7 @@ class Specializer:
         self.config = config or SpecializerConfig()
         self.agents: dict[str, AgentState] = {}
         self.library: dict[tuple[int, ...], Manifest] = {}
+        self._used: dict[tuple[int, ...], float] = {}  # when each entry last served, wall clock
         self.history: list[dict[str, Any]] = []
         self.library_dir = Path(library_dir) if library_dir else store.root / "library"
         # Version of each calibrated copy pushed -> the library bundle it was made from.
@@ -123,6 +132,7 @@ class Specializer:
             if classes not in found or made > found[classes][0]:
                 found[classes] = (made, m)
         self.library = {k: m for k, (_, m) in found.items()}
+        self._used = {k: made / 1e9 for k, (made, _) in found.items()}
         if self.library:
             log.info("library %s: %d partition models of general model %s", self.library_dir,
                      len(self.library), self.base.version)
@@ -205,7 +215,9 @@ class Specializer:
                     and m is not running and m.version not in s.rejected
                     and len(k) <= self.config.max_classes]
         if covering:
-            return "library", self.library[min(covering, key=len)]
+            chosen = min(covering, key=len)
+            self._used[chosen] = time.time()
+            return "library", self.library[chosen]
         hard = None
         if s.escalations:
             xs, ys = zip(*s.escalations.copy(), strict=True)  # C-level copy: atomic
@@ -219,9 +231,27 @@ class Specializer:
                  classes, time.perf_counter() - t0)
         replaced = self.library.get(classes)
         self.library[classes] = manifest
+        self._used[classes] = time.time()
         if replaced is not None and replaced not in self._agent_versions.values():
             shutil.rmtree(replaced.root, ignore_errors=True)  # no agent runs it
+        self._evict(keep=classes)
         return "trained", manifest
+
+    def _evict(self, *, keep: tuple[int, ...]) -> None:
+        """Keep at most ``max_library`` partition models: delete the least recently used
+        ones, but never ``keep`` (just made) nor one an agent runs now (what runs is
+        scored in every comparison)."""
+        running = [self._agent_versions.get(s.version) for s in self.agents.values()]
+        while len(self.library) > self.config.max_library:
+            idle = [k for k, m in self.library.items() if k != keep and m not in running]
+            if not idle:
+                return
+            oldest = min(idle, key=lambda k: self._used.get(k, 0.0))
+            gone = self.library.pop(oldest)
+            self._used.pop(oldest, None)
+            shutil.rmtree(gone.root, ignore_errors=True)
+            log.info("library: deleted %s for classes %s, the least recently used (at most "
+                     "%d kept)", gone.version, oldest, self.config.max_library)
 
     def _scored(self, root: Path, partition: dict | None, cal_idx: np.ndarray,
                 ev_idx: np.ndarray) -> sp.Scored:

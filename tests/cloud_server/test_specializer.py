@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from cachenet import specialize as sp
+from cachenet.exceptions import ConfigError
 from cachenet.store import ModelStore
 from cloud_server.specializer import Specializer, SpecializerConfig, build_specializer
 
@@ -82,3 +85,26 @@ def test_a_flat_histogram_is_skipped(specializer):
     record = specializer.check("cam")
     assert record["outcome"] == "skipped" and "cover" in record["reason"]
     assert specializer.store.list(agent="cam") == []
+
+
+def test_the_library_deletes_its_least_recently_used_idle_models(digits_bundle, tmp_path):
+    config = dataclasses.replace(CONFIG, max_library=1)
+    spec = build_specializer(digits_bundle[0], ModelStore(tmp_path / "store"), config=config,
+                             cache_dir=tmp_path / "cache")
+    hard = tuple(hardest_classes(spec))
+    report(spec, "cam", dict.fromkeys(hard, 30), requests=100, escalations=30)
+    pushed = spec.check("cam")
+    assert pushed["outcome"] == "pushed", pushed.get("comparison")
+    report(spec, "cam", dict.fromkeys(hard, 30), requests=200, escalations=30,
+           version=pushed["version"])  # cam now runs it: it stays
+    others = [c for c in range(10) if c not in hard]
+    groups = [tuple(others[:2]), tuple(others[2:4])]
+    for i, group in enumerate(groups):
+        report(spec, f"other{i}", dict.fromkeys(group, 50), requests=100, escalations=30)
+        assert spec.check(f"other{i}")["source"] == "trained"
+    # Over the limit of 1: the model cam runs and the newest stay; the idle one is deleted.
+    assert set(spec.library) == {hard, groups[1]}
+    assert {p.resolve() for p in spec.library_dir.glob("p*")} == {
+        m.root.resolve() for m in spec.library.values()}
+    with pytest.raises(ConfigError, match="at least one"):
+        SpecializerConfig(max_library=0)
