@@ -25,7 +25,8 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 def load_full_model(bundle: Path, *, device: str | None = None) -> tuple[nn.Module, Manifest]:
     """Verify ``bundle`` and load its full model, in eval mode, on ``device``, laid out
-    for fast inference (:func:`cachenet.models.for_inference`)."""
+    for fast inference (:func:`cachenet.models.for_inference`), batch norms folded into
+    the convolutions where the model can (our ResNets)."""
     manifest = verify_bundle(Path(bundle))
     info = manifest.data.get("full_model")
     if not info or not info.get("files"):
@@ -36,5 +37,7 @@ def load_full_model(bundle: Path, *, device: str | None = None) -> tuple[nn.Modu
     else:
         spec = ModelSpec.from_dict(info["spec"]) if info.get("spec") else None
         model, _, _ = load_checkpoint(path, spec)
+        if hasattr(model, "fold_batchnorm"):  # our ResNets: it only answers from here on
+            model.eval().fold_batchnorm()
     log.info("full model %s, test-time augmentation: %s", path, info.get("tta", "none"))
     return for_inference(model, pick_device(device)), manifest

@@ -82,6 +82,26 @@ def test_for_inference_lays_a_conv_net_out_channels_last_with_the_same_answers(t
     assert for_inference(build_model(mlp)).fc.weight.is_contiguous()  # no convolutions
 
 
+def test_folded_batchnorm_answers_the_same():
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("resnet20", {**CIFAR, "tta": "flip"}))
+    with torch.no_grad():  # running statistics that are not the identity
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        model.fold_batchnorm()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        before = model.eval()(x)
+        folded = model.fold_batchnorm()
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        torch.testing.assert_close(folded(x), before, atol=1e-5, rtol=1e-5)
+        folded.fold_batchnorm()  # twice is harmless
+        torch.testing.assert_close(folded(x), before, atol=1e-5, rtol=1e-5)
+
+
 def test_checkpoint_roundtrip_and_user_factory(tmp_path, monkeypatch):
     module = tmp_path / "my_models.py"
     module.write_text("import torch\n"

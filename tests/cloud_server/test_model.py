@@ -10,6 +10,7 @@ def test_cloud_loads_the_full_model_saved_with_the_bundle(digits_bundle, digits_
     root, report = digits_bundle
     model, manifest = load_full_model(root)
     assert model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)  # CPU
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # folded
     with torch.no_grad():
         logits = model(torch.from_numpy(digits_splits.test.x)).numpy()
     assert np.mean(logits.argmax(1) == digits_splits.test.y) == pytest.approx(report.full_accuracy)
