@@ -239,9 +239,10 @@ class Specializer:
 
     def _evict(self, *, keep: tuple[int, ...]) -> None:
         """Keep at most ``max_library`` partition models: delete the least recently used
-        ones, but never ``keep`` (just made) nor one an agent runs now (what runs is
-        scored in every comparison)."""
-        running = [self._agent_versions.get(s.version) for s in self.agents.values()]
+        ones, but never ``keep`` (just made) nor one an agent runs now or has been pushed
+        (what runs is scored in every comparison)."""
+        running = [self._agent_versions.get(v) for s in self.agents.values()
+                   for v in (s.version, s.pending) if v]
         while len(self.library) > self.config.max_library:
             idle = [k for k, m in self.library.items() if k != keep and m not in running]
             if not idle:
