@@ -37,7 +37,5 @@ def load_full_model(bundle: Path, *, device: str | None = None) -> tuple[nn.Modu
     else:
         spec = ModelSpec.from_dict(info["spec"]) if info.get("spec") else None
         model, _, _ = load_checkpoint(path, spec)
-        if hasattr(model, "fold_batchnorm"):  # our ResNets: it only answers from here on
-            model.eval().fold_batchnorm()
     log.info("full model %s, test-time augmentation: %s", path, info.get("tta", "none"))
-    return for_inference(model, pick_device(device)), manifest
+    return for_inference(model, pick_device(device), fold=True), manifest

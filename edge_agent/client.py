@@ -43,15 +43,16 @@ class EdgeClient:
         self._prefix = f"{os.getpid()}-{id(self):x}-"
         self._rcvtimeo = -1
 
-    def _recv(self, timeout_ms: int) -> list[bytes]:
-        """The next message, or :class:`EdgeTimeout` after ``timeout_ms``."""
+    def _recv(self, timeout_ms: int, timeout: float) -> list[bytes]:
+        """The next message within ``timeout_ms``, else :class:`EdgeTimeout` naming the
+        call's whole ``timeout`` (s)."""
         if timeout_ms != self._rcvtimeo:
             self.sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
             self._rcvtimeo = timeout_ms
         try:
             return self.sock.recv_multipart()
         except zmq.Again:
-            raise EdgeTimeout(f"no answer from {self.endpoint} in time") from None
+            raise EdgeTimeout(f"no answer from {self.endpoint} within {timeout} s") from None
 
     def call(self, op: str, x: np.ndarray | None = None, *, timeout: float = 5.0,
              **extra: Any) -> dict[str, Any]:
@@ -61,11 +62,7 @@ class EdgeClient:
         deadline = time.monotonic() + timeout
         wait_ms = max(0, round(timeout * 1e3))
         while True:
-            try:
-                frames = self._recv(wait_ms)
-            except EdgeTimeout:
-                raise EdgeTimeout(f"no answer from {self.endpoint} within {timeout} s") from None
-            reply = json.loads(frames[-1])
+            reply = json.loads(self._recv(wait_ms, timeout)[-1])
             if reply.get("id") == request_id:
                 return reply
             # A late reply to an earlier, timed-out call: skip it, and wait what is left.
@@ -87,7 +84,7 @@ class EdgeClient:
     def send_raw(self, frames: list[bytes], *, timeout: float = 5.0) -> dict[str, Any]:
         """Send arbitrary frames (for tests of malformed input) and return the reply."""
         self.sock.send_multipart(frames)
-        return json.loads(self._recv(max(0, round(timeout * 1e3)))[-1])
+        return json.loads(self._recv(max(0, round(timeout * 1e3)), timeout)[-1])
 
     def close(self) -> None:
         self.sock.close(linger=0)

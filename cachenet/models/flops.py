@@ -14,8 +14,8 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     Counts Conv2d and Linear layers, which dominate every model here; BN,
     activations and pooling are ignored. TorchScript modules report 0. Each layer
     counts the first item of its output, so a model that batches test-time views
-    of the input (``tta_passes`` of them) reports one view's pass: its cost per
-    input is that times ``tta_passes``.
+    of the input (``tta="flip"``: two) reports one view's pass: its cost per
+    input is that times the number of views.
     """
     total = 0
 

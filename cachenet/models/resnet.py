@@ -95,11 +95,6 @@ class ResNet(nn.Module):
             block.fold_batchnorm()
         return self
 
-    @property
-    def tta_passes(self) -> int:
-        """Forward passes per input in eval mode."""
-        return 2 if self.tta == "flip" else 1
-
     def single(self, x: torch.Tensor) -> torch.Tensor:
         """One pass, without test-time augmentation."""
         x = self.layers(self.stem(self.normalize(x)))
