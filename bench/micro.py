@@ -32,9 +32,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cachenet.daemon import Process  # noqa: E402
-from cachenet.demo import ensure_bundle  # noqa: E402
-from cachenet.runtime import load_cache_model  # noqa: E402
+from cachenet.core.runtime import load_cache_model  # noqa: E402
+from cachenet.sim.daemon import Process  # noqa: E402
+from cachenet.sim.demo import ensure_bundle  # noqa: E402
 
 
 def _echo_server(endpoint: str, ready) -> None:
@@ -134,7 +134,7 @@ def agent_overhead(bundle: Path, work: Path, n: int, transport: str = "tcp"
 
 
 async def _load(target: str, x: np.ndarray, clients: int, seconds: float) -> dict[str, float]:
-    from cachenet.client import AsyncCloudClient
+    from cachenet.protocol.client import AsyncCloudClient
 
     client = AsyncCloudClient(target)
     for _ in range(20):
@@ -186,7 +186,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    from cachenet.data import default_cache_dir
+    from cachenet.toolchain.data import default_cache_dir
 
     bundle = args.bundle or ensure_bundle(default_cache_dir(), rebuild=False, progress=False)
     with tempfile.TemporaryDirectory(prefix="cachenet-bench-") as tmp:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cachenet.gate import score
+from cachenet.core.gate import score
 
 HEADLINE = ("runs50", "4g")
 GOALS = {"speedup_vs_cloud": 5.0, "accuracy_points": 1.0, "vs_oracle": 1.5}

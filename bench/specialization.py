@@ -3,7 +3,7 @@
 
 The stream (seeded): runs of mean length 50, two or three classes active in
 each run, images from the test split. For each run, a partition model for its
-classes is made as the cloud makes one (:func:`cachenet.specialize.train_partition`
+classes is made as the cloud makes one (:func:`cachenet.fleet.specialize.train_partition`
 from the general cache model on the training split, with the full model's
 answers, no human labels; reused when the same classes come again) and its
 threshold is calibrated at each agreement target on the calibration split drawn
@@ -37,14 +37,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cachenet import specialize as sp  # noqa: E402
-from cachenet.bundle import verify_bundle  # noqa: E402
-from cachenet.data import load_splits  # noqa: E402
-from cachenet.export import onnx_logits  # noqa: E402
-from cachenet.gate import outcome  # noqa: E402
-from cachenet.models import load_checkpoint  # noqa: E402
-from cachenet.stream import class_run_stream  # noqa: E402
-from cachenet.train import predict_logits  # noqa: E402
+from cachenet.core import cascade  # noqa: E402
+from cachenet.core.bundle import verify_bundle  # noqa: E402
+from cachenet.fleet import specialize as sp  # noqa: E402
+from cachenet.sim.stream import class_run_stream  # noqa: E402
+from cachenet.toolchain.data import load_splits  # noqa: E402
+from cachenet.toolchain.export import onnx_logits  # noqa: E402
+from cachenet.toolchain.models import load_checkpoint  # noqa: E402
+from cachenet.toolchain.train import predict_logits  # noqa: E402
 from cloud_server.model import load_full_model  # noqa: E402
 
 
@@ -102,10 +102,10 @@ def _figures(local: np.ndarray, lab: np.ndarray, full_lab: np.ndarray, y: np.nda
 def at_target(target: float, runs: list[dict], general: dict, full_lab: np.ndarray,
               y: np.ndarray, score_kind: str) -> dict:
     """Hit rates of the general model and of the specialised ones at ``target``."""
-    gc_lab, gc_conf = outcome(general["calib_logits"], score_kind)
+    gc_lab, gc_conf = cascade.read(general["calib_logits"], score_kind)
     g_cal = sp.calibrate_answerable(gc_conf, gc_lab == general["calib_full"],
                                     score_kind=score_kind, target=target, delta=0.05)
-    g_lab, g_conf = outcome(general["logits"], score_kind)
+    g_lab, g_conf = cascade.read(general["logits"], score_kind)
     g_local = g_conf >= g_cal.threshold
     s_lab, s_local = g_lab.copy(), np.zeros(len(g_lab), bool)
     per_run = []

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from cachenet.daemon import Process
-from cachenet.wan import LinkProfile, ProxyThread
+from cachenet.sim.daemon import Process
+from cachenet.sim.wan import LinkProfile, ProxyThread
 
 #: The specialiser's log lines for a check's outcome and for a partition model trained.
 CHECK_LINE = re.compile(r"specialisation check for \S+: (\w+)")
@@ -43,8 +43,8 @@ REPORT_INTERVAL_S = 1
 class SpecializingCloud:
     def __init__(self, stack: ExitStack, *, bundle: Path, dataset: str, work: Path,
                  library: Path, deadline_ms: float) -> None:
-        from cachenet.bundle import verify_bundle
-        from cachenet.client import CloudClient
+        from cachenet.core.bundle import verify_bundle
+        from cachenet.protocol.client import CloudClient
         from cloud_server.server import SPECIALIZER_HEALTH
 
         self.bundle, self.work, self.deadline_ms = bundle, work, deadline_ms

@@ -44,8 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.specializing import SpecializingCloud, oracle_answer, pushes  # noqa: E402
 from bench.traces import TRACES, make_trace, save_trace  # noqa: E402
-from cachenet.daemon import Process  # noqa: E402
-from cachenet.wan import LinkProfile, ProxyThread  # noqa: E402
+from cachenet.sim.daemon import Process  # noqa: E402
+from cachenet.sim.wan import LinkProfile, ProxyThread  # noqa: E402
 
 NETWORKS: dict[str, LinkProfile] = {
     "lan": LinkProfile.from_rtt(2.0),
@@ -130,8 +130,8 @@ def machine() -> dict[str, Any]:
 def labels_for(bundle: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(general cache model's logits, full model's labels) on ``x``, as agent and cloud
     compute them."""
-    from cachenet.runtime import load_cache_model
-    from cachenet.train import predict_logits
+    from cachenet.core.runtime import load_cache_model
+    from cachenet.toolchain.train import predict_logits
     from cloud_server.model import load_full_model
 
     full, _ = load_full_model(bundle, device="cpu")
@@ -143,8 +143,8 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
               library: Path) -> dict[str, Any]:
     import psutil
 
-    from cachenet.bundle import verify_bundle
-    from cachenet.data import load_splits
+    from cachenet.core.bundle import verify_bundle
+    from cachenet.toolchain.data import load_splits
     from edge_agent.client import EdgeClient
 
     manifest = verify_bundle(bundle)
@@ -243,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                      "agent_overhead_ipc": agent_overhead(args.bundle, Path(tmp), n, "ipc"),
                      "cloud_throughput": cloud_throughput(args.bundle, Path(tmp), 32,
                                                           3.0 if args.quick else 5.0)}
-    from cachenet.bundle import verify_bundle
-    from cachenet.data import default_cache_dir
+    from cachenet.core.bundle import verify_bundle
+    from cachenet.toolchain.data import default_cache_dir
 
     library = args.library or (default_cache_dir() / "library"
                                / verify_bundle(args.bundle).version)

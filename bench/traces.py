@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cachenet.stream import class_run_stream
+from cachenet.sim.stream import class_run_stream
 
 TRACES = ("iid", "runs10", "runs50", "markov90", "zipf")
 

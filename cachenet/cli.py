@@ -6,10 +6,12 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from cachenet.core.gate import SCORES
 from cachenet.exceptions import CachenetError
 
 log = logging.getLogger("cachenet")
@@ -43,6 +45,36 @@ def _unit(text: str) -> float:
     return value
 
 
+class _Registered:
+    """argparse choices read off a registry when first needed: importing the registry
+    (the toolchain's, torch and all) is left to the commands that use it."""
+
+    def __init__(self, names: Callable[[], list[str]]) -> None:
+        self.names = names
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+def _cache_archs() -> list[str]:
+    from cachenet.toolchain.models import ARCHITECTURES
+
+    return [name for name, (kind, _) in ARCHITECTURES.items() if kind == "cache"]
+
+
+def _default_reference_dir() -> Path | None:
+    """``$CACHENET_REFERENCE_DIR``, else the committed checkpoints of a source checkout
+    (``bench/reference`` beside the package), else none."""
+    configured = os.environ.get("CACHENET_REFERENCE_DIR")
+    if configured is not None:
+        return Path(configured) if configured else None
+    checkout = Path(__file__).resolve().parents[1] / "bench" / "reference"
+    return checkout if checkout.is_dir() else None
+
+
 def _add_build(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="build a calibrated, verified cache bundle",
                        description="Train (or load) the full model, distil a cache model, "
@@ -62,7 +94,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                    "here with flips and keeps what a checkpoint records (default auto)")
     p.add_argument("--image-size", type=int,
                    help="resize image-folder images to this square size")
-    p.add_argument("--cache-arch", choices=["tinycnn", "mlp"],
+    p.add_argument("--cache-arch", choices=_Registered(_cache_archs),
                    help="cache model family (default: tinycnn)")
     p.add_argument("--cache-widths", type=_ints,
                    help="tinycnn stage widths (default 12,24,48; 32,64 for <= 8x8 inputs)")
@@ -72,7 +104,8 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget", type=float, metavar="MIN",
                    help="full-model training budget in minutes (the schedule fits it)")
     p.add_argument("--distill-epochs", type=int, help="cache-model distillation epochs")
-    p.add_argument("--score", default="max_softmax", choices=["max_softmax", "margin", "entropy"])
+    p.add_argument("--score", default="max_softmax", choices=list(SCORES),
+                   help="the gate's confidence score (default max_softmax)")
     p.add_argument("--target", type=_unit, default=0.99,
                    help="agreement with the full model among edge answers (default 0.99)")
     p.add_argument("--delta", type=_unit, default=0.05, help="1 - confidence of the bound")
@@ -86,6 +119,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                    help="where decoded data and trained models are cached "
                    "(default: $CACHENET_CACHE_DIR or .cachenet-cache)")
     p.add_argument("--limit-per-class", type=int, help="read at most this many images a class")
+    p.add_argument("--reference-dir", type=Path, default=_default_reference_dir(),
+                   help="trained checkpoints to reuse when the cache lacks them (default: "
+                   "$CACHENET_REFERENCE_DIR, else a source checkout's bench/reference)")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_run_build)
@@ -95,9 +131,9 @@ def _configs(args: argparse.Namespace, dataset_spec: str):
     """Full and distillation configs: the data set's defaults, with flags applied."""
     from dataclasses import replace
 
-    from cachenet.data import load_splits
-    from cachenet.distill import default_distill_config
-    from cachenet.full import default_full_config
+    from cachenet.toolchain.data import load_splits
+    from cachenet.toolchain.distill import default_distill_config
+    from cachenet.toolchain.full import default_full_config
 
     if args.epochs is None and args.time_budget is None and args.distill_epochs is None:
         return None, None
@@ -163,7 +199,7 @@ def format_report(r) -> str:
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    from cachenet.build import build
+    from cachenet.toolchain.build import build
 
     full_cfg, distill_cfg = _configs(args, args.dataset)
     report = build(dataset=args.dataset, out=args.out, full=args.full,
@@ -176,7 +212,8 @@ def _run_build(args: argparse.Namespace) -> int:
                    cache_dir=args.cache_dir, name=args.name,
                    progress=not args.no_progress and sys.stderr.isatty(),
                    limit_per_class=args.limit_per_class, image_size=args.image_size,
-                   full_kwargs=args.full_kwargs, full_tta=args.full_tta)
+                   full_kwargs=args.full_kwargs, full_tta=args.full_tta,
+                   reference_dir=args.reference_dir)
     print(format_report(report))
     if args.json:
         print(json.dumps(_finite(report.to_dict()), default=float))
@@ -202,28 +239,35 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    "change and the cloud pushes specialised models (default locality)")
     p.add_argument("--after", type=int, default=300,
                    help="drift: requests per phase after the specialised model arrived")
+    p.add_argument("--bundle", type=Path,
+                   help="run this digits bundle instead of building the demo's own")
+    p.add_argument("--partition-trainer", default="finetune",
+                   help="drift: how the cloud makes partition models (finetune, or oracle: "
+                   "the full model folded into the partition; see cachenet-cloud --help)")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from cachenet.demo import format_table, install_sigterm_as_interrupt, run_demo
+    from cachenet.sim.demo import format_table, install_sigterm_as_interrupt, run_demo
 
     if args.requests < 10:
         raise CachenetError("--requests must be at least 10")
     install_sigterm_as_interrupt()
     if args.scenario == "drift":
-        from cachenet.drift import format_drift, run_drift_demo
+        from cachenet.sim.drift import format_drift, run_drift_demo
 
         drift = run_drift_demo(rtt_ms=args.rtt_ms, after=args.after, seed=args.seed,
-                               cache_dir=args.cache_dir, progress=sys.stderr.isatty())
+                               cache_dir=args.cache_dir, progress=sys.stderr.isatty(),
+                               bundle=args.bundle, partition_trainer=args.partition_trainer)
         print(format_drift(drift))
         if args.json:
             print(json.dumps(drift))
         return 0 if drift["failed_requests"] == 0 else 1
     results = run_demo(rtt_ms=args.rtt_ms, requests=args.requests, mean_run=args.mean_run,
                        seed=args.seed, cache_dir=args.cache_dir, rebuild=args.rebuild,
-                       deadline_ms=args.deadline_ms, progress=sys.stderr.isatty())
+                       deadline_ms=args.deadline_ms, progress=sys.stderr.isatty(),
+                       bundle=args.bundle)
     print(format_table(results, args.rtt_ms, args.requests))
     if args.json:
         print(json.dumps(results))
@@ -249,7 +293,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    from cachenet.store import ModelStore, default_store_dir
+    from cachenet.fleet.store import ModelStore, default_store_dir
 
     store = ModelStore(args.store or default_store_dir(), keep=args.keep)
     if args.action == "push":

@@ -8,20 +8,24 @@
     ├── ModelError             a model that cannot be built, imported or loaded
     │   └── ExportError        ONNX export failed or disagrees with torch
     ├── CalibrationError       the confidence gate cannot be calibrated
+    ├── TrainingStopped        training was asked to stop (the server is shutting down)
     ├── BundleError            a cache bundle that cannot be trusted
     │   ├── ManifestError      manifest.json missing, unreadable or incomplete
     │   ├── IntegrityError     a file is missing or its sha256 does not match
     │   └── InputSpecError     an input of the wrong shape or dtype for the model
     ├── ProtocolError          a message that does not decode (bad tensor, unknown field)
     ├── QueueFullError         the server's request queue is full
-    └── CloudError             a call to the cloud failed (mapped from gRPC in cachenet.client)
+    ├── EdgeTimeout            the edge agent did not answer a local call in time
+    └── CloudError             a call to the cloud failed
         ├── CloudUnavailable   no connection, or the server is shutting down
         ├── CloudTimeout       the deadline passed before the answer came
         ├── CloudOverloaded    the server's queue is full (RESOURCE_EXHAUSTED)
         └── CloudRejected      the server refused the request (INVALID_ARGUMENT, ...)
 
 Callers catch :class:`CachenetError` to handle all of them; the CLI turns them
-into one-line messages and a non-zero exit status.
+into one-line messages and a non-zero exit status. gRPC errors become
+:class:`CloudError` in one place, :mod:`cachenet.protocol.client`; ONNX Runtime's
+become :class:`IntegrityError` or :class:`InputSpecError` in :mod:`cachenet.core.runtime`.
 """
 
 from __future__ import annotations
@@ -67,12 +71,20 @@ class InputSpecError(BundleError):
     """An input tensor whose shape or dtype does not fit the model."""
 
 
+class TrainingStopped(CachenetError):
+    """Training was asked to stop before it finished (the server is shutting down)."""
+
+
 class ProtocolError(CachenetError):
     """A message that does not decode: a bad tensor, an unknown field or operation."""
 
 
 class QueueFullError(CachenetError):
     """The server's request queue is full; the caller should back off."""
+
+
+class EdgeTimeout(CachenetError):
+    """The edge agent did not answer a call on its local API within the timeout."""
 
 
 class CloudError(CachenetError):

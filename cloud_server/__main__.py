@@ -49,6 +49,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help="check an agent whose escalation rate is above this")
     p.add_argument("--target", type=float, default=0.99,
                    help="agreement target the specialised models are calibrated to")
+    p.add_argument("--partition-trainer", default=_env("PARTITION_TRAINER", "finetune"),
+                   help="how partition models are made: finetune (the general cache model "
+                   "fine-tuned, the default) or oracle (the full model folded into the "
+                   "partition's classes: the upper bound, as large as the full model)")
     p.add_argument("--report-interval", type=int, default=30,
                    help="seconds between agents' stats reports (control plane)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds to drain on shutdown")
@@ -75,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             specializer=SpecializerConfig(
                 min_interval_s=args.specialize_interval,
                 escalation_trigger=args.escalation_trigger, target=args.target,
-                max_library=args.library_size),
+                max_library=args.library_size, trainer=args.partition_trainer),
             grace_s=args.grace, stats_interval_s=args.stats_interval,
             ready_file=args.ready_file)
         asyncio.run(CloudServer(config).serve())

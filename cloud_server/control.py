@@ -1,7 +1,7 @@
 """The control plane: agents register and subscribe; the cloud pushes their current bundle.
 
 For each subscribed agent the service watches the model store
-(:class:`cachenet.store.ModelStore`, the agent's own version or the fleet's)
+(:class:`cachenet.fleet.store.ModelStore`, the agent's own version or the fleet's)
 and streams a bundle whenever the current version differs from the one the
 agent last had, so an agent that reconnects after a gap gets what it missed.
 Acks and stats reports are kept per agent and logged.
@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from cachenet.push import iter_push
-from cachenet.store import ModelStore
-from cachenet.v1 import control_pb2 as pb
-from cachenet.v1 import control_pb2_grpc as pb_grpc
+from cachenet.fleet.store import ModelStore
+from cachenet.protocol.push import iter_push
+from cachenet.protocol.v1 import control_pb2 as pb
+from cachenet.protocol.v1 import control_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from cloud_server.specializer import Specializer

@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cachenet.bundle import Manifest, verify_bundle
+from cachenet.core.bundle import verify_bundle
+from cachenet.core.manifest import Manifest
 from cachenet.exceptions import ManifestError
-from cachenet.models import ModelSpec, for_inference, load_checkpoint, load_torchscript
+from cachenet.toolchain.models import ModelSpec, for_inference, load_checkpoint, load_torchscript
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 def load_full_model(bundle: Path, *, device: str | None = None) -> tuple[nn.Module, Manifest]:
     """Verify ``bundle`` and load its full model, in eval mode, on ``device``, laid out
-    for fast inference (:func:`cachenet.models.for_inference`), batch norms folded into
+    for fast inference (:func:`cachenet.toolchain.models.for_inference`), batch norms folded into
     the convolutions where the model can (our ResNets)."""
     manifest = verify_bundle(Path(bundle))
     info = manifest.data.get("full_model")

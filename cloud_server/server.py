@@ -30,11 +30,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from torch import nn
 
-from cachenet.client import CHANNEL_OPTIONS
 from cachenet.exceptions import CachenetError, ConfigError
-from cachenet.store import ModelStore
-from cachenet.v1 import control_pb2, control_pb2_grpc
-from cachenet.v1 import inference_pb2 as pb
+from cachenet.fleet.store import ModelStore
+from cachenet.protocol.client import CHANNEL_OPTIONS
+from cachenet.protocol.v1 import control_pb2, control_pb2_grpc
+from cachenet.protocol.v1 import inference_pb2 as pb
 from cloud_server.batcher import DynamicBatcher
 from cloud_server.control import ControlService
 from cloud_server.model import load_full_model

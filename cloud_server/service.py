@@ -20,11 +20,11 @@ import numpy as np
 from google.protobuf import message as pb_message
 from google.protobuf import unknown_fields
 
-from cachenet import tensors
+from cachenet.core import tensors
+from cachenet.core.gate import softmax
 from cachenet.exceptions import ProtocolError, QueueFullError
-from cachenet.gate import softmax
-from cachenet.v1 import inference_pb2 as pb
-from cachenet.v1 import inference_pb2_grpc as pb_grpc  # the servicer base class
+from cachenet.protocol.v1 import inference_pb2 as pb
+from cachenet.protocol.v1 import inference_pb2_grpc as pb_grpc  # the servicer base class
 from cloud_server.batcher import DynamicBatcher
 
 log = logging.getLogger(__name__)

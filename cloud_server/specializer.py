@@ -8,14 +8,15 @@ since its last report is above ``escalation_trigger`` or its class histogram has
 moved by more than ``shift_trigger`` (total variation) from the one its current
 model was made for, at most once per ``min_interval_s``:
 
-1. the active classes are read off the histogram (:func:`cachenet.specialize.active_classes`);
+1. the active classes are read off the histogram (:func:`cachenet.fleet.specialize.active_classes`);
 2. a partition model for them comes from the library when one there covers
-   them, else it is fine-tuned from the general cache model on replay data and
-   the agent's escalations, labelled by the full model, and added to the library;
+   them, else the trainer makes one (:mod:`cachenet.fleet.partition`; by default
+   the general cache model fine-tuned on replay data and the agent's
+   escalations, labelled by the full model), and it joins the library;
 3. candidate and the agent's current model are calibrated at the same
    agreement target on held-out data drawn like the agent's inputs and compared
    on a second half; only a candidate with the higher hit rate is stored as the
-   agent's new version (:class:`cachenet.store.ModelStore`), which the control
+   agent's new version (:class:`cachenet.fleet.store.ModelStore`), which the control
    plane then pushes.
 
 Training runs on a worker thread, off the serving loop. Every check is kept in
@@ -37,11 +38,20 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from cachenet import specialize as sp
-from cachenet.bundle import Manifest, verify_bundle
-from cachenet.exceptions import CachenetError, ConfigError
-from cachenet.export import onnx_logits
-from cachenet.store import ModelStore
+from cachenet.core.bundle import verify_bundle
+from cachenet.core.manifest import Manifest
+from cachenet.exceptions import CachenetError, ConfigError, TrainingStopped
+from cachenet.fleet import specialize as sp
+from cachenet.fleet.partition import (
+    TRAINERS,
+    FinetuneConfig,
+    PartitionTrainer,
+    TrainerContext,
+    make_trainer,
+)
+from cachenet.fleet.replay import ReplayData
+from cachenet.fleet.store import ModelStore
+from cachenet.toolchain.export import onnx_logits
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +74,17 @@ class SpecializerConfig:
     #: agent runs is deleted (the store keeps its own copy of everything it pushed)
     max_library: int = 64
     poll_s: float = 0.5
-    finetune: sp.FinetuneConfig = field(default_factory=sp.FinetuneConfig)
+    #: how partition models are made: a name in :data:`cachenet.fleet.partition.TRAINERS`
+    trainer: str = "finetune"
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
         if self.max_library < 1:
             raise ConfigError(f"the library must hold at least one partition model, "
                               f"got {self.max_library}")
+        if self.trainer not in TRAINERS:
+            raise ConfigError(f"unknown partition trainer '{self.trainer}'; known: "
+                              f"{', '.join(TRAINERS)}")
 
 
 @dataclass
@@ -90,14 +105,18 @@ class AgentState:
 
 
 class Specializer:
-    def __init__(self, *, base_bundle: Path, base_model: nn.Module, replay: sp.ReplayData,
+    def __init__(self, *, base_bundle: Path, base_model: nn.Module, replay: ReplayData,
                  store: ModelStore, config: SpecializerConfig | None = None,
-                 library_dir: Path | None = None) -> None:
+                 library_dir: Path | None = None,
+                 trainer: PartitionTrainer | None = None) -> None:
         self.base = verify_bundle(base_bundle)
         self.base_model = base_model
         self.replay = replay
         self.store = store
         self.config = config or SpecializerConfig()
+        #: makes a partition model for a group of classes (config.trainer by default)
+        self.trainer = trainer or make_trainer(self.config.trainer, TrainerContext(
+            base_model, replay, finetune=self.config.finetune))
         self.agents: dict[str, AgentState] = {}
         self.library: dict[tuple[int, ...], Manifest] = {}
         self._used: dict[tuple[int, ...], float] = {}  # when each entry last served, wall clock
@@ -111,8 +130,9 @@ class Specializer:
 
     def _load_library(self) -> None:
         """Take back the partition models an earlier run left in the library directory,
-        those made from this general model; the newest wins where two answer the same
-        classes. A bundle that fails verification is skipped with a warning."""
+        those made from this general model by this trainer; the newest wins where two
+        answer the same classes. A bundle that fails verification is skipped with a
+        warning."""
         if not self.library_dir.is_dir():
             return
         found: dict[tuple[int, ...], tuple[int, Manifest]] = {}
@@ -125,7 +145,8 @@ class Specializer:
                 log.warning("library: skipping %s: %s", root, exc)
                 continue
             part = m.data.get("partition") or {}
-            if part.get("base_version") != self.base.version:
+            if (part.get("base_version") != self.base.version
+                    or part.get("trainer", "finetune") != self.config.trainer):
                 continue
             classes = tuple(int(c) for c in part["classes"])
             made = root.stat().st_mtime_ns
@@ -192,7 +213,7 @@ class Specializer:
                     record = None
                     try:
                         record = await asyncio.to_thread(self.check, agent)
-                    except sp.Stopped:
+                    except TrainingStopped:
                         return
                     except Exception:
                         log.exception("specialising for %s failed", agent)
@@ -223,10 +244,10 @@ class Specializer:
             xs, ys = zip(*s.escalations.copy(), strict=True)  # C-level copy: atomic
             hard = (np.stack(xs), np.asarray(ys))
         t0 = time.perf_counter()
-        model = sp.train_partition(self.base_model, classes, self.replay, hard=hard,
-                                   cfg=self.config.finetune, should_stop=self.stopping.is_set)
+        model = self.trainer(classes, hard, self.stopping.is_set)
         out = self.library_dir / f"p{'-'.join(map(str, classes))}-{time.time_ns()}"
-        manifest = sp.write_partition_bundle(out, model, self.base, classes, canary_x=x[:64])
+        manifest = sp.write_partition_bundle(out, model, self.base, classes, canary_x=x[:64],
+                                             trainer=self.config.trainer)
         log.info("trained partition model %s for classes %s in %.1f s", manifest.version,
                  classes, time.perf_counter() - t0)
         replaced = self.library.get(classes)
@@ -327,10 +348,10 @@ def build_specializer(bundle: Path, store: ModelStore, *, replay: str | None = N
     """Load what specialisation needs: the general cache model's weights (the bundle's
     ``full/cache.pt``), the replay data (``replay``, else the data the bundle was built
     from) and the full model's answers on it. Slow: run it off the serving loop."""
-    from cachenet.data import default_cache_dir, load_splits
     from cachenet.exceptions import ConfigError
-    from cachenet.full import data_fingerprint
-    from cachenet.models import load_checkpoint
+    from cachenet.toolchain.data import default_cache_dir, load_splits
+    from cachenet.toolchain.full import data_fingerprint
+    from cachenet.toolchain.models import load_checkpoint
     from cloud_server.model import load_full_model
 
     full, manifest = load_full_model(bundle, device=device)
@@ -355,9 +376,13 @@ def build_specializer(bundle: Path, store: ModelStore, *, replay: str | None = N
                 else manifest.version)
     answers = ((cache_dir or default_cache_dir()) / "replay"
                / f"{full_key}-{data_fingerprint(splits)}.npz")
-    data = sp.ReplayData.from_splits(splits, full.cpu(), cache=answers)
+    full = full.cpu()
+    data = ReplayData.from_splits(splits, full, cache=answers)
     log.info("specialisation ready: %d replay and %d held-out inputs from %s, with the full "
              "model's answers (kept in %s) in %.1f s", len(data.train_x), len(data.hold_x),
              spec, answers, time.perf_counter() - t0)
+    config = config or SpecializerConfig()
+    trainer = make_trainer(config.trainer, TrainerContext(base.eval(), data, full,
+                                                          config.finetune))
     return Specializer(base_bundle=bundle, base_model=base.eval(), replay=data, store=store,
-                       config=config, library_dir=library_dir)
+                       config=config, library_dir=library_dir, trainer=trainer)

@@ -5,8 +5,9 @@ verified loading and gating path, re-exported here so that the edge's import
 surface is one package.
 """
 
-from cachenet.bundle import Manifest, verify_bundle
-from cachenet.gate import Gate
-from cachenet.runtime import CacheModel, Prediction, load_cache_model
+from cachenet.core.bundle import verify_bundle
+from cachenet.core.gate import Gate
+from cachenet.core.manifest import Manifest
+from cachenet.core.runtime import CacheModel, Prediction, load_cache_model
 
 __all__ = ["CacheModel", "Gate", "Manifest", "Prediction", "load_cache_model", "verify_bundle"]

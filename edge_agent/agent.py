@@ -5,12 +5,12 @@ One request, start to end:
 1. :meth:`EdgeAgent.main_loop` receives ``[identity, b"", header, tensor]`` on
    the ROUTER socket; the tensor is viewed in place (:mod:`edge_agent.wire`);
 2. :meth:`EdgeAgent.infer` runs the active cache model under ONNX Runtime and
-   the gate scores it (:class:`cachenet.runtime.CacheModel`); an unsure
+   the gate scores it (:class:`cachenet.core.runtime.CacheModel`); an unsure
    partition model (one specialised by the cloud, :mod:`edge_agent.partitions`)
    hands over to the general model;
 3. confident: the answer goes back at once, ``source: edge``, without leaving
    the receiving thread. Unsure: :meth:`EdgeAgent.escalate` sends it to the
-   cloud over gRPC with a deadline (:class:`cachenet.client.AsyncCloudClient`),
+   cloud over gRPC with a deadline (:class:`cachenet.protocol.client.AsyncCloudClient`),
    on an asyncio loop in a second thread, so other requests keep flowing;
 4. the cloud's answer (``source: cloud``), or on any failure the edge's own
    prediction (``source: edge-fallback`` with the reason: cloud down, too
@@ -38,9 +38,10 @@ from typing import Any
 import numpy as np
 import zmq
 
-from cachenet.client import AsyncCloudClient
+from cachenet.core import cascade
+from cachenet.core.runtime import CacheModel, load_cache_model
 from cachenet.exceptions import CachenetError, CloudError, InputSpecError, ProtocolError
-from cachenet.runtime import CacheModel, load_cache_model
+from cachenet.protocol.client import AsyncCloudClient
 from edge_agent import wire
 from edge_agent.config import AgentConfig
 from edge_agent.control import ControlClient
@@ -261,20 +262,20 @@ class EdgeAgent:
         model = self.model  # one reference: a swapped-in model serves the next request
         t1 = time.perf_counter_ns()
         logits = model.session.run(None, {model.input_name: x})[0]
-        label, conf = model.answer_row(logits[0])
-        sure = conf >= model.gate.threshold
+        custom = header.get("gate")  # this request's own gate (a baseline): no hand-over
+        stage = model.stage if custom is None else model.stage.with_gate(custom)
+        general = (self.models.general if self.models is not None and custom is None
+                   and model.partition is not None else None)
+        if general is None:
+            verdict = cascade.answer_row(stage, logits[0])
+        else:  # an unsure partition model hands over to the general model
+            verdict = cascade.answer_row(
+                stage, logits[0], general.stage,
+                lambda: general.session.run(None, {general.input_name: x})[0][0])
         versions = {"cache": model.version}
-        if "gate" in header:  # this request's own gate (a baseline): no hand-over
-            gate = header["gate"]
-            conf = 0.0 if conf == 0.0 else gate.confidence_row(logits[0])
-            sure = conf >= gate.threshold
-        elif not sure and model.partition is not None and self.models is not None:
-            # An unsure partition model hands over to the general model.
-            general = self.models.general
-            row = general.session.run(None, {general.input_name: x})[0][0]
-            label, conf = general.answer_row(row)
-            sure = conf >= general.gate.threshold
+        if general is not None and verdict.by != cascade.ACTIVE:
             versions["cache_general"] = general.version
+        label, conf, sure = verdict.label, verdict.confidence, verdict.local
         t2 = time.perf_counter_ns()
         answer = {"id": header.get("id"), "ok": True, "label": label,
                   "class": model.manifest.classes[label], "confidence": conf,
@@ -362,4 +363,5 @@ class EdgeAgent:
                           "threshold": model.gate.threshold, "score": model.gate.score},
                 "cloud": self.config.cloud, "inflight": self.inflight,
                 "reloads": self.reloader.snapshot(),
+                "control": self.control.snapshot() if self.control is not None else None,
                 "models": self.models.snapshot() if self.models is not None else None}

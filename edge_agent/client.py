@@ -17,12 +17,10 @@ from typing import Any
 import numpy as np
 import zmq
 
-from cachenet.exceptions import CachenetError, ProtocolError
+from cachenet.exceptions import EdgeTimeout, ProtocolError
 from edge_agent import wire
 
-
-class EdgeTimeout(CachenetError):
-    """The agent did not answer within the timeout."""
+__all__ = ["EdgeClient", "EdgeTimeout"]
 
 
 class EdgeClient:

@@ -2,12 +2,19 @@
 
 Runs as a task on the agent's escalation loop. It subscribes with the bundle
 version it runs; each push is checked chunk by chunk and as a whole
-(:class:`cachenet.push.PushAssembler`), installed into a new versioned folder
-(:func:`cachenet.push.install`), loaded, warmed up and canary-checked off the
+(:class:`cachenet.protocol.push.PushAssembler`), installed into a new versioned
+folder confined to the state directory (:func:`cachenet.core.install.install`),
+loaded, checked against its manifest, warmed up and canary-checked off the
 request path, and swapped in (:class:`edge_agent.reload.Reloader`); the cloud
 hears ``applied`` or ``rejected`` with the reason. Stats go up every
-``stats_interval_s``. A lost connection is retried with backoff; on
-reconnecting the agent says what it runs, so it gets what it missed.
+``stats_interval_s``.
+
+Nothing a push does stops the updates: any failure while receiving, installing
+or loading one (a hostile version, a disk error, a bug) is logged, acknowledged
+as rejected with its reason, and the subscription goes on; a failure of the
+connection itself is retried with backoff, and on reconnecting the agent says
+what it runs, so it gets what it missed. :attr:`ControlClient.state` says where
+the control plane stands; the agent's ``stats`` reply carries it.
 """
 
 from __future__ import annotations
@@ -15,24 +22,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
-import shutil
 import socket
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from cachenet.client import CHANNEL_OPTIONS
-from cachenet.exceptions import CachenetError
-from cachenet.push import PushAssembler, install
-from cachenet.v1 import control_pb2 as pb
-from cachenet.v1 import control_pb2_grpc as pb_grpc
+from cachenet.core.install import clean_staging, install
+from cachenet.protocol.client import CHANNEL_OPTIONS
+from cachenet.protocol.push import PushAssembler
+from cachenet.protocol.v1 import control_pb2 as pb
+from cachenet.protocol.v1 import control_pb2_grpc as pb_grpc
 from edge_agent.stats import telemetry
 
 if TYPE_CHECKING:
     from edge_agent.agent import EdgeAgent
 
 log = logging.getLogger(__name__)
+
+#: States of the control plane, in ``stats``.
+CONNECTING, SUBSCRIBED, RETRYING, OFF = "connecting", "subscribed", "retrying", "off"
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:500]}"
 
 
 class ControlClient:
@@ -42,18 +56,15 @@ class ControlClient:
         self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.ControlServiceStub(self.channel)
         bundle = self.config.bundle
-        self.root = self.config.state_dir or (Path(bundle).parent / ".pushed" if bundle
-                                              else Path(".cachenet-agent"))
+        self.root = Path(self.config.state_dir or (Path(bundle).parent / ".pushed" if bundle
+                                                   else Path(".cachenet-agent")))
         self.stats_interval_s = 30
         self.received: str | None = None  # the last version pushed (applied or rejected)
-        self._clean_staging()
-
-    def _clean_staging(self) -> None:
-        """Remove half-installed pushes an earlier run left when it was killed."""
-        if self.root.is_dir():
-            for stale in self.root.glob(".incoming-*"):
-                log.info("removing %s, left by an interrupted install", stale)
-                shutil.rmtree(stale, ignore_errors=True)
+        self.state = CONNECTING
+        self.counts = {"received": 0, "applied": 0, "rejected": 0, "reconnects": 0}
+        self.last_error: str | None = None
+        self.last_push: dict[str, Any] | None = None
+        clean_staging(self.root)
 
     def _version(self) -> str:
         return self.agent.model.version if self.agent.model else ""
@@ -62,6 +73,11 @@ class ControlClient:
         """The version to subscribe with: the last one pushed to this agent, so that
         switching locally among held models does not make the cloud push it again."""
         return self.received or self._version()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The control plane's state for the agent's ``stats`` reply."""
+        return {"state": self.state, "state_dir": str(self.root), **self.counts,
+                "last_error": self.last_error, "last_push": self.last_push}
 
     async def register(self) -> None:
         import onnxruntime
@@ -77,42 +93,65 @@ class ControlClient:
         self.stats_interval_s = max(1, reply.stats_interval_s or 30)
 
     async def apply(self, header: pb.BundleHeader, files: dict[str, bytes]) -> str | None:
-        """Install and swap in a push; the reason it was rejected, or None."""
+        """Install and swap in a push; the reason it was rejected, or None. Never raises:
+        whatever goes wrong (the disk, the bundle, a bug) is the push's rejection."""
         try:
             current = self.agent.model
             protect = (current.manifest.root,) if current else ()
-            path = await asyncio.to_thread(install, self.root, header, files,
+            path = await asyncio.to_thread(install, self.root, header.version, files,
+                                           header.manifest_json,
                                            keep=self.config.keep_bundles, protect=protect)
-        except CachenetError as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return await asyncio.to_thread(
-            self.agent.reloader.load_and_swap, path, self.agent.model,
-            precision=self.config.precision, threads=self.config.threads)
+            return await asyncio.to_thread(
+                self.agent.reloader.load_and_swap, path, self.agent.model,
+                precision=self.config.precision, threads=self.config.threads)
+        except Exception as exc:
+            log.exception("installing push %s failed", header.push_id[:64])
+            return _reason(exc)
 
     async def ack(self, push_id: str, version: str, reason: str | None) -> None:
         await self.stub.Ack(pb.AckRequest(
-            agent_id=self.config.agent_id, token=self.config.token, push_id=push_id,
-            version=version, applied=reason is None, reason=reason or ""), timeout=10)
+            agent_id=self.config.agent_id, token=self.config.token, push_id=push_id[:256],
+            version=version[:256], applied=reason is None, reason=(reason or "")[:2000]),
+            timeout=10)
+
+    async def _settle(self, push_id: str, version: str, reason: str | None) -> None:
+        """Count, log and acknowledge one push's outcome."""
+        self.counts["applied" if reason is None else "rejected"] += 1
+        self.last_push = {"push_id": push_id[:256], "version": version[:256],
+                          "applied": reason is None, "reason": reason, "time": time.time()}
+        if reason is None:
+            log.info("push %s: applied version %s", push_id[:64], version[:64])
+        else:
+            self.last_error = reason
+            log.error("push %s (version %r) rejected: %s", push_id[:64], version[:64], reason)
+        await self.ack(push_id, version, reason)
 
     async def subscribe(self) -> None:
         assembler = PushAssembler()
         stream = self.stub.Subscribe(pb.SubscribeRequest(
             agent_id=self.config.agent_id, token=self.config.token,
             current_version=self._subscribe_version()))
+        self.state = SUBSCRIBED
+        refused: str | None = None  # a push already refused: the rest of it is skipped
         async for msg in stream:
+            kind = msg.WhichOneof("kind")
+            push_id = getattr(msg, kind).push_id if kind else ""
+            if kind != "header" and refused is not None and push_id == refused:
+                continue
             try:
                 done = assembler.feed(msg)
-            except CachenetError as exc:
-                push_id = msg.WhichOneof("kind") and getattr(msg, msg.WhichOneof("kind")).push_id
-                log.error("push %s rejected: %s", push_id, exc)
-                await self.ack(push_id or "", "", f"{type(exc).__name__}: {exc}")
-                assembler = PushAssembler()
+            except Exception as exc:  # a malformed push: this one is refused, not the next
+                assembler, refused = PushAssembler(), push_id
+                self.counts["received"] += 1
+                await self._settle(push_id, msg.header.version if kind == "header" else "",
+                                   _reason(exc))
                 continue
             if done is not None:
                 header, files = done
+                self.counts["received"] += 1
                 reason = await self.apply(header, files)
                 self.received = header.version
-                await self.ack(header.push_id, header.version, reason)
+                await self._settle(header.push_id, header.version, reason)
 
     async def report_stats(self) -> None:
         while True:
@@ -135,6 +174,7 @@ class ControlClient:
         backoff = 0.5
         while True:
             try:
+                self.state = CONNECTING
                 await self.register()
                 reporter = asyncio.create_task(self.report_stats())
                 try:
@@ -146,9 +186,15 @@ class ControlClient:
                 code = exc.code() if hasattr(exc, "code") else None
                 if code == grpc.StatusCode.UNIMPLEMENTED:
                     log.info("the cloud serves no control plane (no --store): pushes are off")
+                    self.state = OFF
                     return
                 log.info("control plane unavailable (%s); retrying in %.1f s",
                          code.name if code else exc, backoff)
+            except Exception as exc:  # never end silently: log, count, reconnect
+                log.exception("control plane failed; reconnecting in %.1f s", backoff)
+                self.last_error = _reason(exc)
+            self.state = RETRYING
+            self.counts["reconnects"] += 1
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 

@@ -1,6 +1,6 @@
 """Which cache model answers: the general one, or one of the k partition models held.
 
-The cloud pushes *partition models* (:mod:`cachenet.specialize`), each sure of
+The cloud pushes *partition models* (:mod:`cachenet.fleet.specialize`), each sure of
 a few classes and escalating the rest. The agent keeps the general model and up
 to ``k`` partition models, least recently used out first, and switches the
 active one locally, without asking the cloud, when the recent answers (the
@@ -17,7 +17,7 @@ import collections
 import logging
 import threading
 
-from cachenet.runtime import CacheModel
+from cachenet.core.runtime import CacheModel
 
 log = logging.getLogger(__name__)
 

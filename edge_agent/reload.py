@@ -1,7 +1,7 @@
 """Replace the cache model while the agent serves: verify, load, warm up, check, swap.
 
 Everything slow happens on a worker thread, off the request path: the bundle is
-hash-verified and its canaries replayed (:func:`cachenet.runtime.load_cache_model`),
+hash-verified and its canaries replayed (:func:`cachenet.core.runtime.load_cache_model`),
 the new ONNX Runtime session is warmed up, and its input must match the one
 applications already send. Only then does the agent's ``model`` attribute
 change, in one assignment; a request already running keeps the session it
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cachenet.bundle import read_manifest
+from cachenet.core.manifest import read_manifest
+from cachenet.core.runtime import CacheModel, load_cache_model
 from cachenet.exceptions import CachenetError
-from cachenet.runtime import CacheModel, load_cache_model
 
 log = logging.getLogger(__name__)
 

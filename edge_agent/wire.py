@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from cachenet import tensors
+from cachenet.core import tensors
+from cachenet.core.gate import SCORES, Gate
 from cachenet.exceptions import ProtocolError
-from cachenet.gate import SCORES, Gate
 
 OPS = ("infer", "stats", "ping")
 POLICIES = ("auto", "edge", "cloud")

@@ -1,5 +1,10 @@
 #!/usr/bin/env python
-"""Regenerate the Python code for proto/ into cachenet/v1/ (or --out DIR).
+"""Regenerate the Python code for proto/ into cachenet/protocol/v1/ (or --out DIR).
+
+The .proto files keep the wire's own path, ``proto/cachenet/v1/`` (package
+``cachenet.v1``), which is what clients in other languages include; the Python
+code lives with the rest of the protocol layer, ``cachenet/protocol/v1/``, so
+the generated imports (``from cachenet.v1 import ...``) are rewritten to it.
 
 The generated files are committed; tests/test_proto.py regenerates them into a
 temporary directory and fails if the committed ones are stale. Needs
@@ -11,10 +16,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_DIR = ROOT / "proto"
+#: The proto package's Python path as protoc writes it, and where our code keeps it.
+WIRE_PACKAGE, PYTHON_PACKAGE = "cachenet.v1", "cachenet.protocol.v1"
+
+
+def _placed(rel: Path) -> Path:
+    """``cachenet/v1/x_pb2.py`` -> ``cachenet/protocol/v1/x_pb2.py``."""
+    return Path(*PYTHON_PACKAGE.split("."), *rel.parts[len(WIRE_PACKAGE.split(".")):])
 
 
 def generate(out: Path) -> list[Path]:
@@ -22,18 +35,23 @@ def generate(out: Path) -> list[Path]:
 
     sources = sorted(PROTO_DIR.rglob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
-    args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={out}",
-            f"--pyi_out={out}", f"--grpc_python_out={out}", *map(str, sources)]
-    if protoc.main(args) != 0:
-        raise SystemExit(f"protoc failed on {[s.name for s in sources]}")
     written = []
-    for src in sources:
-        pkg = out / src.parent.relative_to(PROTO_DIR)
-        init = pkg / "__init__.py"
-        if not init.exists():
-            init.write_text('"""Generated from proto/ by scripts/gen_proto.py; do not edit."""\n')
-        written += sorted(pkg.glob(src.stem + "_pb2*"))
-    return written
+    with tempfile.TemporaryDirectory() as tmp:
+        args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={tmp}",
+                f"--pyi_out={tmp}", f"--grpc_python_out={tmp}", *map(str, sources)]
+        if protoc.main(args) != 0:
+            raise SystemExit(f"protoc failed on {[s.name for s in sources]}")
+        for src in sorted(Path(tmp).rglob("*_pb2*")):
+            dst = out / _placed(src.relative_to(tmp))
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            text = src.read_text().replace(f"from {WIRE_PACKAGE} import",
+                                           f"from {PYTHON_PACKAGE} import")
+            dst.write_text(text)
+            written.append(dst)
+    init = out / Path(*PYTHON_PACKAGE.split(".")) / "__init__.py"
+    if not init.exists():
+        init.write_text('"""Generated from proto/ by scripts/gen_proto.py; do not edit."""\n')
+    return sorted(written)
 
 
 def main() -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cachenet.daemon import Process
+from cachenet.sim.daemon import Process
 
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1"}  # two cores: keep test daemons from oversubscribing
 

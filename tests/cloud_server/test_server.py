@@ -12,9 +12,9 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from cachenet.client import CloudClient, make_request
 from cachenet.exceptions import CloudOverloaded, CloudRejected, CloudTimeout
-from cachenet.v1 import inference_pb2 as pb
+from cachenet.protocol.client import CloudClient, make_request
+from cachenet.protocol.v1 import inference_pb2 as pb
 from cloud_server import load_full_model
 from tests.processes import start_cloud
 

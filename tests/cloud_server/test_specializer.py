@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cachenet import specialize as sp
 from cachenet.exceptions import ConfigError
-from cachenet.store import ModelStore
+from cachenet.fleet import specialize as sp
+from cachenet.fleet.store import ModelStore
 from cloud_server.specializer import Specializer, SpecializerConfig, build_specializer
 
 CONFIG = SpecializerConfig(target=0.95, min_requests=10, escalation_trigger=0.05)
@@ -39,7 +39,7 @@ def test_checks_are_due_on_escalations_or_a_moved_histogram(specializer):
 
 def hardest_classes(specializer, k: int = 3) -> list[int]:
     """The classes the general model answers least often: where specialising pays."""
-    from cachenet.runtime import load_cache_model
+    from cachenet.core.runtime import load_cache_model
 
     local = load_cache_model(specializer.base.root).predict(specializer.replay.hold_x).local
     full = specializer.replay.hold_full

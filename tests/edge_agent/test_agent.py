@@ -8,9 +8,9 @@ import socket
 import numpy as np
 import pytest
 
+from cachenet.core.runtime import load_cache_model
 from cachenet.exceptions import ConfigError, ProtocolError
-from cachenet.runtime import load_cache_model
-from cachenet.wan import LinkProfile, ProxyThread
+from cachenet.sim.wan import LinkProfile, ProxyThread
 from edge_agent.client import EdgeClient
 from edge_agent.config import load_config
 from tests.processes import start_cloud, start_edge

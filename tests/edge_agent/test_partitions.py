@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cachenet import specialize as sp
-from cachenet.bundle import verify_bundle
-from cachenet.models import load_checkpoint
-from cachenet.runtime import load_cache_model
+from cachenet.core.bundle import verify_bundle
+from cachenet.core.runtime import load_cache_model
+from cachenet.fleet import specialize as sp
+from cachenet.toolchain.models import load_checkpoint
 from edge_agent.partitions import ModelSet
 
 

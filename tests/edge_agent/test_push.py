@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 
-from cachenet.bundle import repack, verify_bundle
+from cachenet.core.bundle import repack, verify_bundle
 from cachenet.exceptions import IntegrityError
-from cachenet.push import PushAssembler, install, iter_push
-from cachenet.store import ModelStore
-from cachenet.wan import LinkProfile, ProxyThread
+from cachenet.fleet.store import ModelStore
+from cachenet.protocol.push import PushAssembler, install, iter_push
+from cachenet.sim.wan import LinkProfile, ProxyThread
 from edge_agent.client import EdgeClient
 from tests.processes import Load, start_cloud, start_edge
 from tests.processes import wait_until as wait_for

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from cachenet.bundle import repack
+from cachenet.core.bundle import repack
 from edge_agent.client import EdgeClient
 from tests.processes import Load, start_edge
 from tests.processes import wait_until as wait_for

@@ -1,0 +1,172 @@
+"""Clients for the cloud's inference service, and the one place gRPC errors become ours.
+
+:func:`map_grpc_errors` turns a :class:`grpc.RpcError` into the matching
+:class:`~cachenet.exceptions.CloudError`; every caller of the cloud goes
+through it. :class:`CloudClient` (blocking) and :class:`AsyncCloudClient`
+(asyncio, used by the edge agent) wrap the generated stubs.
+
+    with CloudClient("127.0.0.1:50051") as cloud:
+        answer = cloud.infer(batch, timeout=0.5)
+        answer.labels, answer.model_version, answer.timings
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from cachenet.core import tensors
+from cachenet.exceptions import (
+    CloudError,
+    CloudOverloaded,
+    CloudRejected,
+    CloudTimeout,
+    CloudUnavailable,
+)
+from cachenet.protocol.v1 import inference_pb2 as pb
+from cachenet.protocol.v1 import inference_pb2_grpc as pb_grpc
+
+_BY_CODE: dict[grpc.StatusCode, type[CloudError]] = {
+    grpc.StatusCode.UNAVAILABLE: CloudUnavailable,
+    grpc.StatusCode.CANCELLED: CloudUnavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: CloudTimeout,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: CloudOverloaded,
+    grpc.StatusCode.INVALID_ARGUMENT: CloudRejected,
+    grpc.StatusCode.NOT_FOUND: CloudRejected,
+    grpc.StatusCode.FAILED_PRECONDITION: CloudRejected,
+    grpc.StatusCode.UNIMPLEMENTED: CloudRejected,
+}
+
+#: Channel options shared by the clients: messages up to 64 MiB, fast reconnects.
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.enable_retries", 0),
+]
+
+
+def to_cloud_error(exc: grpc.RpcError) -> CloudError:
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    cls = _BY_CODE.get(code, CloudError)
+    return cls(f"cloud answered {code.name}: {details}", code=code.name)
+
+
+@contextmanager
+def map_grpc_errors() -> Iterator[None]:
+    """Re-raise any :class:`grpc.RpcError` inside the block as a :class:`CloudError`."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise to_cloud_error(exc) from exc
+
+
+@dataclass
+class CloudAnswer:
+    id: str
+    labels: np.ndarray
+    confidences: np.ndarray
+    logits: np.ndarray
+    model_name: str
+    model_version: str
+    timings: dict[str, int]
+
+
+_ids = itertools.count()
+
+
+def make_request(x: np.ndarray, *, request_id: str | None = None, model_name: str = "",
+                 agent_id: str = "", cache_model_version: str = "") -> pb.InferRequest:
+    dtype, shape, raw = tensors.encode(x)
+    return pb.InferRequest(
+        id=request_id or f"{os.getpid()}-{next(_ids)}", model_name=model_name,
+        input=pb.Tensor(dtype=dtype, shape=shape, raw_data=raw), agent_id=agent_id,
+        cache_model_version=cache_model_version)
+
+
+def parse_response(resp: pb.InferResponse) -> CloudAnswer:
+    t = resp.logits
+    logits = tensors.decode(t.dtype, t.shape, t.raw_data)
+    timings = {"queue_us": resp.timings.queue_us, "compute_us": resp.timings.compute_us,
+               "total_us": resp.timings.total_us, "batch_size": resp.timings.batch_size}
+    return CloudAnswer(resp.id, np.asarray(resp.labels, np.int64),
+                       np.asarray(resp.confidences, np.float32), logits, resp.model_name,
+                       resp.model_version, timings)
+
+
+class CloudClient:
+    """Blocking client for applications that call the cloud directly."""
+
+    def __init__(self, target: str, *, options: list | None = None) -> None:
+        self.channel = grpc.insecure_channel(target, options=options or CHANNEL_OPTIONS)
+        self.stub = pb_grpc.InferenceServiceStub(self.channel)
+
+    def infer(self, x: np.ndarray, *, timeout: float | None = None, **fields: str) -> CloudAnswer:
+        with map_grpc_errors():
+            return parse_response(self.stub.Infer(make_request(x, **fields), timeout=timeout))
+
+    def model_info(self, *, timeout: float | None = None) -> pb.ModelInfo:
+        with map_grpc_errors():
+            return self.stub.GetModelInfo(pb.ModelInfoRequest(), timeout=timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise CloudUnavailable(f"cloud not reachable within {timeout} s") from None
+
+    def wait_serving(self, service: str = "", *, timeout: float) -> None:
+        """Wait until standard health checking says ``service`` ("" is the whole server)
+        is SERVING, watching rather than polling; raises :class:`CloudError` if it is
+        not within ``timeout`` seconds."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        call = health_pb2_grpc.HealthStub(self.channel).Watch(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        try:
+            with map_grpc_errors():
+                for resp in call:
+                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+        finally:
+            call.cancel()
+        raise CloudUnavailable(f"health of '{service}' ended without SERVING")
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> CloudClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncCloudClient:
+    """asyncio client; create it inside the running event loop."""
+
+    def __init__(self, target: str, *, options: list | None = None) -> None:
+        self.target = target
+        self.channel = grpc.aio.insecure_channel(target, options=options or CHANNEL_OPTIONS)
+        self.stub = pb_grpc.InferenceServiceStub(self.channel)
+
+    async def infer(self, x: np.ndarray, *, timeout: float | None = None,
+                    **fields: str) -> CloudAnswer:
+        with map_grpc_errors():
+            resp = await self.stub.Infer(make_request(x, **fields), timeout=timeout)
+        return parse_response(resp)
+
+    async def model_info(self, *, timeout: float | None = None) -> pb.ModelInfo:
+        with map_grpc_errors():
+            return await self.stub.GetModelInfo(pb.ModelInfoRequest(), timeout=timeout)
+
+    async def close(self) -> None:
+        await self.channel.close()

@@ -1,0 +1,119 @@
+"""Partition models: chosen from a histogram, fine-tuned without labels, calibrated, loaded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cachenet.core.gate import outcome
+from cachenet.core.runtime import load_cache_model
+from cachenet.fleet import specialize as sp
+from cachenet.toolchain.models import load_checkpoint
+
+FAST = sp.FinetuneConfig(epochs=1, min_steps=80)
+
+
+@pytest.fixture(scope="module")
+def replay(digits_bundle, digits_splits):
+    from cloud_server.model import load_full_model
+
+    full, _ = load_full_model(digits_bundle[0])
+    return sp.ReplayData.from_splits(digits_splits, full)
+
+
+@pytest.fixture(scope="module")
+def base(digits_bundle):
+    model, _, _ = load_checkpoint(digits_bundle[0] / "full" / "cache.pt")
+    return model.eval()
+
+
+def test_replay_answers_are_kept_and_reused(replay, digits_bundle, digits_splits, tmp_path):
+    from cloud_server.model import load_full_model
+
+    cache = tmp_path / "answers.npz"
+    full, _ = load_full_model(digits_bundle[0])
+    first = sp.ReplayData.from_splits(digits_splits, full, cache=cache)
+    assert cache.is_file() and np.array_equal(first.train_full, replay.train_full)
+    assert np.allclose(first.train_probs.sum(1), 1.0, atol=1e-4)
+    # Read back, not recomputed: there is no model to run this time.
+    again = sp.ReplayData.from_splits(digits_splits, None, cache=cache)  # type: ignore[arg-type]
+    assert np.array_equal(again.hold_full, first.hold_full)
+    assert np.array_equal(again.train_probs, first.train_probs)
+
+
+def test_active_classes_leave_out_the_odd_mistake():
+    hist = sp.normalise_histogram({1: 30, 7: 28, 9: 35, 4: 3, 2: 4}, 10)
+    assert sp.active_classes(hist) == (1, 7, 9)
+    flat = np.full(10, 0.1)
+    chosen = sp.active_classes(flat, max_classes=4)
+    assert len(chosen) == 4 and flat[list(chosen)].sum() < 0.85  # nothing small covers it
+    assert sp.total_variation(hist, hist) == 0.0
+    assert sp.total_variation(np.eye(10)[0], np.eye(10)[1]) == 1.0
+
+
+def test_partition_targets_and_head():
+    assert sp.partition_targets(np.array([0, 3, 5, 9]), (3, 9)).tolist() == [2, 0, 2, 1]
+    probs = np.array([[0.1, 0.0, 0.0, 0.6, 0.0, 0.1, 0.0, 0.0, 0.0, 0.2]])
+    # Soft targets: the partition's classes keep their mass, "other" gets the rest.
+    assert np.allclose(sp.partition_probs(probs, (3, 9)), [[0.6, 0.2, 0.2]])
+    base = torch.nn.Sequential()
+    base.fc = torch.nn.Linear(4, 10)
+    model = sp.partition_model(base, (3, 9))
+    assert model.fc.out_features == 3
+    assert torch.equal(model.fc.weight[0], base.fc.weight[3])
+    assert torch.equal(model.fc.weight[1], base.fc.weight[9])
+
+
+def test_outcome_escalates_other_and_maps_labels():
+    part = {"classes": [3, 9], "other_index": 2}
+    logits = np.array([[5.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 1.0, 6.0]], np.float32)
+    labels, conf = outcome(logits, "max_softmax", part)
+    assert labels.tolist() == [3, 9, 9]  # "other": the best of its own classes, unsure
+    assert conf[0] > 0.9 and conf[1] > 0.9 and conf[2] == 0.0
+
+
+def test_heldout_draws_follow_the_histogram_without_repeats(replay):
+    hist = sp.normalise_histogram({0: 1, 1: 1}, 10)
+    cal = sp.heldout_like(hist, replay, 400, uniform_share=0.2, half=0, seed=1)
+    ev = sp.heldout_like(hist, replay, 400, half=1, seed=1)
+    assert len(set(cal.tolist())) == len(cal) and not set(cal.tolist()) & set(ev.tolist())
+    assert set(replay.hold_full[ev].tolist()) <= {0, 1}
+    inside = np.isin(replay.hold_full[cal], [0, 1]).mean()
+    assert 0.7 < inside < 0.95  # 80% + 20% x 2/10 from the histogram
+
+
+def test_partition_bundle_is_calibrated_loaded_and_answers_its_classes(digits_bundle, base,
+                                                                       replay, tmp_path):
+    from cachenet.core.bundle import verify_bundle
+    from cachenet.toolchain.export import onnx_logits
+
+    general = verify_bundle(digits_bundle[0])
+    classes = (0, 1, 6)
+    hist = sp.normalise_histogram(dict.fromkeys(classes, 1), 10)
+    model = sp.train_partition(base, classes, replay, cfg=FAST)
+    cal = sp.heldout_like(hist, replay, 2000, uniform_share=0.2, half=0)
+    ev = sp.heldout_like(hist, replay, 2000, half=1)
+    lib = sp.write_partition_bundle(tmp_path / "lib", model, general, classes,
+                                    canary_x=replay.hold_x[cal][:32], exporter="torchscript")
+    assert lib.gate["threshold"] > 1.0  # escalates everything until calibrated
+
+    def scored(root, part):
+        return sp.Scored(onnx_logits(root / "model.onnx", replay.hold_x[cal]),
+                         onnx_logits(root / "model.onnx", replay.hold_x[ev]), part)
+
+    cmp = sp.compare(scored(lib.root, lib.data["partition"]), scored(general.root, None),
+                     scored(general.root, None), general.gate["threshold"],
+                     full_calib=replay.hold_full[cal], full_eval=replay.hold_full[ev],
+                     score_kind="max_softmax", target=0.95, delta=0.05)
+    assert cmp.current_hit_rate > 0 and 0 <= cmp.candidate_hit_rate <= 1
+    tuned = sp.calibrated_copy(lib.root, tmp_path / "tuned", cmp)
+    assert tuned.version != lib.version and tuned.gate["threshold"] == cmp.threshold
+    loaded = load_cache_model(tuned.root)  # hashes and canaries checked
+    assert loaded.partition == classes and loaded.covers(6) and not loaded.covers(5)
+    x = replay.hold_x[ev]
+    pred = loaded.predict(x)
+    assert set(pred.labels.tolist()) <= set(classes)
+    for i in range(20):  # the agent's per-request path reads the same answer
+        label, conf = loaded.answer_row(loaded.logits(x[i])[0])
+        assert label == pred.labels[i] and conf == pytest.approx(pred.confidence[i], abs=1e-9)

@@ -1,0 +1,77 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cachenet.core.bundle import verify_bundle
+from cachenet.exceptions import BundleError, ConfigError, IntegrityError
+from cachenet.fleet.store import ModelStore
+
+
+def test_push_list_current_and_prune(digits_bundle, tmp_path):
+    store = ModelStore(tmp_path / "store", keep=2)
+    assert store.list() == [] and store.current() is None
+    first = store.push(digits_bundle[0])
+    assert first.seq == 1 and first.current
+    for _ in range(3):
+        last = store.push(digits_bundle[0])
+    versions = store.list()
+    assert [v.seq for v in versions] == [3, 4]  # keep=2: the oldest are pruned
+    assert [v.current for v in versions] == [False, True]
+    assert store.current().seq == last.seq == 4
+    verify_bundle(store.current().path)  # stored bundles stay verifiable
+
+
+def test_agent_falls_back_to_the_fleet_version(digits_bundle, tmp_path):
+    store = ModelStore(tmp_path / "store")
+    store.push(digits_bundle[0])
+    assert store.current(agent="cam-7").seq == 1
+    own = store.push(digits_bundle[0], agent="cam-7")
+    assert store.current(agent="cam-7") == own and "/agents/cam-7/" in own.path
+    assert "/agents/default/" in store.current(agent="cam-8").path
+    with pytest.raises(ConfigError, match="agent id"):
+        store.push(digits_bundle[0], agent="../escape")
+
+
+def test_rollback_to_previous_and_to_a_named_version(digits_bundle, tmp_path):
+    store = ModelStore(tmp_path / "store")
+    store.push(digits_bundle[0])
+    with pytest.raises(BundleError, match="no version older"):
+        store.rollback()
+    store.push(digits_bundle[0])
+    store.push(digits_bundle[0])
+    assert store.rollback().seq == 2
+    assert store.rollback(to="1").seq == 1
+    assert store.current().seq == 1
+    with pytest.raises(BundleError, match="no stored version 'nope'"):
+        store.rollback(to="nope")
+    history = (tmp_path / "store" / "agents" / "default" / "history.jsonl").read_text()
+    assert [json.loads(line)["event"] for line in history.splitlines()] == [
+        "push", "push", "push", "rollback", "rollback"]
+
+
+def test_a_damaged_bundle_is_not_stored(bundle_copy, tmp_path):
+    (bundle_copy / "model.onnx").write_bytes(b"tampered")
+    store = ModelStore(tmp_path / "store")
+    with pytest.raises(IntegrityError):
+        store.push(bundle_copy)
+    assert store.list() == []
+
+
+def test_models_cli(digits_bundle, tmp_path):
+    env = {**os.environ, "CACHENET_STORE": str(tmp_path / "store")}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "cachenet", "models", *args],
+                              capture_output=True, text=True, env=env, timeout=60)
+
+    assert cli("push", str(digits_bundle[0])).returncode == 0
+    assert cli("push", str(digits_bundle[0])).returncode == 0
+    listed = json.loads(cli("--json", "list").stdout)
+    assert [(v["seq"], v["current"]) for v in listed] == [(1, False), (2, True)]
+    back = cli("rollback")
+    assert back.returncode == 0 and back.stdout.startswith("*    1")
+    bad = cli("rollback", "--to", "99")
+    assert bad.returncode == 2 and "no stored version '99'" in bad.stderr
