@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from cachenet.core.install import clean_staging, install
+from cachenet.core.install import clean_staging, discard, install
 from cachenet.protocol.client import CHANNEL_OPTIONS
 from cachenet.protocol.push import PushAssembler
 from cachenet.protocol.v1 import control_pb2 as pb
@@ -101,9 +101,12 @@ class ControlClient:
             path = await asyncio.to_thread(install, self.root, header.version, files,
                                            header.manifest_json,
                                            keep=self.config.keep_bundles, protect=protect)
-            return await asyncio.to_thread(
+            reason = await asyncio.to_thread(
                 self.agent.reloader.load_and_swap, path, self.agent.model,
                 precision=self.config.precision, threads=self.config.threads)
+            if reason is not None:  # installed but cannot serve: it does not stay
+                await asyncio.to_thread(discard, self.root, path)
+            return reason
         except Exception as exc:
             log.exception("installing push %s failed", header.push_id[:64])
             return _reason(exc)

@@ -81,6 +81,14 @@ def install(root: Path, version: str, files: dict[str, bytes], manifest_json: by
     return target
 
 
+def discard(root: Path, path: Path) -> None:
+    """Remove the installed version folder ``path`` (one that failed to load)."""
+    root = root.resolve()
+    target = _inside(root, path)
+    if target.parent == root and VERSION_PATTERN.fullmatch(target.name):
+        shutil.rmtree(target, ignore_errors=True)
+
+
 def installed(root: Path) -> list[Path]:
     """The version folders under ``root``, oldest first."""
     if not root.is_dir():

@@ -84,9 +84,12 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float
 
 
 @torch.no_grad()
+@torch.no_grad()
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """The model's logits on ``x``, in batches, on whatever device the model is on."""
     model.eval()
-    outs = [model(torch.from_numpy(x[i:i + batch_size])).float().numpy()
+    device = next(model.parameters(), torch.empty(0)).device
+    outs = [model(torch.from_numpy(x[i:i + batch_size]).to(device)).float().cpu().numpy()
             for i in range(0, len(x), batch_size)]
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 

@@ -37,7 +37,7 @@ def wan(cloud):
 @pytest.fixture(scope="module")
 def edge(digits_bundle, wan, tmp):
     daemon = start_edge(digits_bundle[0], tmp, "--cloud", f"127.0.0.1:{wan.port}",
-                        "--deadline-ms", "400")
+                        "--deadline-ms", "2000")
     yield daemon
     assert daemon.stop() == 0
 

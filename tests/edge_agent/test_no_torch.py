@@ -20,7 +20,6 @@ BLOCK_TORCH = textwrap.dedent("""
 SCRIPT = BLOCK_TORCH + textwrap.dedent("""
     import numpy as np
     import edge_agent
-    from cachenet.toolchain.data.base import Normalization  # edge-safe helpers too
 
     model = edge_agent.load_cache_model(sys.argv[1])
     x = np.load(sys.argv[2])

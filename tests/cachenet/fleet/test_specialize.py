@@ -1,4 +1,4 @@
-"""Partition models: chosen from a histogram, fine-tuned without labels, calibrated, loaded."""
+"""Partition models: chosen from a histogram, made without labels, calibrated, loaded."""
 
 from __future__ import annotations
 
@@ -6,20 +6,21 @@ import numpy as np
 import pytest
 import torch
 
-from cachenet.core.gate import outcome
 from cachenet.core.runtime import load_cache_model
+from cachenet.fleet import partition as pt
 from cachenet.fleet import specialize as sp
+from cachenet.fleet.replay import ReplayData
 from cachenet.toolchain.models import load_checkpoint
 
-FAST = sp.FinetuneConfig(epochs=1, min_steps=80)
+FAST = pt.FinetuneConfig(epochs=1, min_steps=80)
 
 
 @pytest.fixture(scope="module")
 def replay(digits_bundle, digits_splits):
     from cloud_server.model import load_full_model
 
-    full, _ = load_full_model(digits_bundle[0])
-    return sp.ReplayData.from_splits(digits_splits, full)
+    full, _ = load_full_model(digits_bundle[0], device="cpu")
+    return ReplayData.from_splits(digits_splits, full)
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +33,12 @@ def test_replay_answers_are_kept_and_reused(replay, digits_bundle, digits_splits
     from cloud_server.model import load_full_model
 
     cache = tmp_path / "answers.npz"
-    full, _ = load_full_model(digits_bundle[0])
-    first = sp.ReplayData.from_splits(digits_splits, full, cache=cache)
+    full, _ = load_full_model(digits_bundle[0], device="cpu")
+    first = ReplayData.from_splits(digits_splits, full, cache=cache)
     assert cache.is_file() and np.array_equal(first.train_full, replay.train_full)
     assert np.allclose(first.train_probs.sum(1), 1.0, atol=1e-4)
     # Read back, not recomputed: there is no model to run this time.
-    again = sp.ReplayData.from_splits(digits_splits, None, cache=cache)  # type: ignore[arg-type]
+    again = ReplayData.from_splits(digits_splits, None, cache=cache)  # type: ignore[arg-type]
     assert np.array_equal(again.hold_full, first.hold_full)
     assert np.array_equal(again.train_probs, first.train_probs)
 
@@ -53,24 +54,16 @@ def test_active_classes_leave_out_the_odd_mistake():
 
 
 def test_partition_targets_and_head():
-    assert sp.partition_targets(np.array([0, 3, 5, 9]), (3, 9)).tolist() == [2, 0, 2, 1]
+    assert pt.partition_targets(np.array([0, 3, 5, 9]), (3, 9)).tolist() == [2, 0, 2, 1]
     probs = np.array([[0.1, 0.0, 0.0, 0.6, 0.0, 0.1, 0.0, 0.0, 0.0, 0.2]])
     # Soft targets: the partition's classes keep their mass, "other" gets the rest.
-    assert np.allclose(sp.partition_probs(probs, (3, 9)), [[0.6, 0.2, 0.2]])
+    assert np.allclose(pt.partition_probs(probs, (3, 9)), [[0.6, 0.2, 0.2]])
     base = torch.nn.Sequential()
     base.fc = torch.nn.Linear(4, 10)
-    model = sp.partition_model(base, (3, 9))
+    model = pt.partition_model(base, (3, 9))
     assert model.fc.out_features == 3
     assert torch.equal(model.fc.weight[0], base.fc.weight[3])
     assert torch.equal(model.fc.weight[1], base.fc.weight[9])
-
-
-def test_outcome_escalates_other_and_maps_labels():
-    part = {"classes": [3, 9], "other_index": 2}
-    logits = np.array([[5.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 1.0, 6.0]], np.float32)
-    labels, conf = outcome(logits, "max_softmax", part)
-    assert labels.tolist() == [3, 9, 9]  # "other": the best of its own classes, unsure
-    assert conf[0] > 0.9 and conf[1] > 0.9 and conf[2] == 0.0
 
 
 def test_heldout_draws_follow_the_histogram_without_repeats(replay):
@@ -91,7 +84,7 @@ def test_partition_bundle_is_calibrated_loaded_and_answers_its_classes(digits_bu
     general = verify_bundle(digits_bundle[0])
     classes = (0, 1, 6)
     hist = sp.normalise_histogram(dict.fromkeys(classes, 1), 10)
-    model = sp.train_partition(base, classes, replay, cfg=FAST)
+    model = pt.train_partition(base, classes, replay, cfg=FAST)
     cal = sp.heldout_like(hist, replay, 2000, uniform_share=0.2, half=0)
     ev = sp.heldout_like(hist, replay, 2000, half=1)
     lib = sp.write_partition_bundle(tmp_path / "lib", model, general, classes,
@@ -115,5 +108,5 @@ def test_partition_bundle_is_calibrated_loaded_and_answers_its_classes(digits_bu
     pred = loaded.predict(x)
     assert set(pred.labels.tolist()) <= set(classes)
     for i in range(20):  # the agent's per-request path reads the same answer
-        label, conf = loaded.answer_row(loaded.logits(x[i])[0])
+        label, conf = loaded.stage.read_row(loaded.logits(x[i])[0])
         assert label == pred.labels[i] and conf == pytest.approx(pred.confidence[i], abs=1e-9)

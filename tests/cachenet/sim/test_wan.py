@@ -155,23 +155,25 @@ def test_invalid_rtt_raises_config_error() -> None:
 def test_rtt_matches_profile(echo: tuple[str, int]) -> None:
     with ProxyThread(echo, LinkProfile.from_rtt(40)) as p:
         rtt = _median_rtt_ms(p.port)
-    assert 40.0 <= rtt <= 55.0, rtt
+    # The proxy never delivers early; a busy machine only adds. The upper bound is what
+    # a proxy delaying twice (each way, twice) would reach.
+    assert 40.0 <= rtt < 80.0, rtt
 
 
 def test_transient_stalls_delay_the_chunks_they_hit(proxy: ProxyThread) -> None:
     proxy.configure(LinkProfile(stall_rate=1.0, stall_ms=30.0, seed=1))
     assert _median_rtt_ms(proxy.port) >= 60.0  # every chunk, both ways
     proxy.configure(LinkProfile(stall_rate=0.0, stall_ms=30.0))
-    assert _median_rtt_ms(proxy.port) < 10.0
+    assert _median_rtt_ms(proxy.port) < 60.0  # no chunk stalls any more
 
 
 def test_zero_delay_is_fast_and_reconfigure_applies(proxy: ProxyThread) -> None:
-    assert _median_rtt_ms(proxy.port) < 10.0
+    assert _median_rtt_ms(proxy.port) < 30.0  # no Nagle-style 40 ms waits
     proxy.configure(LinkProfile.from_rtt(60))
     rtt = _median_rtt_ms(proxy.port)
-    assert 60.0 <= rtt <= 80.0, rtt
+    assert 60.0 <= rtt < 120.0, rtt
     proxy.configure(LinkProfile())
-    assert _median_rtt_ms(proxy.port) < 10.0
+    assert _median_rtt_ms(proxy.port) < 60.0  # the new profile applies
 
 
 def test_bandwidth_cap() -> None:
@@ -198,7 +200,7 @@ def test_bandwidth_cap() -> None:
         assert done.wait(TIMEOUT)
     arrived, received = got[0]
     assert received == len(payload)
-    assert 0.51 <= arrived - t0 < 0.9, arrived - t0
+    assert 0.51 <= arrived - t0 < 1.0, arrived - t0  # 1.02 s: the cap applied twice
 
 
 def test_data_and_eof_arrive_intact_and_in_order_with_jitter(echo: tuple[str, int]) -> None:
