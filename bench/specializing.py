@@ -48,8 +48,10 @@ class SpecializingCloud:
         from cloud_server.server import SPECIALIZER_HEALTH
 
         self.bundle, self.work, self.deadline_ms = bundle, work, deadline_ms
-        # Specialise at the agreement target the general model was calibrated to.
-        target = verify_bundle(bundle).gate.get("calibration", {}).get("target", 0.99)
+        # Specialise at the agreement target the general model was calibrated to (a
+        # bundle calibrated to an escalation budget has none: the default, 0.99).
+        cal = verify_bundle(bundle).gate.get("calibration", {})
+        target = cal.get("target", 0.99) if cal.get("mode") == "agreement" else 0.99
         self.cloud = Process("cloud_server", [
             "--target", str(target),
             "--bundle", str(bundle), "--port", "0", "--store", str(work / "store"),

@@ -15,6 +15,7 @@ output is reproducible.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -46,6 +47,9 @@ def generate(out: Path) -> list[Path]:
             dst.parent.mkdir(parents=True, exist_ok=True)
             text = src.read_text().replace(f"from {WIRE_PACKAGE} import",
                                            f"from {PYTHON_PACKAGE} import")
+            # The module name the generated classes record as theirs.
+            text = re.sub(rf"'{re.escape(WIRE_PACKAGE)}\.(\w+_pb2)'",
+                          rf"'{PYTHON_PACKAGE}.\1'", text)
             dst.write_text(text)
             written.append(dst)
     init = out / Path(*PYTHON_PACKAGE.split(".")) / "__init__.py"

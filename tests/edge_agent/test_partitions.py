@@ -7,6 +7,7 @@ import pytest
 from cachenet.core.bundle import verify_bundle
 from cachenet.core.runtime import load_cache_model
 from cachenet.fleet import specialize as sp
+from cachenet.fleet.partition import partition_model
 from cachenet.toolchain.models import load_checkpoint
 from edge_agent.partitions import ModelSet
 
@@ -20,7 +21,7 @@ def models(digits_bundle, digits_splits, tmp_path_factory):
     out = {"general": load_cache_model(digits_bundle[0])}
     for classes in ((0, 1, 2), (3, 4, 5), (6, 7, 8)):
         # Untrained heads are enough here: these tests are about choosing, not answering.
-        m = sp.write_partition_bundle(root / str(classes), sp.partition_model(base, classes),
+        m = sp.write_partition_bundle(root / str(classes), partition_model(base, classes),
                                       general, classes, canary_x=digits_splits.test.x[:16],
                                       exporter="torchscript")
         out[classes] = load_cache_model(m.root)
