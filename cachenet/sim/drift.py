@@ -72,8 +72,8 @@ def _rate(sources: list[str]) -> float | None:
 
 def run_phase(client: Any, x: np.ndarray, y: np.ndarray, classes: tuple[int, ...], *,
               after: int, max_wait_s: float, timeout: float, seed: int) -> dict[str, Any]:
-    """Stream inputs of ``classes`` until a partition model for them is active, then
-    ``after`` more; returns the phase's figures."""
+    """Stream inputs of ``classes`` until a partition model that answers all of them is
+    active, then ``after`` more; returns the phase's figures."""
     rng = np.random.default_rng(seed)
     before: list[str] = []
     later: list[str] = []
@@ -95,7 +95,7 @@ def run_phase(client: Any, x: np.ndarray, y: np.ndarray, classes: tuple[int, ...
         if arrived_at is None and len(before) % 10 == 0:
             models = client.stats()["models"]
             active = models["partitions"].get(models["active"])
-            if active and set(active) & set(classes):
+            if active and set(classes) <= set(active):  # a model for this phase
                 arrived_at = time.monotonic() - started
                 log.info("phase %s: specialised model %s (classes %s) active after %d "
                          "requests, %.1f s", classes, models["active"], active, len(before),
