@@ -3,7 +3,7 @@
 
 The stream (seeded): runs of mean length 50, two or three classes active in
 each run, images from the test split. For each run, a partition model for its
-classes is made as the cloud makes one (:func:`cachenet.fleet.specialize.train_partition`
+classes is made as the cloud makes one (:func:`cachenet.fleet.partition.train_partition`
 from the general cache model on the training split, with the full model's
 answers, no human labels; reused when the same classes come again) and its
 threshold is calibrated at each agreement target on the calibration split drawn
@@ -39,7 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 from cachenet.core import cascade  # noqa: E402
 from cachenet.core.bundle import verify_bundle  # noqa: E402
+from cachenet.fleet import partition as pt  # noqa: E402
 from cachenet.fleet import specialize as sp  # noqa: E402
+from cachenet.fleet.replay import ReplayData  # noqa: E402
 from cachenet.sim.stream import class_run_stream  # noqa: E402
 from cachenet.toolchain.data import load_splits  # noqa: E402
 from cachenet.toolchain.export import onnx_logits  # noqa: E402
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", type=float, nargs="+", default=[0.99, 0.97, 0.95],
                    help="agreement targets (the first is the headline)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=sp.FinetuneConfig.epochs,
+    p.add_argument("--epochs", type=int, default=pt.FinetuneConfig.epochs,
                    help="fine-tuning epochs a partition (default: the cloud's)")
     p.add_argument("--out", type=Path, help="also write the JSON (and a .md beside it) here")
     p.add_argument("--json", action="store_true")
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     full, _ = load_full_model(args.bundle, device="cpu")
     base, _, _ = load_checkpoint(args.bundle / bundle.data["full_model"]["cache_checkpoint"])
     splits = load_splits(args.dataset, seed=int(bundle.data["dataset"]["seed"]))
-    replay = sp.ReplayData.from_splits(splits, full)
+    replay = ReplayData.from_splits(splits, full)
     idx, groups = class_run_stream(splits.test.y, args.requests, mean_run=args.mean_run,
                                    active=(2, 3), seed=args.seed, return_groups=True)
     x, y = splits.test.x[idx], splits.test.y[idx]
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     general = {"logits": onnx_logits(onnx, x), "calib_logits": onnx_logits(onnx, splits.calib.x),
                "calib_full": replay.hold_full}
 
-    cfg = sp.FinetuneConfig(epochs=args.epochs, seed=args.seed)
+    cfg = pt.FinetuneConfig(epochs=args.epochs, seed=args.seed)
     library: dict[tuple[int, ...], object] = {}
     train_s = 0.0
     runs = []
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         classes = sp.active_classes(hist)
         if classes not in library:
             t0 = time.perf_counter()
-            library[classes] = sp.train_partition(base, classes, replay, cfg=cfg)
+            library[classes] = pt.train_partition(base, classes, replay, cfg=cfg)
             train_s += time.perf_counter() - t0
         cal = sp.heldout_like(hist, replay, 4000, uniform_share=0.2, half=0, seed=start)
         scored = sp.Scored(predict_logits(library[classes], replay.hold_x[cal]),

@@ -9,7 +9,8 @@ from cachenet.protocol.client import (
     make_request,
     map_grpc_errors,
     parse_response,
+    to_cloud_error,
 )
 
 __all__ = ["CHANNEL_OPTIONS", "AsyncCloudClient", "CloudAnswer", "CloudClient", "make_request",
-           "map_grpc_errors", "parse_response"]
+           "map_grpc_errors", "parse_response", "to_cloud_error"]

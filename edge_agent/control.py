@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from cachenet.core.install import clean_staging, discard, install
+from cachenet.exceptions import CachenetError
 from cachenet.protocol.client import CHANNEL_OPTIONS
 from cachenet.protocol.push import PushAssembler
 from cachenet.protocol.v1 import control_pb2 as pb
@@ -96,8 +97,7 @@ class ControlClient:
         """Install and swap in a push; the reason it was rejected, or None. Never raises:
         whatever goes wrong (the disk, the bundle, a bug) is the push's rejection."""
         try:
-            current = self.agent.model
-            protect = (current.manifest.root,) if current else ()
+            protect = self._in_use()
             path = await asyncio.to_thread(install, self.root, header.version, files,
                                            header.manifest_json,
                                            keep=self.config.keep_bundles, protect=protect)
@@ -105,11 +105,21 @@ class ControlClient:
                 self.agent.reloader.load_and_swap, path, self.agent.model,
                 precision=self.config.precision, threads=self.config.threads)
             if reason is not None:  # installed but cannot serve: it does not stay
-                await asyncio.to_thread(discard, self.root, path)
+                await asyncio.to_thread(discard, self.root, path, protect=self._in_use())
             return reason
-        except Exception as exc:
+        except CachenetError as exc:  # the push's own fault: _settle logs it
+            return _reason(exc)
+        except Exception as exc:  # a bug of ours: the traceback, and the push is refused
             log.exception("installing push %s failed", header.push_id[:64])
             return _reason(exc)
+
+    def _in_use(self) -> tuple[Path, ...]:
+        """Folders a push may never replace or prune: the configured bundle and every
+        model the agent holds (general, partitions, the active one)."""
+        held = self.agent.models.held() if self.agent.models is not None else []
+        models = [*held, self.agent.model] if self.agent.model is not None else held
+        bundle = (Path(self.config.bundle),) if self.config.bundle else ()
+        return (*bundle, *(m.manifest.root for m in models))
 
     async def ack(self, push_id: str, version: str, reason: str | None) -> None:
         await self.stub.Ack(pb.AckRequest(
@@ -141,13 +151,21 @@ class ControlClient:
             push_id = getattr(msg, kind).push_id if kind else ""
             if kind != "header" and refused is not None and push_id == refused:
                 continue
+            pending = assembler.header  # the push being received, if any
+            if kind == "header" and pending is not None:  # a new push before this one ended
+                self.counts["received"] += 1
+                await self._settle(pending.push_id, pending.version,
+                                   "IntegrityError: a new push began before this one ended")
             try:
                 done = assembler.feed(msg)
             except Exception as exc:  # a malformed push: this one is refused, not the next
-                assembler, refused = PushAssembler(), push_id
+                failed = pending if kind != "header" and pending is not None else None
+                failed_id = failed.push_id if failed is not None else push_id
+                version = (failed.version if failed is not None
+                           else msg.header.version if kind == "header" else "")
+                assembler, refused = PushAssembler(), failed_id
                 self.counts["received"] += 1
-                await self._settle(push_id, msg.header.version if kind == "header" else "",
-                                   _reason(exc))
+                await self._settle(failed_id, version, _reason(exc))
                 continue
             if done is not None:
                 header, files = done

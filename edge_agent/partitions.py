@@ -88,6 +88,11 @@ class ModelSet:
         self.recent.clear()
         return target
 
+    def held(self) -> list[CacheModel]:
+        """Every model held: the general one and the partition models."""
+        with self._lock:
+            return [self.general, *self.partitions.values()]
+
     def snapshot(self) -> dict[str, object]:
         return {"active": self.active.version, "general": self.general.version,
                 "partitions": {v: list(m.partition or ()) for v, m in self.partitions.items()},

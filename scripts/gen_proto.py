@@ -6,8 +6,8 @@ The .proto files keep the wire's own path, ``proto/cachenet/v1/`` (package
 code lives with the rest of the protocol layer, ``cachenet/protocol/v1/``, so
 the generated imports (``from cachenet.v1 import ...``) are rewritten to it.
 
-The generated files are committed; tests/test_proto.py regenerates them into a
-temporary directory and fails if the committed ones are stale. Needs
+The generated files are committed; tests/cachenet/protocol/test_proto.py regenerates
+them into a temporary directory and fails if the committed ones are stale. Needs
 grpcio-tools (the dev extra); its version is pinned in constraints.txt so the
 output is reproducible.
 """

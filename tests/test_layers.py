@@ -2,7 +2,8 @@
 
 ::
 
-    cli, sim                       may use everything, and start the daemons
+    sim                            everything below, and starts the daemons
+    cli                            everything below sim, and sim
     cloud_server                   core, protocol, toolchain, fleet
     edge_agent                     core, protocol          (what a device runs)
     fleet                          core, protocol, toolchain

@@ -43,6 +43,13 @@ def _write_files(staging: Path, files: dict[str, bytes], manifest_json: bytes) -
     (staging / MANIFEST).write_bytes(manifest_json)
 
 
+def _replaceable(path: Path, protect: tuple[Path, ...]) -> bool:
+    """An installed version folder (a version name holding a manifest), not in use."""
+    return (path.is_dir() and not path.is_symlink() and (path / MANIFEST).is_file()
+            and VERSION_PATTERN.fullmatch(path.name) is not None
+            and path.resolve() not in {p.resolve() for p in protect})
+
+
 def install(root: Path, version: str, files: dict[str, bytes], manifest_json: bytes, *,
             keep: int = 3, protect: tuple[Path, ...] = ()) -> Path:
     """Write a pushed bundle to ``root/<version>`` atomically; keep the newest ``keep``.
@@ -50,16 +57,20 @@ def install(root: Path, version: str, files: dict[str, bytes], manifest_json: by
     ``files`` (name -> bytes) and ``manifest_json`` must make a bundle that verifies,
     whose manifest says ``version`` and lists exactly ``files``. Any failure, the
     disk's included, raises a :class:`~cachenet.exceptions.BundleError` and leaves
-    ``root`` as it was; ``protect`` (the folders in use) is never pruned.
+    ``root`` as it was. ``protect`` (the folders in use, the configured bundle) is
+    never replaced nor pruned, and neither is a folder that is not an installed version.
     """
     check_version(version, "pushed version")
-    root.mkdir(parents=True, exist_ok=True)
-    root = root.resolve()
-    target = _inside(root, root / version)
-    if target.parent != root:
-        raise IntegrityError(f"version {version!r} does not name a folder of {root}")
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        root = root.resolve()
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
+    except OSError as exc:
+        raise BundleError(f"cannot install version {version} into {root}: {exc}") from exc
+    try:
+        target = _inside(root, root / version)
+        if target.parent != root:
+            raise IntegrityError(f"version {version!r} does not name a folder of {root}")
         _write_files(staging, files, manifest_json)
         manifest = verify_bundle(staging)  # the manifest vouches for exactly these bytes
         if manifest.version != version:
@@ -68,7 +79,10 @@ def install(root: Path, version: str, files: dict[str, bytes], manifest_json: by
         if set(manifest.files) != set(files):
             raise IntegrityError(f"the push carries {sorted(files)}, its manifest lists "
                                  f"{sorted(manifest.files)}")
-        if target.exists():
+        if target.exists() or target.is_symlink():
+            if not _replaceable(target, protect):
+                raise IntegrityError(f"{target} exists and is not an installed version this "
+                                     "agent may replace (it is in use, or not a bundle)")
             shutil.rmtree(target)
         staging.rename(target)
     except CachenetError:
@@ -81,11 +95,12 @@ def install(root: Path, version: str, files: dict[str, bytes], manifest_json: by
     return target
 
 
-def discard(root: Path, path: Path) -> None:
-    """Remove the installed version folder ``path`` (one that failed to load)."""
+def discard(root: Path, path: Path, *, protect: tuple[Path, ...] = ()) -> None:
+    """Remove the installed version folder ``path`` (one that failed to load), unless it
+    is in ``protect``."""
     root = root.resolve()
     target = _inside(root, path)
-    if target.parent == root and VERSION_PATTERN.fullmatch(target.name):
+    if target.parent == root and _replaceable(target, protect):
         shutil.rmtree(target, ignore_errors=True)
 
 

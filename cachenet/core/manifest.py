@@ -131,13 +131,27 @@ def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _obj(data: dict, key: str, *, optional: bool = False) -> dict | None:
+def _obj(data: dict, key: str, *, optional: bool = False, nullable: bool = False
+         ) -> dict | None:
+    """``data[key]`` as an object: absent is allowed when ``optional``, null when
+    ``nullable``."""
+    if key not in data and optional:
+        return None
     v = data.get(key)
-    if v is None and optional:
+    if v is None and nullable:
         return None
     if not isinstance(v, dict):
         raise ManifestError(f"'{key}' must be an object, got {type(v).__name__}")
     return v
+
+
+def _finite(v: object) -> bool:
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _str(v: object, where: str) -> str:
@@ -167,7 +181,7 @@ def _gate(v: object, where: str) -> None:
         raise ManifestError(f"'{where}.score' must be one of {', '.join(SCORES)}, got "
                             f"{v.get('score')!r:.80}")
     t = v.get("threshold")
-    if not isinstance(t, int | float) or isinstance(t, bool) or not math.isfinite(t):
+    if not _finite(t):
         raise ManifestError(f"'{where}.threshold' must be a finite number, got {t!r:.80}")
 
 
@@ -231,10 +245,13 @@ def _check_references(data: dict) -> None:
     referenced += [_file(f, f"variants.{k}") for k, f in variants.items()]
     for k, g in (_obj(data, "variant_gates", optional=True) or {}).items():
         _gate(g, f"variant_gates.{k}")
-    canary = _obj(data, "canary", optional=True)
+    canary = _obj(data, "canary", optional=True, nullable=True)
     if canary is not None:
         referenced.append(_file(canary.get("file"), "canary.file"))
-    full = _obj(data, "full_model", optional=True)
+        n = canary.get("n", 0)
+        if not _is_int(n) or n < 0:
+            raise ManifestError(f"'canary.n' must be a non-negative integer, got {n!r:.40}")
+    full = _obj(data, "full_model", optional=True, nullable=True)
     if full is not None:
         files = full.get("files", [])
         if not isinstance(files, list):

@@ -122,6 +122,9 @@ def check_model(model: CacheModel) -> None:
         raise IntegrityError(f"the model answers a zero input with logits of shape "
                              f"{got.shape}; the manifest needs (1, {width}): one per "
                              f"{'partition class and other' if model.partition else 'class'}")
+    if not np.issubdtype(got.dtype, np.floating) or not np.isfinite(got).all():
+        raise IntegrityError(f"the model answers a zero input with {got.dtype} logits that "
+                             "are not all finite numbers")
 
 
 def _read_canary(model: CacheModel, file: str) -> dict[str, np.ndarray]:

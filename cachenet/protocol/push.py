@@ -22,6 +22,8 @@ from cachenet.exceptions import IntegrityError, ManifestError
 from cachenet.protocol.v1 import control_pb2 as pb
 
 CHUNK_BYTES = 256 << 10
+#: Files a push may carry: a bundle holds a handful.
+MAX_FILES = 256
 
 
 def iter_push(bundle: Path, push_id: str, *, chunk_bytes: int = CHUNK_BYTES
@@ -91,6 +93,9 @@ class PushAssembler:
         if folders & set(names):
             raise IntegrityError(f"push {h.push_id[:64]!r} lists a file that is also a folder "
                                  f"of another: {sorted(folders & set(names))}")
+        if len(h.files) > MAX_FILES or any(f.size < 0 for f in h.files):
+            raise IntegrityError(f"push {h.push_id[:64]!r} lists {len(h.files)} files (at most "
+                                 f"{MAX_FILES}) or a negative size")
         total = sum(f.size for f in h.files)
         if total > self.max_bytes:
             raise IntegrityError(f"push {h.push_id[:64]!r} is {total} bytes, over the limit of "

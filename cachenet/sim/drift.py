@@ -153,14 +153,14 @@ def run_drift_demo(*, rtt_ms: float = 40.0, after: int = 300, max_wait_s: float 
             results.append(run_phase(client, px, py, classes, after=after,
                                      max_wait_s=max_wait_s, timeout=deadline / 1e3 + 5,
                                      seed=seed + n))
-        reloads = client.stats()["reloads"]
+        pushes = client.stats()["control"]  # every push, refused on arrival or not
         if keep_logs is not None:
             keep_logs.mkdir(parents=True, exist_ok=True)
             stack.close()
             for proc in (cloud, edge):
                 (keep_logs / proc.log_path.name).write_bytes(proc.log_path.read_bytes())
     return {"scenario": "drift", "rtt_ms": rtt_ms, "target": DRIFT_TARGET, "phases": results,
-            "pushes_applied": reloads["applied"], "pushes_rejected": reloads["rejected"],
+            "pushes_applied": pushes["applied"], "pushes_rejected": pushes["rejected"],
             "failed_requests": sum(p["failed"] for p in results),
             "bundle": str(bundle), "wall_s": round(time.monotonic() - started, 2)}
 

@@ -125,6 +125,14 @@ def test_bad_pushes_are_refused_and_the_next_good_one_is_applied(cloud, device, 
                 assert not ack.applied and reason in ack.reason, (n, ack.reason)
                 assert ack.push_id == messages[0].header.push_id
             assert len(servicer.acks) == len(bad)  # one ack a push, not one a chunk
+            # A push cut short by the next one: both are answered.
+            cut = hostile(device / "bundle", "p-cut", version="h-cut")[:2]
+            servicer.pushes.put(cut + hostile(device / "bundle", "p-next", version=".."))
+            wait_until(lambda: len(servicer.acks) == len(bad) + 2)
+            assert [(a.push_id, a.applied) for a in servicer.acks[-2:]] == [
+                ("p-cut", False), ("p-next", False)]
+            assert "a new push began" in servicer.acks[-2].reason
+            bad += [cut, cut]  # two more rejections in the agent's counts
             assert admin.stats()["model"]["version"] == before  # the old model serves
             good = repack(device / "bundle", tmp_path / "good", {"notes.txt": device / "bundle"
                                                                 / "manifest.json"})
@@ -135,7 +143,7 @@ def test_bad_pushes_are_refused_and_the_next_good_one_is_applied(cloud, device, 
             control = admin.stats()["control"]
         assert (control["state"], control["rejected"], control["applied"]) == (
             "subscribed", len(bad), 1)
-        assert "manifest needs (1, 9)" in control["last_error"]
+        assert "is not a bundle version" in control["last_error"]  # p-next, the last refused
         assert load.failed == 0 and load.ok == load.sent
     finally:
         assert agent.stop() == 0

@@ -54,6 +54,23 @@ def test_a_good_push_installs_and_pruning_spares_what_is_not_a_version(parts, de
     assert untouched(device)
 
 
+@pytest.mark.parametrize("kind", ["not a bundle", "in use"])
+def test_a_push_never_replaces_a_folder_that_is_not_its_to_replace(parts, device, kind):
+    """A valid version that names the operator's folder, or the version in use."""
+    manifest, files, _ = parts
+    state = device / "state"
+    name = "notes" if kind == "not a bundle" else manifest["version"]
+    (state / name).mkdir(parents=True)
+    (state / name / "manifest.json").write_text("mine")
+    if kind == "not a bundle":
+        (state / name / "manifest.json").unlink()
+        (state / name / "a.txt").write_text("mine")
+    forged = json.dumps({**manifest, "version": name}).encode()
+    with pytest.raises(IntegrityError, match="not an installed version this agent may replace"):
+        install(state, name, files, forged, protect=(state / name,))
+    assert [p.read_text() for p in (state / name).iterdir()] == ["mine"]
+
+
 def test_a_version_folder_that_links_outside_is_refused(parts, device):
     manifest, files, raw = parts
     state = device / "state"
@@ -61,7 +78,7 @@ def test_a_version_folder_that_links_outside_is_refused(parts, device):
     (state / manifest["version"]).symlink_to(device / "victim")
     with pytest.raises(IntegrityError, match="outside the state directory"):
         install(state, manifest["version"], files, raw)
-    assert untouched(device)
+    assert untouched(device) and not list(state.glob(".incoming-*"))
 
 
 def test_the_manifest_must_list_exactly_the_files_that_came(parts, device):

@@ -55,6 +55,10 @@ BAD = {
                         "'partition.other_index'"),
     "canary a list": (lambda d: d.update(canary=["canary.npz"]), "'canary' must be an object"),
     "format true": (lambda d: d.update(format=True), "format"),
+    "variants null": (lambda d: d.update(variants=None), "'variants' must be an object"),
+    "variant gates null": (lambda d: d.update(variant_gates=None), "'variant_gates'"),
+    "threshold huge": (lambda d: d["gate"].update(threshold=10**400), "'gate.threshold'"),
+    "canary n negative": (lambda d: d["canary"].update(n=-1), "'canary.n'"),
     "name empty": (lambda d: d.update(name=""), "'name'"),
 }
 

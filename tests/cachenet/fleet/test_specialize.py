@@ -99,7 +99,9 @@ def test_partition_bundle_is_calibrated_loaded_and_answers_its_classes(digits_bu
                      scored(general.root, None), general.gate["threshold"],
                      full_calib=replay.hold_full[cal], full_eval=replay.hold_full[ev],
                      score_kind="max_softmax", target=0.95, delta=0.05)
-    assert cmp.current_hit_rate > 0 and 0 <= cmp.candidate_hit_rate <= 1
+    # Where the candidate is unsure the general model answers as it does now, so the
+    # cascade answers at least what the general model alone does, whatever the training.
+    assert cmp.current_hit_rate > 0 and cmp.candidate_hit_rate >= cmp.current_hit_rate
     tuned = sp.calibrated_copy(lib.root, tmp_path / "tuned", cmp)
     assert tuned.version != lib.version and tuned.gate["threshold"] == cmp.threshold
     loaded = load_cache_model(tuned.root)  # hashes and canaries checked

@@ -55,6 +55,15 @@ def test_a_header_whose_files_cannot_be_installed_is_refused(names, match):
         PushAssembler().feed(messages[0])
 
 
+def test_negative_sizes_cannot_hide_a_huge_file_from_the_limit():
+    """Sizes of 2^40 and -2^40 sum to 0: each must be checked, not only the sum."""
+    files = {"a": b"x", "b": b"y"}
+    header = raw_push("neg", "v1", files, rehashed({"version": "v1"}, files))[0]
+    header.header.files[0].size, header.header.files[1].size = 1 << 40, -(1 << 40)
+    with pytest.raises(IntegrityError, match="negative size"):
+        PushAssembler(max_bytes=1000).feed(header)
+
+
 def test_chunks_past_a_files_declared_size_are_refused_as_they_arrive(digits_bundle):
     """A header declaring a 1-byte file, then far more bytes of valid chunks."""
     files = {"model.onnx": b"x"}
