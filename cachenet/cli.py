@@ -274,6 +274,55 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_layercache(sub: argparse._SubParsersAction) -> None:
+    from cachenet.layercache import KINDS
+
+    p = sub.add_parser("layercache", help="add calibrated layer caches to a bundle",
+                       description="Fit layer caches (early answers at a model's inner "
+                       "layers: kNN, approximate-key and learned heads) to a bundle's full "
+                       "model (the cloud) and cache model (the edge, as ONNX segments), "
+                       "calibrate them together to the agreement target, and write a new "
+                       "bundle. Give the data set and seed the bundle was built with.")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--where", default="cloud,edge", help="cloud, edge or both (default)")
+    p.add_argument("--kinds", default="akey,knn,learned",
+                   help=f"kinds to consider, of {', '.join(sorted(KINDS))} (default: all)")
+    p.add_argument("--target", type=float, default=0.99, help="agreement with the full model")
+    p.add_argument("--delta", type=float, default=0.05)
+    p.add_argument("--budget", type=float, default=0.05,
+                   help="all lookups together cost at most this share of the model's MACs")
+    p.add_argument("--refresh", type=float, default=0.02,
+                   help="share of hits re-checked against the full model when serving")
+    p.add_argument("--cache-dir", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run_layercache)
+
+
+def _run_layercache(args: argparse.Namespace) -> int:
+    from cachenet.toolchain.layerbundle import add_layer_caches
+    from cachenet.toolchain.layerfit import LayerCacheConfig
+
+    cfg = LayerCacheConfig(kinds=tuple(k for k in args.kinds.split(",") if k),
+                           target=args.target, delta=args.delta, budget=args.budget,
+                           refresh_rate=args.refresh)
+    report = add_layer_caches(args.bundle, args.out, dataset=args.dataset, seed=args.seed,
+                              where=tuple(w for w in args.where.split(",") if w), cfg=cfg,
+                              cache_dir=args.cache_dir)
+    for where in ("cloud", "edge"):
+        c = report.get(where)
+        if c is not None:
+            print(f"{where}: layer caches answer {c['hit_rate']:.3f} of calibration inputs, "
+                  f"agreement {_fmt(c.get('agreement'), '.4f')} (bound >= "
+                  f"{_fmt(1 - c.get('disagreement_ucb', 1.0), '.4f')})")
+    print(f"bundle {args.out} version {report['version']}")
+    if args.json:
+        print(json.dumps(_finite(report)))
+    return 0
+
+
 def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="the cloud's versioned store of cache bundles",
                        description="List, push and roll back the cache bundles the cloud "
@@ -318,6 +367,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_build(sub)
     _add_demo(sub)
+    _add_layercache(sub)
     _add_models(sub)
     return parser
 

@@ -53,6 +53,13 @@ def make_parser() -> argparse.ArgumentParser:
                    help="how partition models are made: finetune (the general cache model "
                    "fine-tuned, the default) or oracle (the full model folded into the "
                    "partition's classes: the upper bound, as large as the full model)")
+    p.add_argument("--layer-cache", action="store_true",
+                   default=_env("LAYER_CACHE", "0") not in ("0", "", "false"),
+                   help="serve the full model with the bundle's layer caches (off by "
+                        "default; add them with `cachenet layercache`)")
+    p.add_argument("--layer-cache-refresh", type=float, default=None,
+                   help="share of layer-cache hits re-checked by the whole model "
+                        "(default: the bundle's)")
     p.add_argument("--report-interval", type=int, default=30,
                    help="seconds between agents' stats reports (control plane)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds to drain on shutdown")
@@ -76,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
             max_queue_size=args.max_queue_size, store=args.store, specialize=args.specialize,
             replay=args.replay, library=args.library, report_interval_s=args.report_interval,
+            layer_cache=args.layer_cache, layer_cache_refresh=args.layer_cache_refresh,
             specializer=SpecializerConfig(
                 min_interval_s=args.specialize_interval,
                 escalation_trigger=args.escalation_trigger, target=args.target,

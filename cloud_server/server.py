@@ -37,6 +37,7 @@ from cachenet.protocol.v1 import control_pb2, control_pb2_grpc
 from cachenet.protocol.v1 import inference_pb2 as pb
 from cloud_server.batcher import DynamicBatcher
 from cloud_server.control import ControlService
+from cloud_server.layered import LayeredStats, layered_runner, load_layer_cascade
 from cloud_server.model import load_full_model
 from cloud_server.service import InferenceService, ModelCard, add_to_server
 from cloud_server.specializer import Specializer, SpecializerConfig, build_specializer
@@ -78,6 +79,8 @@ class ServerConfig:
     grace_s: float = 10.0
     stats_interval_s: float = 30.0
     ready_file: Path | None = None
+    layer_cache: bool = False  # serve with the bundle's layer caches
+    layer_cache_refresh: float | None = None  # share of hits re-checked (None: the bundle's)
 
 
 def torch_runner(model: nn.Module, device: torch.device):
@@ -91,7 +94,10 @@ def torch_runner(model: nn.Module, device: torch.device):
     return run
 
 
-def load_card_and_runner(bundle: Path, device: str | None):
+def load_card_and_runner(bundle: Path, device: str | None, *, layer_cache: bool = False,
+                         refresh_rate: float | None = None, stats: LayeredStats | None = None):
+    """The model card and ``run_batch`` of the bundle's full model; with ``layer_cache``,
+    served through its layer caches (:mod:`cloud_server.layered`)."""
     model, manifest = load_full_model(bundle, device=device)
     dev = next(model.parameters(), torch.empty(0)).device
     spec = manifest.input
@@ -100,6 +106,10 @@ def load_card_and_runner(bundle: Path, device: str | None):
     card = ModelCard(name=name, version=manifest.files[info["files"][0]]["sha256"][:12],
                      input_shape=tuple(int(d) for d in spec["shape"][1:]),
                      input_dtype=spec["dtype"], classes=manifest.classes, device=str(dev))
+    if layer_cache:
+        cascade = load_layer_cascade(manifest, Path(bundle), refresh_rate=refresh_rate)
+        log.info("layer caches on: %s", ", ".join(r.name for r in cascade.rules) or "none")
+        return card, layered_runner(model, cascade, stats)
     return card, torch_runner(model, dev)
 
 
@@ -142,12 +152,16 @@ class CloudServer:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.specializer_task: asyncio.Task | None = None
+        self.layered: LayeredStats | None = None
 
     async def startup(self) -> None:
         c = self.config
         if c.specialize and c.store is None:
             raise ConfigError("specialisation pushes through the model store: give --store")
-        card, runner = load_card_and_runner(c.bundle, c.device)
+        self.layered = LayeredStats() if c.layer_cache else None
+        card, runner = load_card_and_runner(c.bundle, c.device, layer_cache=c.layer_cache,
+                                            refresh_rate=c.layer_cache_refresh,
+                                            stats=self.layered)
         self.server, self.port = await create_server(
             card, runner, host=c.host, port=c.port, max_batch_size=c.max_batch_size,
             max_queue_delay_us=c.max_queue_delay_us, max_queue_size=c.max_queue_size,
@@ -193,6 +207,8 @@ class CloudServer:
         log.info("requests %s; batches %d, mean batch size %.2f, sizes %s",
                  parts.service.counts, s.batches, s.mean_batch_size(),
                  dict(sorted(s.batch_sizes.items())))
+        if self.layered is not None:
+            log.info("layer caches: %s", self.layered.snapshot())
 
     async def main_loop(self) -> None:
         while not self.should_exit.is_set():

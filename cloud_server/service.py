@@ -155,7 +155,11 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             self.counts["error"] += 1
             raise RequestError(grpc.StatusCode.INTERNAL, f"model failed: {exc}") from None
         self.counts["ok"] += 1
-        logits = result.logits.astype(np.float32, copy=False)
+        rows = result.logits  # an array, or the layer caches' rows (cloud_server.layered)
+        logits = getattr(rows, "logits", rows).astype(np.float32, copy=False)
+        layered = {"answered_by": rows.by} if hasattr(rows, "by") else {}
+        macs = {"macs": int(rows.macs.sum()), "full_macs": rows.full_macs * len(rows)} \
+            if hasattr(rows, "macs") else {}
         if self.observer is not None and request.agent_id:
             self.observer(request.agent_id, x, logits.argmax(1))
         probs = softmax(logits)
@@ -166,7 +170,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             labels=logits.argmax(1).tolist(), confidences=probs.max(1).tolist(),
             timings=pb.Timings(queue_us=result.queue_us, compute_us=result.compute_us,
                                total_us=int((time.perf_counter() - received) * 1e6),
-                               batch_size=result.batch_size))
+                               batch_size=result.batch_size, **macs), **layered)
 
     async def Infer(self, request: pb.InferRequest,
                     context: grpc.aio.ServicerContext) -> pb.InferResponse:

@@ -28,6 +28,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "int8"])
     p.add_argument("--agent-id")
     p.add_argument("--ready-file", type=Path, help="write {endpoint, pid} here once serving")
+    p.add_argument("--no-layer-cache", dest="layer_cache", action="store_false", default=None,
+                   help="ignore the bundle's layer caches")
     p.add_argument("--log-level")
     return p
 
@@ -42,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              cloud=args.cloud, deadline_ms=args.deadline_ms,
                              threads=args.threads, precision=args.precision,
                              agent_id=args.agent_id, ready_file=args.ready_file,
-                             log_level=args.log_level)
+                             log_level=args.log_level, layer_cache=args.layer_cache)
         logging.basicConfig(level=config.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         EdgeAgent(config).serve()

@@ -41,6 +41,7 @@ import zmq
 from cachenet.core import cascade
 from cachenet.core.runtime import CacheModel, load_cache_model
 from cachenet.exceptions import CachenetError, CloudError, InputSpecError, ProtocolError
+from cachenet.layercache.edge import EdgeLayers, load_edge_layers
 from cachenet.protocol.client import AsyncCloudClient
 from edge_agent import wire
 from edge_agent.config import AgentConfig
@@ -72,6 +73,8 @@ class EdgeAgent:
         self.stats = AgentStats(config.latency_window)
         self.should_exit = threading.Event()
         self.inflight = 0
+        #: escalated requests whose layer caches wait for the cloud's answer (by id(answer))
+        self.settling: dict[int, tuple[Any, Any]] = {}
         # Escalations: run on `self.loop` in another thread; finished answers come
         # back through `self.done` and a wake-up byte on an inproc PAIR socket.
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -91,6 +94,7 @@ class EdgeAgent:
             if c.bundle is None:
                 raise CachenetError("no bundle configured (--bundle or CACHENET_BUNDLE)")
             self._model = load_cache_model(c.bundle, precision=c.precision, threads=c.threads)
+            self._model.layers = load_edge_layers(self._model.manifest, c.threads)
         self.models = ModelSet(self._model, k=c.partition_models)
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -261,8 +265,20 @@ class EdgeAgent:
               t0: int) -> None:
         model = self.model  # one reference: a swapped-in model serves the next request
         t1 = time.perf_counter_ns()
-        logits = model.session.run(None, {model.input_name: x})[0]
         custom = header.get("gate")  # this request's own gate (a baseline): no hand-over
+        policy = header.get("policy", "auto")
+        layers: EdgeLayers | None = model.layers if (  # type: ignore[assignment]
+            self.config.layer_cache and custom is None and policy != "cloud") else None
+        settle = None
+        if layers is not None:
+            answered = layers.cascade.run(layers.runner, x, 1)
+            if answered.by[0] >= 0:  # a layer cache answered, with the full model's label
+                self.layer_hit(envelope, header, model, layers, answered, t0, t1)
+                return
+            logits = answered.logits
+            settle = (layers.cascade, answered)
+        else:
+            logits = model.session.run(None, {model.input_name: x})[0]
         stage = model.stage if custom is None else model.stage.with_gate(custom)
         general = (self.models.general if self.models is not None and custom is None
                    and model.partition is not None else None)
@@ -276,11 +292,14 @@ class EdgeAgent:
         if general is not None and verdict.by != cascade.ACTIVE:
             versions["cache_general"] = general.version
         label, conf, sure = verdict.label, verdict.confidence, verdict.local
+        if settle is not None and settle[1].checks:
+            sure = False  # auto-refresh: this hit goes to the cloud to be re-checked
         t2 = time.perf_counter_ns()
         answer = {"id": header.get("id"), "ok": True, "label": label,
                   "class": model.manifest.classes[label], "confidence": conf,
                   "versions": versions, "latency_us": {"edge_infer": (t2 - t1) / 1e3}}
-        policy = header.get("policy", "auto")
+        if settle is not None:
+            answer["answered_by"] = "model"
         if policy == "edge" or (policy == "auto" and sure):
             self.finish(envelope, answer, "edge", t0)
         elif self.loop is None:
@@ -292,8 +311,22 @@ class EdgeAgent:
             if "deadline_ms" in header:
                 deadline = min(deadline, float(header["deadline_ms"]))
             self.inflight += 1
+            if settle is not None:
+                self.settling[id(answer)] = settle
             asyncio.run_coroutine_threadsafe(
                 self.escalate(envelope, answer, x, deadline / 1e3, t0), self.loop)
+
+    def layer_hit(self, envelope: list[Any], header: dict[str, Any], model: CacheModel,
+                  layers: EdgeLayers, answered: Any, t0: int, t1: int) -> None:
+        """A layer cache answered: the label the full model gave this key before."""
+        label = int(answered.labels[0])
+        rule = layers.cascade.rules[int(answered.by[0])]
+        answer = {"id": header.get("id"), "ok": True, "label": label,
+                  "class": model.manifest.classes[label],
+                  "confidence": float(np.exp(answered.logits[0].max())),
+                  "answered_by": rule.name, "versions": {"cache": model.version},
+                  "latency_us": {"edge_infer": (time.perf_counter_ns() - t1) / 1e3}}
+        self.finish(envelope, answer, "edge", t0)
 
     async def escalate(self, envelope: list[Any], answer: dict[str, Any], x: np.ndarray,
                        timeout: float, t0: int) -> None:
@@ -344,6 +377,7 @@ class EdgeAgent:
 
     def finish(self, envelope: list[Any], answer: dict[str, Any], source: str, t0: int,
                reason: str | None = None) -> None:
+        settle = self.settling.pop(id(answer), None)
         answer["source"] = source
         if reason is not None:
             answer["fallback_reason"] = reason
@@ -351,6 +385,9 @@ class EdgeAgent:
         answer["latency_us"]["agent_total"] = total
         self.stats.record(source, answer["label"], total)
         self.reply(envelope, answer)
+        if settle is not None and source == "cloud":  # the layer caches learn the answer
+            layer_cascade, answered = settle
+            layer_cascade.settle(answered, np.zeros(1, np.int64), np.asarray([answer["label"]]))
         if self.models is not None:  # after the reply: off the request's path
             self.models.observe(answer["label"], hit=source == "edge" and "cache_general"
                                 not in answer["versions"])

@@ -40,6 +40,8 @@ class AgentConfig:
     keep_bundles: int = 3
     #: partition models (pushed specialised cache models) held at once, LRU.
     partition_models: int = 3
+    #: serve through the bundle's layer caches when it carries them (``cachenet layercache``)
+    layer_cache: bool = True
 
     def __post_init__(self) -> None:
         if self.bundle is not None:
@@ -67,6 +69,8 @@ def _coerce(name: str, value: Any) -> Any:
     kind = {f.name: f.type for f in fields(AgentConfig)}[name]
     if value is None or not isinstance(value, str):
         return value
+    if "bool" in str(kind):
+        return value.strip().lower() not in ("0", "false", "no", "off", "")
     try:
         if "float" in str(kind):
             return float(value)

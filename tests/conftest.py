@@ -108,3 +108,15 @@ def require_cifar() -> Path:
     if not SHARED_CIFAR.exists():
         pytest.skip(f"CIFAR-10 zip not found at {SHARED_CIFAR} (../shared/data is absent)")
     return SHARED_CIFAR
+
+
+@pytest.fixture(scope="session")
+def layered_bundle(digits_bundle, tmp_path_factory) -> Path:
+    """The digits bundle with layer caches fitted for the cloud and the edge."""
+    from cachenet.toolchain.layerbundle import add_layer_caches
+    from cachenet.toolchain.layerfit import LayerCacheConfig
+
+    out = tmp_path_factory.mktemp("layered") / "digits-layered"
+    add_layer_caches(digits_bundle[0], out, dataset="digits",
+                     cfg=LayerCacheConfig(target=0.95, head_epochs=5, head_hidden=32))
+    return out

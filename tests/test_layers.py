@@ -4,17 +4,18 @@
 
     sim                            everything below, and starts the daemons
     cli                            everything below sim, and sim
-    cloud_server                   core, protocol, toolchain, fleet
-    edge_agent                     core, protocol          (what a device runs)
-    fleet                          core, protocol, toolchain
-    toolchain                      core                    (torch)
+    cloud_server                   core, layercache, protocol, toolchain, fleet
+    edge_agent                     core, layercache, protocol  (what a device runs)
+    fleet                          core, layercache, protocol, toolchain
+    toolchain                      core, layercache        (torch)
     protocol                       core
+    layercache                     core                    (numpy, ONNX Runtime)
     core                           nothing of ours         (numpy, ONNX Runtime)
     exceptions                     nothing
 
 Every import is checked, function-level ones included, by reading the source; then
 a process with torch blocked imports what a device runs and shows that exactly
-``core``, ``protocol`` and ``edge_agent`` load, while the toolchain refuses to.
+``core``, ``layercache``, ``protocol`` and ``edge_agent`` load, while the toolchain refuses to.
 """
 
 from __future__ import annotations
@@ -33,14 +34,15 @@ GENERATED = ROOT / "cachenet" / "protocol" / "v1"
 BELOW = {
     "exceptions": set(),
     "core": {"exceptions"},
+    "layercache": {"exceptions", "core"},
     "protocol": {"exceptions", "core"},
-    "toolchain": {"exceptions", "core"},
-    "fleet": {"exceptions", "core", "protocol", "toolchain"},
-    "edge_agent": {"exceptions", "core", "protocol"},
-    "cloud_server": {"exceptions", "core", "protocol", "toolchain", "fleet"},
-    "sim": {"exceptions", "core", "protocol", "toolchain", "fleet", "edge_agent",
+    "toolchain": {"exceptions", "core", "layercache"},
+    "fleet": {"exceptions", "core", "layercache", "protocol", "toolchain"},
+    "edge_agent": {"exceptions", "core", "layercache", "protocol"},
+    "cloud_server": {"exceptions", "core", "layercache", "protocol", "toolchain", "fleet"},
+    "sim": {"exceptions", "core", "layercache", "protocol", "toolchain", "fleet", "edge_agent",
             "cloud_server"},
-    "cli": {"exceptions", "core", "protocol", "toolchain", "fleet", "sim"},
+    "cli": {"exceptions", "core", "layercache", "protocol", "toolchain", "fleet", "sim"},
     # The package itself, and ``cachenet.client``, kept for applications written
     # against it: a re-export of the protocol's clients.
     "top": {"exceptions", "protocol"},
@@ -120,7 +122,7 @@ EDGE = textwrap.dedent("""
         for info in pkgutil.walk_packages(pkg.__path__, package + "."):
             yield info.name
 
-    for package in ("cachenet.core", "cachenet.protocol", "edge_agent"):
+    for package in ("cachenet.core", "cachenet.layercache", "cachenet.protocol", "edge_agent"):
         for name in modules(package):
             importlib.import_module(name)
     ours = sorted(m for m in sys.modules if m.split(".")[0] in
@@ -135,13 +137,14 @@ EDGE = textwrap.dedent("""
 """)
 
 
-def test_the_edge_loads_exactly_core_protocol_and_edge_agent_without_torch():
+def test_the_edge_loads_exactly_core_layercache_protocol_and_edge_agent_without_torch():
     proc = subprocess.run([sys.executable, "-c", EDGE], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["torch"] == []
     layers = {layer(m) for m in result["ours"]}
-    assert layers == {"top", "exceptions", "core", "protocol", "edge_agent"}, result["ours"]
+    assert layers == {"top", "exceptions", "core", "layercache", "protocol", "edge_agent"}, \
+        result["ours"]
     assert {m for m in result["ours"] if layer(m) == "top"} == {"cachenet"}
     assert result["toolchain"].startswith("ConfigError: cachenet.toolchain needs torch")

@@ -52,6 +52,8 @@ class CacheModel:
         self.stage = Stage.from_manifest(gate, manifest.partition)
         self.gate: Gate = self.stage.gate
         self.partition: tuple[int, ...] | None = self.stage.classes
+        #: the bundle's layer caches, attached by the agent (cachenet.layercache.edge)
+        self.layers: object | None = None
 
     def covers(self, label: int) -> bool:
         """Can this model answer ``label`` itself? (Always, for a general model.)"""

@@ -16,7 +16,7 @@ import itertools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
@@ -78,6 +78,9 @@ class CloudAnswer:
     model_name: str
     model_version: str
     timings: dict[str, int]
+    #: per input, what answered it when the cloud serves layer caches ("full" or
+    #: "<site>:<kind>"); empty when it does not
+    answered_by: list[str] = field(default_factory=list)
 
 
 _ids = itertools.count()
@@ -96,10 +99,11 @@ def parse_response(resp: pb.InferResponse) -> CloudAnswer:
     t = resp.logits
     logits = tensors.decode(t.dtype, t.shape, t.raw_data)
     timings = {"queue_us": resp.timings.queue_us, "compute_us": resp.timings.compute_us,
-               "total_us": resp.timings.total_us, "batch_size": resp.timings.batch_size}
+               "total_us": resp.timings.total_us, "batch_size": resp.timings.batch_size,
+               "macs": resp.timings.macs, "full_macs": resp.timings.full_macs}
     return CloudAnswer(resp.id, np.asarray(resp.labels, np.int64),
                        np.asarray(resp.confidences, np.float32), logits, resp.model_name,
-                       resp.model_version, timings)
+                       resp.model_version, timings, list(resp.answered_by))
 
 
 class CloudClient:

@@ -31,19 +31,23 @@ class InferRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ..., model_name: _Optional[str] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., agent_id: _Optional[str] = ..., cache_model_version: _Optional[str] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("queue_us", "compute_us", "total_us", "batch_size")
+    __slots__ = ("queue_us", "compute_us", "total_us", "batch_size", "macs", "full_macs")
     QUEUE_US_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_US_FIELD_NUMBER: _ClassVar[int]
     TOTAL_US_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MACS_FIELD_NUMBER: _ClassVar[int]
+    FULL_MACS_FIELD_NUMBER: _ClassVar[int]
     queue_us: int
     compute_us: int
     total_us: int
     batch_size: int
-    def __init__(self, queue_us: _Optional[int] = ..., compute_us: _Optional[int] = ..., total_us: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    macs: int
+    full_macs: int
+    def __init__(self, queue_us: _Optional[int] = ..., compute_us: _Optional[int] = ..., total_us: _Optional[int] = ..., batch_size: _Optional[int] = ..., macs: _Optional[int] = ..., full_macs: _Optional[int] = ...) -> None: ...
 
 class InferResponse(_message.Message):
-    __slots__ = ("id", "model_name", "model_version", "logits", "labels", "confidences", "timings")
+    __slots__ = ("id", "model_name", "model_version", "logits", "labels", "confidences", "timings", "answered_by")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +55,7 @@ class InferResponse(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCES_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
     id: str
     model_name: str
     model_version: str
@@ -58,7 +63,8 @@ class InferResponse(_message.Message):
     labels: _containers.RepeatedScalarFieldContainer[int]
     confidences: _containers.RepeatedScalarFieldContainer[float]
     timings: Timings
-    def __init__(self, id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., confidences: _Optional[_Iterable[float]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+    answered_by: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., confidences: _Optional[_Iterable[float]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., answered_by: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StreamInferResponse(_message.Message):
     __slots__ = ("id", "response", "error_code", "error_message")

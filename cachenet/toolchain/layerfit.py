@@ -1,0 +1,246 @@
+"""Fit layer caches to a model: candidate rules, selection under a compute budget,
+calibration of the whole cascade, and the bundle section that carries them.
+
+For one model cut at its sites (:mod:`cachenet.toolchain.sites`):
+
+1. **Candidates**: at every site, one rule per kind asked for: a ``learned``
+   head trained by self-distillation on the full model's logits, a ``knn``
+   table and an ``akey`` table filled with the full model's answers; all on the
+   training split (at most ``fit_limit`` inputs).
+2. **Selection** on the first half of the calibration split: each candidate's
+   hit rate alone at the agreement target gives the multiply-adds it saves per
+   request; it is kept only when its lookup costs at most ``max_lookup_share``
+   of that, and the kept lookups together cost at most ``budget`` of the full
+   model (best ratio first): which sites pay for their lookup.
+3. **Calibration** of the kept rules together, in cascade order, on the second
+   half (:func:`cachenet.layercache.calibrate_cascade`): the guarantee covers the
+   cascade as a whole.
+
+The reference is always the full model: in the cloud the model itself, on the
+edge the full model's answers the cache model's caches must agree with.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cachenet.core.calibration import NEVER
+from cachenet.exceptions import ConfigError
+from cachenet.layercache import (
+    KINDS,
+    HeadCache,
+    HeadConfig,
+    KeyCache,
+    KeyConfig,
+    KnnCache,
+    KnnConfig,
+    calibrate_cascade,
+)
+from cachenet.layercache.calibrate import rule_thresholds
+from cachenet.toolchain.sites import Staged
+
+log = logging.getLogger(__name__)
+
+#: Within a site, rules are consulted cheapest first.
+KIND_ORDER = ("akey", "knn", "learned")
+
+
+@dataclass
+class LayerCacheConfig:
+    kinds: tuple[str, ...] = KIND_ORDER
+    target: float = 0.99
+    delta: float = 0.05
+    knn: KnnConfig = field(default_factory=lambda: KnnConfig(capacity=8192))
+    akey_dim: int = 8
+    akey_step: float = 1.0
+    head_hidden: int = 256
+    head_epochs: int = 30
+    max_lookup_share: float = 0.10
+    budget: float = 0.05
+    refresh_rate: float = 0.02
+    fit_limit: int = 20000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.kinds) - set(KINDS)
+        if unknown or not self.kinds:
+            raise ConfigError(f"unknown layer-cache kinds {sorted(unknown)}; known: "
+                              f"{sorted(KINDS)}")
+
+
+@dataclass
+class Candidate:
+    site: int
+    kind: str
+    cache: Any
+    hit_rate: float = 0.0  # alone, at the target, on the selection half
+    saved_macs: float = 0.0  # per request
+    kept: bool = False
+
+    def describe(self, names: list[str]) -> dict[str, Any]:
+        return {"site": names[self.site], "kind": self.kind, "hit_rate_alone": self.hit_rate,
+                "saved_macs": self.saved_macs, "lookup_macs": self.cache.lookup_macs,
+                "kept": self.kept}
+
+
+@dataclass
+class FittedCascade:
+    site_names: list[str]
+    site_macs: list[int]
+    full_macs: int
+    features: list[int]
+    rules: list[Candidate]
+    thresholds: list[float]
+    calibration: dict[str, Any]
+    candidates: list[dict[str, Any]]
+
+
+def train_head(feats: np.ndarray, teacher: np.ndarray, *, hidden: int, epochs: int,
+               seed: int, score: str = "max_softmax") -> HeadCache:
+    """A head on ``feats`` distilled from the ``teacher`` logits (no labels); the
+    standardisation of the features is folded into its first layer."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    mean, std = feats.mean(0), feats.std(0) + 1e-6
+    x = torch.from_numpy(((feats - mean) / std).astype(np.float32))
+    t = torch.from_numpy(teacher.astype(np.float32))
+    d, k = x.shape[1], t.shape[1]
+    net = (nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, k)) if hidden
+           else nn.Sequential(nn.Linear(d, k)))
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    steps = epochs * ((len(x) + 255) // 256)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(256):
+            loss = nn.functional.kl_div(torch.log_softmax(net(x[idx]), 1),
+                                        torch.softmax(t[idx], 1), reduction="batchmean")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    w0 = linears[0].weight.detach().numpy().T / std[:, None]
+    b0 = linears[0].bias.detach().numpy() - (mean / std) @ linears[0].weight.detach().numpy().T
+    weights = [(w0, b0)] + [(m.weight.detach().numpy().T, m.bias.detach().numpy())
+                            for m in linears[1:]]
+    return HeadCache(HeadConfig(hidden=hidden, score=score), weights)
+
+
+def make_candidates(cfg: LayerCacheConfig, feats: list[np.ndarray], teacher: np.ndarray
+                    ) -> list[Candidate]:
+    """Every kind asked for at every site, fitted to the training features."""
+    labels = teacher.argmax(1)
+    out = []
+    rng = np.random.default_rng(cfg.seed)
+    for site, f in enumerate(feats):
+        for kind in (k for k in KIND_ORDER if k in cfg.kinds):
+            if kind == "learned":
+                cache: Any = train_head(f, teacher, hidden=cfg.head_hidden,
+                                        epochs=cfg.head_epochs, seed=cfg.seed + site)
+            elif kind == "knn":
+                cache = KnnCache.fit(cfg.knn, f)
+                keep = rng.permutation(len(f))[:cfg.knn.capacity]
+                cache.fill(f[keep], labels[keep])
+            else:
+                cache = KeyCache.fit(KeyConfig(teacher.shape[1], cfg.akey_dim, cfg.akey_step,
+                                               seed=cfg.seed), f)
+                cache.fill(f, labels)
+            out.append(Candidate(site, kind, cache))
+    return out
+
+
+def scores(cands: list[Candidate], feats: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(confidences, labels), rules x inputs."""
+    found = [c.cache.lookup(feats[c.site]) for c in cands]
+    return (np.stack([f.conf for f in found]), np.stack([f.labels for f in found]))
+
+
+def select(cands: list[Candidate], conf: np.ndarray, labels: np.ndarray, ref: np.ndarray,
+           site_macs: list[int], full_macs: int, cfg: LayerCacheConfig) -> list[int]:
+    """Indices of the candidates that pay for their lookups (see the module docstring)."""
+    eps = np.array([1.0 - cfg.target])
+    worth = []
+    for j, c in enumerate(cands):
+        t = rule_thresholds(conf[j], labels[j] == ref, eps)[0]
+        c.hit_rate = float((conf[j] >= t).mean()) if t < NEVER else 0.0
+        c.saved_macs = c.hit_rate * (full_macs - site_macs[c.site])
+        if c.hit_rate > 0 and c.cache.lookup_macs <= cfg.max_lookup_share * c.saved_macs:
+            worth.append(j)
+    worth.sort(key=lambda j: -cands[j].saved_macs / max(cands[j].cache.lookup_macs, 1))
+    kept, spent = [], 0
+    for j in worth:
+        if spent + cands[j].cache.lookup_macs <= cfg.budget * full_macs:
+            kept.append(j)
+            spent += cands[j].cache.lookup_macs
+            cands[j].kept = True
+    return sorted(kept, key=lambda j: (cands[j].site, KIND_ORDER.index(cands[j].kind)))
+
+
+def fit_cascade(staged_model: Staged, input_shape: tuple[int, ...], fit_x: np.ndarray,
+                fit_teacher: np.ndarray, calib_x: np.ndarray, calib_ref: np.ndarray,
+                cfg: LayerCacheConfig) -> FittedCascade:
+    """Candidates, selection and calibration for ``staged_model`` (module docstring);
+    ``fit_teacher``: the full model's logits on ``fit_x``, ``calib_ref`` its labels on
+    ``calib_x``."""
+    from cachenet.toolchain.sites import all_features
+
+    site_macs, full_macs = staged_model.cumulative_macs(input_shape)
+    rng = np.random.default_rng(cfg.seed)
+    pick = np.sort(rng.permutation(len(fit_x))[:cfg.fit_limit])
+    fit_feats, _ = all_features(staged_model, fit_x[pick])
+    cands = make_candidates(cfg, fit_feats, fit_teacher[pick])
+    cal_feats, _ = all_features(staged_model, calib_x)
+    conf, labels = scores(cands, cal_feats)
+    order = rng.permutation(len(calib_x))
+    sel, cal = order[:len(order) // 2], order[len(order) // 2:]
+    kept = select(cands, conf[:, sel], labels[:, sel], calib_ref[sel], site_macs, full_macs,
+                  cfg)
+    names = staged_model.site_names
+    if not kept:
+        log.warning("no layer cache pays for its lookup on these data: none kept")
+        calib: dict[str, Any] = {"feasible": False, "n": len(cal), "hit_rate": 0.0}
+        thresholds: list[float] = []
+    else:
+        result = calibrate_cascade(list(conf[kept][:, cal]), list(labels[kept][:, cal]),
+                                   calib_ref[cal], target=cfg.target, delta=cfg.delta)
+        calib, thresholds = result.to_dict(), result.thresholds
+        log.info("layer caches: %s; calibrated hit rate %.3f at agreement %.4f (bound %.4f)",
+                 [f"{names[cands[j].site]}:{cands[j].kind}" for j in kept],
+                 result.hit_rate, result.agreement, result.disagreement_ucb)
+    return FittedCascade(names, site_macs, full_macs, [f.shape[1] for f in cal_feats],
+                         [cands[j] for j in kept], thresholds, calib,
+                         [c.describe(names) for c in cands])
+
+
+def write_section(fitted: FittedCascade, work: Path, prefix: str, cfg: LayerCacheConfig,
+                  segments: list[str] | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The manifest's ``layer_cache`` section and the files it names (bundle path ->
+    file in ``work``)."""
+    files: dict[str, Path] = {}
+    rules = []
+    for c, t in zip(fitted.rules, fitted.thresholds, strict=True):
+        name = f"layers/{prefix}-{fitted.site_names[c.site]}-{c.kind}.npz"
+        path = work / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **c.cache.arrays())
+        files[name] = path
+        rules.append({"site": fitted.site_names[c.site], "kind": c.kind, "threshold": t,
+                      "config": asdict(c.cache.config), "file": name,
+                      "lookup_macs": c.cache.lookup_macs})
+    sites = [{"name": n, "macs": m, "features": f,
+              "segment": segments[i] if segments else None}
+             for i, (n, m, f) in enumerate(zip(fitted.site_names, fitted.site_macs,
+                                               fitted.features, strict=True))]
+    section = {"sites": sites, "final": {"segment": segments[-1] if segments else None},
+               "full_macs": fitted.full_macs, "rules": rules,
+               "refresh": {"rate": cfg.refresh_rate}, "target": cfg.target,
+               "delta": cfg.delta, "calibration": fitted.calibration,
+               "candidates": fitted.candidates}
+    return section, files

@@ -1,0 +1,68 @@
+"""The cloud's full model served with layer caches: a real server on loopback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cachenet.protocol.client import CloudClient
+from cloud_server import load_full_model
+from tests.layercaches import key_rule, rewrite
+from tests.processes import start_cloud
+
+
+@pytest.fixture(scope="module")
+def controlled(layered_bundle, digits_splits, tmp_path_factory):
+    """An akey rule at the first site that knows the full model's answers to the first 8
+    test inputs, and nothing else."""
+    from cachenet.toolchain.sites import all_features, staged
+
+    work = tmp_path_factory.mktemp("cloud-layered")
+    model, manifest = load_full_model(layered_bundle, device="cpu")
+    feats, logits = all_features(staged(model), digits_splits.test.x)
+    site = manifest.data["full_model"]["layer_cache"]["sites"][0]["name"]
+    rule, files = key_rule(feats[0], logits.argmax(1)[:8], 10, site=site, work=work,
+                           name="block1-akey")
+    return rewrite(layered_bundle, work / "bundle", cloud_rules=[rule], files=files), logits
+
+
+@pytest.fixture(scope="module")
+def cloud(controlled, tmp_path_factory):
+    daemon = start_cloud(controlled[0], tmp_path_factory.mktemp("cloud"), "--layer-cache")
+    yield daemon
+    assert daemon.stop() == 0
+
+
+def test_a_batch_with_mixed_hits_says_who_answered_and_what_it_cost(cloud, controlled,
+                                                                   digits_splits):
+    _, full_logits = controlled
+    x = digits_splits.test.x[:16]
+    with CloudClient(f"127.0.0.1:{cloud.info['port']}") as c:
+        first = c.infer(x, timeout=10)
+        again = c.infer(x, timeout=10)
+    by = first.answered_by
+    assert by[:8] == ["block1:akey"] * 8 and by[8:] == ["full"] * 8
+    # Hits give the full model's own (stored) labels; the rest the full model's logits.
+    assert first.labels.tolist() == full_logits[:16].argmax(1).tolist()
+    np.testing.assert_allclose(first.logits[8:], full_logits[8:16], atol=1e-4)
+    t = first.timings
+    assert 0 < t["macs"] < t["full_macs"]
+    # The rows the full model answered filled the table: now every row hits.
+    assert again.answered_by == ["block1:akey"] * 16
+    assert again.labels.tolist() == first.labels.tolist()
+    assert again.timings["macs"] < t["macs"]
+
+
+def test_without_the_flag_the_whole_model_answers(controlled, digits_splits, tmp_path):
+    daemon = start_cloud(controlled[0], tmp_path)
+    try:
+        with CloudClient(f"127.0.0.1:{daemon.info['port']}") as c:
+            answer = c.infer(digits_splits.test.x[:4], timeout=10)
+        assert answer.answered_by == []
+        model, _ = load_full_model(controlled[0], device="cpu")
+        with torch.no_grad():
+            ref = model(torch.from_numpy(digits_splits.test.x[:4])).numpy()
+        np.testing.assert_allclose(answer.logits, ref, atol=1e-4)
+    finally:
+        assert daemon.stop() == 0
