@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.specializing import SpecializingCloud, oracle_answer, pushes  # noqa: E402
-from bench.traces import TRACES, make_trace, save_trace  # noqa: E402
+from bench.traces import TRACES, make_trace, save_trace, trace_inputs  # noqa: E402
 from cachenet.sim.daemon import Process  # noqa: E402
 from cachenet.sim.wan import LinkProfile, ProxyThread  # noqa: E402
 
@@ -172,7 +172,7 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
         for name in traces:
             idx = make_trace(name, splits.test.y, requests, seed=seed)
             save_trace(out / "traces" / f"{name}.npz", name, idx, splits.test.y, seed)
-            x, y = splits.test.x[idx], splits.test.y[idx]
+            x, y = trace_inputs(name, splits.test.x, idx, seed), splits.test.y[idx]
             cache_logits, full_lab = labels_for(bundle, x)
             offline[name] = {"cache_logits": cache_logits, "full_labels": full_lab, "y": y}
             for net in networks:

@@ -3,7 +3,11 @@
 * ``iid``: classes uniform, independent;
 * ``runs10``, ``runs50``: class runs of mean length 10 and 50;
 * ``markov90``: the class stays with probability 0.9, else moves to a uniform other;
-* ``zipf``: class popularity Zipf with s = 1.2 (classes ranked in a seeded order).
+* ``zipf``: class popularity Zipf with s = 1.2 (classes ranked in a seeded order);
+* ``video``: a fixed camera: one test image (an object) held for a run of frames
+  (mean 30), each frame shifted by up to 2 px, its brightness within 10%, with
+  sensor noise (:mod:`cachenet.toolchain.data.video`); its frames are rendered from
+  the trace (:func:`trace_inputs`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 
 from cachenet.sim.stream import class_run_stream
 
-TRACES = ("iid", "runs10", "runs50", "markov90", "zipf")
+TRACES = ("iid", "runs10", "runs50", "markov90", "zipf", "video")
 
 
 def _images_of(labels: np.ndarray, classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -46,8 +50,26 @@ def _zipf(labels: np.ndarray, n: int, rng: np.random.Generator, s: float = 1.2) 
     return _images_of(labels, ranked[rng.choice(k, n, p=p / p.sum())], rng)
 
 
+def video_trace(n_images: int, n: int, seed: int = 0):
+    """The ``video`` trace: which image each frame shows, and how it is shifted, lit and
+    noised (a :class:`cachenet.toolchain.data.video.Video`)."""
+    from cachenet.toolchain.data.video import video_stream
+
+    return video_stream(n_images, n, seed=seed)
+
+
+def trace_inputs(name: str, x: np.ndarray, idx: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The inputs trace ``name`` sends: the images at ``idx``, or a video's frames."""
+    if name != "video":
+        return x[idx]
+    from cachenet.toolchain.data.video import render
+
+    return render(x, video_trace(len(x), len(idx), seed))
+
+
 def make_trace(name: str, labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Indices into ``labels`` (the test split) for trace ``name``."""
+    """Indices into ``labels`` (the test split) for trace ``name`` (for ``video``: the
+    object each frame shows)."""
     rng = np.random.default_rng(seed)
     makers: dict[str, Callable[[], np.ndarray]] = {
         "iid": lambda: _iid(labels, n, rng),
@@ -55,6 +77,7 @@ def make_trace(name: str, labels: np.ndarray, n: int, seed: int = 0) -> np.ndarr
         "runs50": lambda: class_run_stream(labels, n, mean_run=50, seed=seed),
         "markov90": lambda: _markov(labels, n, rng),
         "zipf": lambda: _zipf(labels, n, rng),
+        "video": lambda: video_trace(len(labels), n, seed).indices,
     }
     if name not in makers:
         raise ValueError(f"unknown trace '{name}'; known: {', '.join(TRACES)}")
@@ -63,5 +86,7 @@ def make_trace(name: str, labels: np.ndarray, n: int, seed: int = 0) -> np.ndarr
 
 def save_trace(path: Path, name: str, idx: np.ndarray, labels: np.ndarray, seed: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    extra = video_trace(len(labels), len(idx), seed).arrays() if name == "video" else {}
+    extra.pop("indices", None)
     np.savez_compressed(path, name=name, indices=idx.astype(np.int32),
-                        labels=labels[idx].astype(np.int8), seed=seed)
+                        labels=labels[idx].astype(np.int8), seed=seed, **extra)

@@ -296,6 +296,12 @@ def _add_layercache(sub: argparse._SubParsersAction) -> None:
                    help="all lookups together cost at most this share of the model's MACs")
     p.add_argument("--refresh", type=float, default=0.02,
                    help="share of hits re-checked against the full model when serving")
+    p.add_argument("--workload", choices=["iid", "video"], default="iid",
+                   help="replay the calibration split as this workload: iid (as it is) or "
+                        "video (a camera's frames: objects held for runs, shifted, noisy); "
+                        "the guarantee holds for streams like it")
+    p.add_argument("--grid", type=int, default=4,
+                   help="site features: activations average-pooled to grid x grid")
     p.add_argument("--cache-dir", type=Path)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run_layercache)
@@ -307,7 +313,7 @@ def _run_layercache(args: argparse.Namespace) -> int:
 
     cfg = LayerCacheConfig(kinds=tuple(k for k in args.kinds.split(",") if k),
                            target=args.target, delta=args.delta, budget=args.budget,
-                           refresh_rate=args.refresh)
+                           refresh_rate=args.refresh, workload=args.workload, grid=args.grid)
     report = add_layer_caches(args.bundle, args.out, dataset=args.dataset, seed=args.seed,
                               where=tuple(w for w in args.where.split(",") if w), cfg=cfg,
                               cache_dir=args.cache_dir)

@@ -67,18 +67,20 @@ class LayeredStats:
 
 
 def load_layer_cascade(manifest: Manifest, root: Path, *, refresh_rate: float | None = None
-                       ) -> LayerCascade:
+                       ) -> tuple[LayerCascade, int]:
+    """The full model's layer caches in the bundle, and their feature grid."""
     section = (manifest.data.get("full_model") or {}).get("layer_cache")
     if not section:
         raise ManifestError(f"bundle {root} carries no layer caches for the full model; "
                             "add them with `cachenet layercache`")
-    return load_cascade(parse_spec(section, manifest), root, len(manifest.classes),
-                        refresh_rate=refresh_rate)
+    spec = parse_spec(section, manifest)
+    return load_cascade(spec, root, len(manifest.classes), refresh_rate=refresh_rate), spec.grid
 
 
-def layered_runner(model: nn.Module, cascade: LayerCascade, stats: LayeredStats | None = None):
+def layered_runner(model: nn.Module, cascade: LayerCascade, stats: LayeredStats | None = None,
+                   grid: int = 2):
     """``run_batch`` for the batcher: the cascade over ``model``'s stages."""
-    runner = TorchRunner(staged(model))
+    runner = TorchRunner(staged(model, grid))
     if len(runner.s.site_names) != len(cascade.site_names):
         raise ManifestError(f"the layer caches name {len(cascade.site_names)} sites, the full "
                             f"model has {len(runner.s.site_names)}")

@@ -107,9 +107,9 @@ def load_card_and_runner(bundle: Path, device: str | None, *, layer_cache: bool 
                      input_shape=tuple(int(d) for d in spec["shape"][1:]),
                      input_dtype=spec["dtype"], classes=manifest.classes, device=str(dev))
     if layer_cache:
-        cascade = load_layer_cascade(manifest, Path(bundle), refresh_rate=refresh_rate)
+        cascade, grid = load_layer_cascade(manifest, Path(bundle), refresh_rate=refresh_rate)
         log.info("layer caches on: %s", ", ".join(r.name for r in cascade.rules) or "none")
-        return card, layered_runner(model, cascade, stats)
+        return card, layered_runner(model, cascade, stats, grid)
     return card, torch_runner(model, dev)
 
 

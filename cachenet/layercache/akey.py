@@ -83,6 +83,10 @@ class KeyCache:
                 self.table.move_to_end(key)
             counts[label] += 1
 
+    def answers(self) -> int:
+        """How many classes its answers need."""
+        return self.config.num_classes
+
     @property
     def lookup_macs(self) -> int:
         return self.projection.macs

@@ -52,6 +52,10 @@ class HeadCache:
         return Lookup(logits.argmax(1).astype(np.int64),
                       score(logits, self.config.score).astype(np.float64), logits)
 
+    def answers(self) -> int:
+        """How many classes its answers need: its logits."""
+        return int(self.weights[-1][0].shape[1])
+
     def fill(self, feats: np.ndarray, labels: np.ndarray) -> None:
         """A head learns offline; the cloud's answers do not change it."""
 

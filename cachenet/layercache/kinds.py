@@ -6,6 +6,7 @@ A kind is a class with a ``kind`` name, a config dataclass (``Config``), and:
   site features (N x D); the cascade answers where confidence >= threshold;
 * ``fill(feats, labels)``: store the full model's answers (tables); heads ignore it;
 * ``lookup_macs``: multiply-adds one lookup costs, to weigh against what it saves;
+* ``answers()``: how many classes its answers need (checked against the bundle's);
 * ``arrays()`` / ``from_arrays(config, arrays)``: its state as named arrays,
   which the bundle stores in an ``.npz`` file (hashed like every file).
 """
@@ -34,6 +35,8 @@ class SiteCache(Protocol):
     def lookup(self, feats: np.ndarray) -> Lookup: ...
 
     def fill(self, feats: np.ndarray, labels: np.ndarray) -> None: ...
+
+    def answers(self) -> int: ...
 
     @property
     def lookup_macs(self) -> int: ...

@@ -92,6 +92,10 @@ class KnnCache:
         self.used[slots] = self.clock
         self.size += free
 
+    def answers(self) -> int:
+        """How many classes its answers need: one more than the largest label stored."""
+        return int(self.labels[:self.size].max(initial=-1)) + 1
+
     @property
     def lookup_macs(self) -> int:
         return self.projection.macs + self.config.capacity * self.config.dim

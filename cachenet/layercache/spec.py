@@ -6,7 +6,9 @@ ONNX segments; the cloud's full model under ``full_model``, without segments
 
     layer_cache
       sites       [{name: str, macs: int >= 0 (to the end of its stage),
-                    features: int >= 1, segment: bundle path | null}, ...] (1-64)
+                    features: int >= 1, grid: 1-16 (features: the activation
+                    average-pooled to grid x grid; default 2),
+                    segment: bundle path | null}, ...] (1-64)
       final       {segment: bundle path | null}   the last stage, to the logits
       full_macs   int >= 1
       rules       [{site: a site's name, kind: a registered kind, threshold: number,
@@ -43,6 +45,11 @@ class LayerCacheSpec:
     data: dict[str, Any]
     site_names: list[str]
     segments: list[str | None]  # per stage: sites', then the final one
+
+    @property
+    def grid(self) -> int:
+        """The feature grid (one for every site)."""
+        return int(self.data["sites"][0].get("grid", 2))
 
     @property
     def has_segments(self) -> bool:
@@ -83,6 +90,8 @@ def parse_spec(section: object, manifest: Manifest) -> LayerCacheSpec:
         names.append(site["name"])
         _int(site.get("macs"), f"sites[{i}].macs")
         _int(site.get("features"), f"sites[{i}].features", 1)
+        if _int(site.get("grid", 2), f"sites[{i}].grid", 1) > 16:
+            raise ManifestError(f"layer_cache.sites[{i}].grid must be at most 16")
         segments.append(_listed(site.get("segment"), files, f"sites[{i}].segment"))
     final = section.get("final") or {}
     if not isinstance(final, dict):
@@ -112,7 +121,8 @@ def parse_spec(section: object, manifest: Manifest) -> LayerCacheSpec:
     return LayerCacheSpec(section, names, segments)
 
 
-def _rule(root: Path, entry: dict[str, Any], site: int, refresh: Refresh | None) -> Rule:
+def _rule(root: Path, entry: dict[str, Any], site: int, refresh: Refresh | None,
+          num_classes: int) -> Rule:
     cls = KINDS[entry["kind"]]
     try:
         config = cls.Config(**entry["config"])
@@ -126,6 +136,9 @@ def _rule(root: Path, entry: dict[str, Any], site: int, refresh: Refresh | None)
         raise IntegrityError(f"layer cache file '{entry['file']}' is not a readable .npz of "
                              f"arrays: {type(exc).__name__}: {str(exc)[:200]}") from exc
     cache = cls.from_arrays(config, arrays)
+    if cache.answers() > num_classes:
+        raise ManifestError(f"layer cache {entry['site']}:{entry['kind']} answers "
+                            f"{cache.answers()} classes; the bundle has {num_classes}")
     return Rule(site, f"{entry['site']}:{entry['kind']}", cache, float(entry["threshold"]),
                 refresh)
 
@@ -142,7 +155,8 @@ def load_cascade(spec: LayerCacheSpec, root: Path, num_classes: int, *,
     for entry in d["rules"]:
         refresh = Refresh(rate, target, delta) if rate > 0 else None
         try:
-            rules.append(_rule(root, entry, spec.site_names.index(entry["site"]), refresh))
+            rules.append(_rule(root, entry, spec.site_names.index(entry["site"]), refresh,
+                               num_classes))
         except CachenetError:
             raise
         except (ValueError, TypeError) as exc:

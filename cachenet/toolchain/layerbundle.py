@@ -52,15 +52,15 @@ def add_layer_caches(bundle: Path, out: Path, *, dataset: str, seed: int = 0,
     full, m = full_model_of(bundle)
     splits = load_splits(dataset, seed=seed, cache_dir=cache_dir)
     shape = splits.input_shape
-    fit_teacher = predict_logits(full, splits.train.x)
-    calib_ref = predict_logits(full, splits.calib.x).argmax(1)
+    def teacher(x: np.ndarray) -> np.ndarray:
+        return predict_logits(full, x)
     fields: dict[str, Any] = {}
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="cachenet-layers-") as tmp:
         work, extra = Path(tmp), {}
         if "cloud" in where:
-            fitted = fit_cascade(staged(full), shape, splits.train.x, fit_teacher,
-                                 splits.calib.x, calib_ref, cfg)
+            fitted = fit_cascade(staged(full, cfg.grid), shape, splits.train.x,
+                                 splits.calib.x, None, cfg)
             section, files = write_section(fitted, work, "full", cfg)
             extra.update(files)
             fields["full_model"] = {**m.data["full_model"], "layer_cache": section}
@@ -70,13 +70,12 @@ def add_layer_caches(bundle: Path, out: Path, *, dataset: str, seed: int = 0,
             if not ckpt:
                 raise ConfigError("the bundle carries no torch cache model to cut into segments")
             cache_model, _, _ = load_checkpoint(bundle / ckpt)
-            cut = staged(cache_model.eval())
+            cut = staged(cache_model.eval(), cfg.grid)
             paths = export_segments(cut, shape, work / "segments", m.input["name"],
                                     np.ascontiguousarray(splits.test.x[:64]))
             names = [f"layers/segment-{i}.onnx" for i in range(len(paths))]
             extra.update(dict(zip(names, paths, strict=True)))
-            fitted = fit_cascade(cut, shape, splits.train.x, fit_teacher, splits.calib.x,
-                                 calib_ref, cfg)
+            fitted = fit_cascade(cut, shape, splits.train.x, splits.calib.x, teacher, cfg)
             section, files = write_section(fitted, work, "edge", cfg, names)
             extra.update(files)
             fields["layer_cache"] = section

@@ -16,14 +16,22 @@ For one model cut at its sites (:mod:`cachenet.toolchain.sites`):
    half (:func:`cachenet.layercache.calibrate_cascade`): the guarantee covers the
    cascade as a whole.
 
+Tables learn online, so what they are worth depends on the workload: the
+calibration split is replayed as the workload the caches are meant for (``iid``
+as it is, or ``video``: its images as a camera's frames, :mod:`cachenet.toolchain.data.video`),
+in order, each table looked up before it learns the full model's answer, as it
+will be when serving. The guarantee holds for streams like that workload.
+
 The reference is always the full model: in the cloud the model itself, on the
 edge the full model's answers the cache model's caches must agree with.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +49,9 @@ from cachenet.layercache import (
     KeyConfig,
     KnnCache,
     KnnConfig,
+    LayerCascade,
+    Refresh,
+    Rule,
     calibrate_cascade,
 )
 from cachenet.layercache.calibrate import rule_thresholds
@@ -50,6 +61,7 @@ log = logging.getLogger(__name__)
 
 #: Within a site, rules are consulted cheapest first.
 KIND_ORDER = ("akey", "knn", "learned")
+WORKLOADS = ("iid", "video")
 
 
 @dataclass
@@ -66,6 +78,9 @@ class LayerCacheConfig:
     budget: float = 0.05
     refresh_rate: float = 0.02
     fit_limit: int = 20000
+    grid: int = 4  # site features: activations average-pooled to grid x grid
+    #: the workload calibration replays the calibration split as: iid or video
+    workload: str = "iid"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -73,6 +88,8 @@ class LayerCacheConfig:
         if unknown or not self.kinds:
             raise ConfigError(f"unknown layer-cache kinds {sorted(unknown)}; known: "
                               f"{sorted(KINDS)}")
+        if self.workload not in WORKLOADS:
+            raise ConfigError(f"workload must be one of {WORKLOADS}, not {self.workload!r}")
 
 
 @dataclass
@@ -96,6 +113,7 @@ class FittedCascade:
     site_macs: list[int]
     full_macs: int
     features: list[int]
+    grid: int
     rules: list[Candidate]
     thresholds: list[float]
     calibration: dict[str, Any]
@@ -156,10 +174,25 @@ def make_candidates(cfg: LayerCacheConfig, feats: list[np.ndarray], teacher: np.
     return out
 
 
-def scores(cands: list[Candidate], feats: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(confidences, labels), rules x inputs."""
-    found = [c.cache.lookup(feats[c.site]) for c in cands]
-    return (np.stack([f.conf for f in found]), np.stack([f.labels for f in found]))
+def scores(cands: list[Candidate], feats: list[np.ndarray], ref: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """(confidences, labels), rules x inputs, as serving would see them: tables are looked
+    up one input at a time and then learn the full model's answer (``ref``), in order, on
+    copies (the fitted tables are left as they are)."""
+    conf = np.zeros((len(cands), len(ref)))
+    labels = np.zeros((len(cands), len(ref)), np.int64)
+    for j, c in enumerate(cands):
+        f = feats[c.site]
+        if c.kind == "learned":
+            found = c.cache.lookup(f)
+            conf[j], labels[j] = found.conf, found.labels
+            continue
+        table = copy.deepcopy(c.cache)
+        for i in range(len(ref)):
+            found = table.lookup(f[i:i + 1])
+            conf[j, i], labels[j, i] = found.conf[0], found.labels[0]
+            table.fill(f[i:i + 1], ref[i:i + 1])
+    return conf, labels
 
 
 def select(cands: list[Candidate], conf: np.ndarray, labels: np.ndarray, ref: np.ndarray,
@@ -168,6 +201,9 @@ def select(cands: list[Candidate], conf: np.ndarray, labels: np.ndarray, ref: np
     eps = np.array([1.0 - cfg.target])
     worth = []
     for j, c in enumerate(cands):
+        c.kept = False
+        if c.kind not in cfg.kinds:
+            continue
         t = rule_thresholds(conf[j], labels[j] == ref, eps)[0]
         c.hit_rate = float((conf[j] >= t).mean()) if t < NEVER else 0.0
         c.saved_macs = c.hit_rate * (full_macs - site_macs[c.site])
@@ -183,40 +219,112 @@ def select(cands: list[Candidate], conf: np.ndarray, labels: np.ndarray, ref: np
     return sorted(kept, key=lambda j: (cands[j].site, KIND_ORDER.index(cands[j].kind)))
 
 
-def fit_cascade(staged_model: Staged, input_shape: tuple[int, ...], fit_x: np.ndarray,
-                fit_teacher: np.ndarray, calib_x: np.ndarray, calib_ref: np.ndarray,
-                cfg: LayerCacheConfig) -> FittedCascade:
-    """Candidates, selection and calibration for ``staged_model`` (module docstring);
-    ``fit_teacher``: the full model's logits on ``fit_x``, ``calib_ref`` its labels on
-    ``calib_x``."""
+def workload(calib_x: np.ndarray, cfg: LayerCacheConfig) -> np.ndarray:
+    """The calibration split replayed as the workload the caches are calibrated for:
+    as it is (``iid``), or as a camera's frames (``video``)."""
+    if cfg.workload == "iid":
+        return calib_x
+    from cachenet.toolchain.data.video import render, video_stream
+
+    return render(calib_x, video_stream(len(calib_x), len(calib_x), seed=cfg.seed + 1))
+
+
+@dataclass
+class Prepared:
+    """Candidates fitted to one model, and their scores on the calibration workload."""
+
+    staged: Staged
+    site_macs: list[int]
+    full_macs: int
+    features: list[int]
+    cands: list[Candidate]
+    conf: np.ndarray  # rules x calibration inputs
+    labels: np.ndarray
+    ref: np.ndarray  # the full model's labels on them
+
+
+def fit_candidates(staged_model: Staged, input_shape: tuple[int, ...], fit_x: np.ndarray,
+                   teacher: Callable[[np.ndarray], np.ndarray] | None, cfg: LayerCacheConfig
+                   ) -> tuple[list[Candidate], list[int], int]:
+    """Every candidate fitted on (at most ``fit_limit`` of) ``fit_x``, to the full model's
+    logits (``teacher``; None: the staged model is the full model); and the model's MACs
+    to each site and in all."""
     from cachenet.toolchain.sites import all_features
 
     site_macs, full_macs = staged_model.cumulative_macs(input_shape)
     rng = np.random.default_rng(cfg.seed)
-    pick = np.sort(rng.permutation(len(fit_x))[:cfg.fit_limit])
-    fit_feats, _ = all_features(staged_model, fit_x[pick])
-    cands = make_candidates(cfg, fit_feats, fit_teacher[pick])
-    cal_feats, _ = all_features(staged_model, calib_x)
-    conf, labels = scores(cands, cal_feats)
-    order = rng.permutation(len(calib_x))
-    sel, cal = order[:len(order) // 2], order[len(order) // 2:]
-    kept = select(cands, conf[:, sel], labels[:, sel], calib_ref[sel], site_macs, full_macs,
-                  cfg)
-    names = staged_model.site_names
+    x = fit_x[np.sort(rng.permutation(len(fit_x))[:cfg.fit_limit])]
+    fit_feats, own = all_features(staged_model, x)
+    knn = replace(cfg.knn, capacity=knn_capacity(cfg, full_macs))
+    cands = make_candidates(replace(cfg, knn=knn), fit_feats,
+                            own if teacher is None else teacher(x))
+    return cands, site_macs, full_macs
+
+
+def score_workload(staged_model: Staged, cands: list[Candidate], site_macs: list[int],
+                   full_macs: int, calib_x: np.ndarray,
+                   reference: Callable[[np.ndarray], np.ndarray] | None,
+                   cfg: LayerCacheConfig) -> Prepared:
+    """Score ``cands`` on the calibration workload; ``reference`` gives the full model's
+    logits (None: the staged model is the full model)."""
+    from cachenet.toolchain.sites import all_features
+
+    x = workload(calib_x, cfg)
+    cal_feats, own = all_features(staged_model, x)
+    ref = (own if reference is None else reference(x)).argmax(1)
+    conf, labels = scores(cands, cal_feats, ref)
+    return Prepared(staged_model, site_macs, full_macs, [f.shape[1] for f in cal_feats], cands,
+                    conf, labels, ref)
+
+
+def prepare(staged_model: Staged, input_shape: tuple[int, ...], fit_x: np.ndarray,
+            calib_x: np.ndarray, reference: Callable[[np.ndarray], np.ndarray] | None,
+            cfg: LayerCacheConfig) -> Prepared:
+    """:func:`fit_candidates`, then :func:`score_workload`; ``reference``: the full model's
+    logits (None: the staged model is the full model)."""
+    cands, site_macs, full_macs = fit_candidates(staged_model, input_shape, fit_x,
+                                                 reference, cfg)
+    return score_workload(staged_model, cands, site_macs, full_macs, calib_x, reference, cfg)
+
+
+def knn_capacity(cfg: LayerCacheConfig, full_macs: int) -> int:
+    """A kNN table whose search costs at most 1% of the model: a power of two in
+    [256, cfg.knn.capacity]."""
+    cap = 1 << max(0, int(np.log2(max(1.0, 0.01 * full_macs / cfg.knn.dim))))
+    return int(min(cfg.knn.capacity, max(256, cap)))
+
+
+def choose(prep: Prepared, cfg: LayerCacheConfig) -> FittedCascade:
+    """Selection on the first half of the calibration workload, calibration of the kept
+    rules together on the second (halves in order: a stream's locality is kept)."""
+    n = prep.conf.shape[1]
+    sel, cal = np.arange(n // 2), np.arange(n // 2, n)
+    kept = select(prep.cands, prep.conf[:, sel], prep.labels[:, sel], prep.ref[sel],
+                  prep.site_macs, prep.full_macs, cfg)
+    names = prep.staged.site_names
     if not kept:
         log.warning("no layer cache pays for its lookup on these data: none kept")
         calib: dict[str, Any] = {"feasible": False, "n": len(cal), "hit_rate": 0.0}
         thresholds: list[float] = []
     else:
-        result = calibrate_cascade(list(conf[kept][:, cal]), list(labels[kept][:, cal]),
-                                   calib_ref[cal], target=cfg.target, delta=cfg.delta)
+        result = calibrate_cascade(list(prep.conf[kept][:, cal]),
+                                   list(prep.labels[kept][:, cal]), prep.ref[cal],
+                                   target=cfg.target, delta=cfg.delta)
         calib, thresholds = result.to_dict(), result.thresholds
         log.info("layer caches: %s; calibrated hit rate %.3f at agreement %.4f (bound %.4f)",
-                 [f"{names[cands[j].site]}:{cands[j].kind}" for j in kept],
+                 [f"{names[prep.cands[j].site]}:{prep.cands[j].kind}" for j in kept],
                  result.hit_rate, result.agreement, result.disagreement_ucb)
-    return FittedCascade(names, site_macs, full_macs, [f.shape[1] for f in cal_feats],
-                         [cands[j] for j in kept], thresholds, calib,
-                         [c.describe(names) for c in cands])
+    calib["workload"] = cfg.workload
+    return FittedCascade(names, prep.site_macs, prep.full_macs, prep.features,
+                         prep.staged.grid, [prep.cands[j] for j in kept], thresholds, calib,
+                         [c.describe(names) for c in prep.cands])
+
+
+def fit_cascade(staged_model: Staged, input_shape: tuple[int, ...], fit_x: np.ndarray,
+                calib_x: np.ndarray, reference: Callable[[np.ndarray], np.ndarray] | None,
+                cfg: LayerCacheConfig) -> FittedCascade:
+    """:func:`prepare`, then :func:`choose`."""
+    return choose(prepare(staged_model, input_shape, fit_x, calib_x, reference, cfg), cfg)
 
 
 def write_section(fitted: FittedCascade, work: Path, prefix: str, cfg: LayerCacheConfig,
@@ -234,7 +342,7 @@ def write_section(fitted: FittedCascade, work: Path, prefix: str, cfg: LayerCach
         rules.append({"site": fitted.site_names[c.site], "kind": c.kind, "threshold": t,
                       "config": asdict(c.cache.config), "file": name,
                       "lookup_macs": c.cache.lookup_macs})
-    sites = [{"name": n, "macs": m, "features": f,
+    sites = [{"name": n, "macs": m, "features": f, "grid": fitted.grid,
               "segment": segments[i] if segments else None}
              for i, (n, m, f) in enumerate(zip(fitted.site_names, fitted.site_macs,
                                                fitted.features, strict=True))]
@@ -244,3 +352,14 @@ def write_section(fitted: FittedCascade, work: Path, prefix: str, cfg: LayerCach
                "delta": cfg.delta, "calibration": fitted.calibration,
                "candidates": fitted.candidates}
     return section, files
+
+
+def to_cascade(fitted: FittedCascade, num_classes: int, *, refresh_rate: float = 0.0,
+               target: float = 0.99, delta: float = 0.05) -> LayerCascade:
+    """The cascade ``fitted`` describes, with copies of its tables (what a server loading
+    its bundle section would hold)."""
+    rules = [Rule(c.site, f"{fitted.site_names[c.site]}:{c.kind}", copy.deepcopy(c.cache), t,
+                  Refresh(refresh_rate, target, delta) if refresh_rate > 0 else None)
+             for c, t in zip(fitted.rules, fitted.thresholds, strict=True)]
+    return LayerCascade(fitted.site_names, fitted.site_macs, fitted.full_macs, rules,
+                        num_classes)

@@ -35,10 +35,10 @@ log = logging.getLogger(__name__)
 FEATURE_GRID = 2
 
 
-def site_features(act: torch.Tensor) -> torch.Tensor:
-    """The features layer caches key on: 2x2 average pooling, flattened."""
+def site_features(act: torch.Tensor, grid: int = FEATURE_GRID) -> torch.Tensor:
+    """The features layer caches key on: ``grid`` x ``grid`` average pooling, flattened."""
     if act.dim() == 4:
-        act = nn.functional.adaptive_avg_pool2d(act, FEATURE_GRID)
+        act = nn.functional.adaptive_avg_pool2d(act, grid)
     return torch.flatten(act, 1)
 
 
@@ -56,6 +56,7 @@ class Staged:
     stages: list[nn.Module]
     site_names: list[str]
     views: int  # 2 when the model answers the mean over the input and its mirror image
+    grid: int = FEATURE_GRID  # site features: the activation average-pooled to grid x grid
 
     def cumulative_macs(self, input_shape: tuple[int, ...]) -> tuple[list[int], int]:
         """MACs to the end of each site's stage, and of the whole model (one view)."""
@@ -69,8 +70,9 @@ class Staged:
         return [m * self.views for m in out[:-1]], out[-1] * self.views
 
 
-def staged(model: nn.Module) -> Staged:
-    """``model``'s stages and sites; ConfigError for a model we cannot cut."""
+def staged(model: nn.Module, grid: int = FEATURE_GRID) -> Staged:
+    """``model``'s stages and sites, features pooled to ``grid`` x ``grid``; ConfigError
+    for a model we cannot cut."""
     views = 2 if getattr(model, "tta", "none") == "flip" else 1
     if isinstance(model, ResNet):
         blocks = list(model.layers)
@@ -78,7 +80,7 @@ def staged(model: nn.Module) -> Staged:
             raise ConfigError("a ResNet needs two blocks or more to have a site")
         stages = [nn.Sequential(model.normalize, model.stem, blocks[0]), *blocks[1:-1],
                   nn.Sequential(blocks[-1], _Head(model.pool, model.fc))]
-        return Staged(stages, [f"block{i + 1}" for i in range(len(blocks) - 1)], views)
+        return Staged(stages, [f"block{i + 1}" for i in range(len(blocks) - 1)], views, grid)
     if isinstance(model, TinyCNN):
         layers = list(model.features)
         cuts = [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]
@@ -88,7 +90,7 @@ def staged(model: nn.Module) -> Staged:
         parts = [nn.Sequential(*layers[a:b]) for a, b in itertools.pairwise(bounds)]
         stages = [nn.Sequential(model.normalize, parts[0]), *parts[1:-1],
                   nn.Sequential(parts[-1], _Head(model.pool, model.fc))]
-        return Staged(stages, [f"stage{i + 1}" for i in range(len(parts) - 1)], 1)
+        return Staged(stages, [f"stage{i + 1}" for i in range(len(parts) - 1)], 1, grid)
     if isinstance(model, MLP):
         layers = list(model.body)
         if len(layers) < 2:
@@ -122,7 +124,7 @@ class TorchRunner:
 
     def features(self, state: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            return site_features(state[:self._n(state)]).float().cpu().numpy()
+            return site_features(state[:self._n(state)], self.s.grid).float().cpu().numpy()
 
     def take(self, state: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
         idx = torch.as_tensor(rows, device=state.device)
@@ -158,13 +160,13 @@ def all_features(staged_model: Staged, x: np.ndarray, batch_size: int = 500
 class _Segment(nn.Module):
     """One stage for export: a site's stage answers its activation and features."""
 
-    def __init__(self, stage: nn.Module, site: bool) -> None:
+    def __init__(self, stage: nn.Module, site: bool, grid: int) -> None:
         super().__init__()
-        self.stage, self.site = stage, site
+        self.stage, self.site, self.grid = stage, site, grid
 
     def forward(self, x: torch.Tensor):  # type: ignore[override]
         act = self.stage(x)
-        return (act, site_features(act)) if self.site else act
+        return (act, site_features(act, self.grid)) if self.site else act
 
 
 def export_segments(staged_model: Staged, input_shape: tuple[int, ...], out: Path,
@@ -179,7 +181,7 @@ def export_segments(staged_model: Staged, input_shape: tuple[int, ...], out: Pat
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     for i, stage in enumerate(staged_model.stages):
         site = i < len(staged_model.stages) - 1
-        seg = _Segment(stage.eval(), site).eval()
+        seg = _Segment(stage.eval(), site, staged_model.grid).eval()
         path = out / f"segment-{i}.onnx"
         names = ["act", "features"] if site else ["logits"]
         try:

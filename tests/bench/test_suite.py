@@ -20,6 +20,7 @@ def test_traces_have_the_locality_their_names_promise():
     assert _mean_run(got["iid"]) < 1.5
     assert 8 < _mean_run(got["runs10"]) < 14 and 40 < _mean_run(got["runs50"]) < 80
     assert 8 < _mean_run(got["markov90"]) < 12  # stay 0.9: runs of 10
+    assert 20 < _mean_run(make_trace("video", np.arange(1000), 4000, seed=3)) < 45  # objects
     counts = np.sort(np.bincount(got["zipf"], minlength=10))[::-1]
     assert counts[0] > 3 * counts[4] and counts[0] / 4000 == pytest.approx(0.42, abs=0.05)
     assert np.array_equal(make_trace("zipf", labels, 100, seed=3),
