@@ -105,6 +105,7 @@ def layered_pass(fitted: Any, staged_model: Any, x: np.ndarray, batch: int, k: i
                  ) -> dict[str, Any]:
     """The real cascade over ``x`` in order, ``batch`` inputs at a time, the tables
     learning from the model's answers between batches (as the cloud's runner does)."""
+    from cachenet.core.gate import softmax
     from cachenet.toolchain.layerfit import to_cascade
     from cachenet.toolchain.sites import TorchRunner
 
@@ -123,7 +124,8 @@ def layered_pass(fitted: Any, staged_model: Any, x: np.ndarray, batch: int, k: i
         answered = cascade.run(runner, chunk, len(chunk))
         full = np.flatnonzero(answered.by < 0)
         if len(full):
-            cascade.settle(answered, full, answered.labels[full])
+            cascade.settle(answered, full, answered.labels[full],
+                           softmax(answered.logits[full]).max(1))
         by.append(answered.by)
         macs.append(answered.macs)
         labels.append(answered.labels)
@@ -335,10 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.dataset).exists():
         print(f"skipped: data set {args.dataset} not found", file=sys.stderr)
         return 0
+    from threadpoolctl import threadpool_limits
+
     from bench.suite import machine
     from cachenet.core.bundle import verify_bundle
     from cachenet.toolchain.data import load_splits
 
+    threadpool_limits(1, user_api="blas")  # as the cloud's layered runner does
     started = time.monotonic()
     splits = load_splits(args.dataset, seed=int(verify_bundle(args.bundle)
                                                 .data["dataset"]["seed"]))

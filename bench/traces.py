@@ -88,5 +88,6 @@ def save_trace(path: Path, name: str, idx: np.ndarray, labels: np.ndarray, seed:
     path.parent.mkdir(parents=True, exist_ok=True)
     extra = video_trace(len(labels), len(idx), seed).arrays() if name == "video" else {}
     extra.pop("indices", None)
+    extra.pop("seed", None)
     np.savez_compressed(path, name=name, indices=idx.astype(np.int32),
                         labels=labels[idx].astype(np.int8), seed=seed, **extra)

@@ -387,7 +387,8 @@ class EdgeAgent:
         self.reply(envelope, answer)
         if settle is not None and source == "cloud":  # the layer caches learn the answer
             layer_cascade, answered = settle
-            layer_cascade.settle(answered, np.zeros(1, np.int64), np.asarray([answer["label"]]))
+            layer_cascade.settle(answered, np.zeros(1, np.int64), np.asarray([answer["label"]]),
+                                 np.asarray([answer["confidence"]]))
         if self.models is not None:  # after the reply: off the request's path
             self.models.observe(answer["label"], hit=source == "edge" and "cache_general"
                                 not in answer["versions"])
@@ -401,4 +402,6 @@ class EdgeAgent:
                 "cloud": self.config.cloud, "inflight": self.inflight,
                 "reloads": self.reloader.snapshot(),
                 "control": self.control.snapshot() if self.control is not None else None,
-                "models": self.models.snapshot() if self.models is not None else None}
+                "models": self.models.snapshot() if self.models is not None else None,
+                "layer_cache": (model.layers.cascade.snapshot()  # type: ignore[attr-defined]
+                                if model.layers is not None else None)}

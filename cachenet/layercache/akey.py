@@ -1,7 +1,9 @@
 """The approximate-key result cache (Finamore et al.): an exact lookup under a coarse key.
 
-Key: the site's features standardised, projected to ``dim`` dimensions, and
-quantised to cells of side ``step``; the cell's bytes index a table. Value: how
+Key: the site's features averaged over their ``cells`` spatial cells (global
+average pooling: a small shift moves little) and scaled to unit length (a darker
+view keeps its direction), then standardised, projected to ``dim`` dimensions,
+and quantised to cells of side ``step``; the cell's bytes index a table. Value: how
 often the full model gave each label for inputs of that cell. A lookup is
 confident when the cell holds only one label: ``n / (n + 1)`` after ``n``
 answers, else 0 (so a calibrated threshold is a minimum count). A disagreement
@@ -29,11 +31,23 @@ class KeyConfig:
     step: float = 1.0
     capacity: int = 65536
     seed: int = 0
+    cells: int = 1  # spatial cells per channel in the site's features (grid x grid)
 
     def __post_init__(self) -> None:
         if not (1 <= self.num_classes <= 100_000 and 1 <= self.dim <= 64
-                and 0.0 < self.step < 1e6 and 1 <= self.capacity <= 1 << 22):
+                and 0.0 < self.step < 1e6 and 1 <= self.capacity <= 1 << 22
+                and 1 <= self.cells <= 256):
             raise ManifestError(f"akey config out of range: {asdict(self)}")
+
+
+def invariant(feats: np.ndarray, cells: int) -> np.ndarray:
+    """Features averaged over their spatial cells and scaled to unit length."""
+    feats = np.asarray(feats, np.float32)
+    if cells > 1:
+        if feats.shape[1] % cells:
+            raise ValueError(f"{feats.shape[1]} features are not {cells} cells per channel")
+        feats = feats.reshape(len(feats), -1, cells).mean(-1)
+    return feats / (np.linalg.norm(feats, axis=1, keepdims=True) + 1e-6)
 
 
 @register
@@ -48,10 +62,12 @@ class KeyCache:
 
     @classmethod
     def fit(cls, config: KeyConfig, feats: np.ndarray) -> KeyCache:
-        return cls(config, Projection.fit(feats, config.dim, config.seed))
+        return cls(config, Projection.fit(invariant(feats, config.cells), config.dim,
+                                          config.seed))
 
     def codes(self, feats: np.ndarray) -> np.ndarray:
-        z = np.floor(self.projection(feats) / np.float32(self.config.step))
+        z = np.floor(self.projection(invariant(feats, self.config.cells))
+                     / np.float32(self.config.step))
         return np.clip(z, -32768, 32767).astype(np.int16)
 
     def lookup(self, feats: np.ndarray) -> Lookup:
@@ -89,7 +105,7 @@ class KeyCache:
 
     @property
     def lookup_macs(self) -> int:
-        return self.projection.macs
+        return self.projection.macs + len(self.projection.mean) * self.config.cells
 
     def arrays(self) -> dict[str, np.ndarray]:
         dim, k = self.config.dim, self.config.num_classes

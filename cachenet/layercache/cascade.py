@@ -80,8 +80,12 @@ class LayerCascade:
     """Rules at the sites of a model cut into ``len(site_macs) + 1`` stages."""
 
     def __init__(self, site_names: list[str], site_macs: list[int], full_macs: int,
-                 rules: list[Rule], num_classes: int) -> None:
+                 rules: list[Rule], num_classes: int, fill_confidence: float = 0.0) -> None:
         self.site_names = site_names
+        #: tables learn only answers the full model gave with at least this confidence
+        #: (its top softmax probability): an unsure answer is seldom the same for a shifted,
+        #: darker or noisier view of the same object
+        self.fill_confidence = fill_confidence
         self.site_macs = site_macs  # cumulative, to the end of each site's stage
         self.full_macs = full_macs
         self.rules = rules
@@ -148,12 +152,25 @@ class LayerCascade:
             out.macs[alive] = self.full_macs + spent
         return out
 
-    def settle(self, answered: Answered, rows: np.ndarray, labels: np.ndarray) -> None:
-        """The full model answered ``rows`` with ``labels``: fill every table with them and
-        score the refresh re-checks among them (a rule whose error breaks its bound is
-        tightened)."""
+    def settle(self, answered: Answered, rows: np.ndarray, labels: np.ndarray,
+               confidences: np.ndarray | None = None) -> None:
+        """The full model answered ``rows`` with ``labels`` (its top softmax probabilities:
+        ``confidences``): fill every table with the sure ones and score the refresh
+        re-checks among them all (a rule whose error breaks its bound is tightened)."""
         rows = np.asarray(rows, np.int64)
         labels = np.asarray(labels, np.int64)
+        full = dict(zip(rows.tolist(), labels.tolist(), strict=True))
+        keep = np.ones(len(rows), bool)
+        if confidences is not None and self.fill_confidence > 0:
+            keep = np.asarray(confidences) >= self.fill_confidence
+            # A re-check the cache got wrong is learned whatever its confidence: the
+            # stored answer is contradicted (an approximate key's cell becomes mixed).
+            wrong = {row for row, _, cached in answered.checks if full.get(row, cached) != cached}
+            keep |= np.isin(rows, list(wrong))
+        self._fill(answered, rows[keep], labels[keep])
+        self._recheck(answered, full)
+
+    def _fill(self, answered: Answered, rows: np.ndarray, labels: np.ndarray) -> None:
         full = dict(zip(rows.tolist(), labels.tolist(), strict=True))
         for i, (site_rows, feats) in enumerate(answered.features):
             if not feats.shape[1]:
@@ -164,6 +181,8 @@ class LayerCascade:
             got = np.asarray([full[int(r)] for r in site_rows[pick]], np.int64)
             for j in self.by_site[i]:
                 self.rules[j].cache.fill(feats[pick], got)
+
+    def _recheck(self, answered: Answered, full: dict[int, int]) -> None:
         checks: dict[int, list[bool]] = {}
         for row, j, cached in answered.checks:
             if row in full:

@@ -63,10 +63,12 @@ class KnnCache:
         q = self.key(feats)
         keys = self.keys[:self.size]
         d2 = (q * q).sum(1, keepdims=True) + self.sq[:self.size] - 2.0 * (q @ keys.T)
-        near = np.argpartition(d2, k - 1, axis=1)[:, :k]
         rows = np.arange(n)[:, None]
-        order = np.argsort(d2[rows, near], axis=1)
-        near = near[rows, order]
+        if k == 1:  # a scan, several times faster than a partition
+            near = d2.argmin(1)[:, None]
+        else:
+            near = np.argpartition(d2, k - 1, axis=1)[:, :k]
+            near = near[rows, np.argsort(d2[rows, near], axis=1)]
         labels = self.labels[near]
         dk = np.sqrt(np.maximum(d2[np.arange(n), near[:, -1]], 0.0))
         unanimous = (labels == labels[:, :1]).all(1)

@@ -14,6 +14,7 @@ ONNX segments; the cloud's full model under ``full_model``, without segments
       rules       [{site: a site's name, kind: a registered kind, threshold: number,
                     config: {...}, file: bundle path (.npz)}, ...]   in cascade order
       refresh     {rate: [0, 1]}                                      (optional)
+      fill_confidence  [0, 1]: tables learn only answers at least this sure (optional)
       target, delta                                                   the calibration's
       calibration {...}                                               figures, not read
 
@@ -114,6 +115,9 @@ def parse_spec(section: object, manifest: Manifest) -> LayerCacheSpec:
         if not isinstance(rule.get("config"), dict):
             raise ManifestError(f"layer_cache.{where}.config must be an object")
         _listed(rule.get("file"), files, f"{where}.file")
+    fill = section.get("fill_confidence", 0.0)
+    if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not 0 <= fill <= 1:
+        raise ManifestError("layer_cache.fill_confidence must be a number in [0, 1]")
     refresh = section.get("refresh") or {}
     rate = refresh.get("rate", 0.0) if isinstance(refresh, dict) else None
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
@@ -163,4 +167,5 @@ def load_cascade(spec: LayerCacheSpec, root: Path, num_classes: int, *,
             raise ManifestError(f"layer cache rule {entry['site']}:{entry['kind']}: "
                                 f"{exc}") from exc
     return LayerCascade(spec.site_names, [int(s["macs"]) for s in d["sites"]],
-                        int(d["full_macs"]), rules, num_classes)
+                        int(d["full_macs"]), rules, num_classes,
+                        float(d.get("fill_confidence", 0.0)))

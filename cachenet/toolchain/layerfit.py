@@ -7,11 +7,11 @@ For one model cut at its sites (:mod:`cachenet.toolchain.sites`):
    head trained by self-distillation on the full model's logits, a ``knn``
    table and an ``akey`` table filled with the full model's answers; all on the
    training split (at most ``fit_limit`` inputs).
-2. **Selection** on the first half of the calibration split: each candidate's
-   hit rate alone at the agreement target gives the multiply-adds it saves per
-   request; it is kept only when its lookup costs at most ``max_lookup_share``
-   of that, and the kept lookups together cost at most ``budget`` of the full
-   model (best ratio first): which sites pay for their lookup.
+2. **Selection** on the first half of the calibration split, with measured
+   costs (:mod:`cachenet.toolchain.layerselect`): the cascade grows greedily by
+   the candidate that most lowers the time per request, each kept only when its
+   lookups cost at most ``max_lookup_share`` of the time its hits save, all of
+   them at most ``budget`` of the model's: which sites pay for their lookup.
 3. **Calibration** of the kept rules together, in cascade order, on the second
    half (:func:`cachenet.layercache.calibrate_cascade`): the guarantee covers the
    cascade as a whole.
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cachenet.core.calibration import NEVER
+from cachenet.core.gate import softmax
 from cachenet.exceptions import ConfigError
 from cachenet.layercache import (
     KINDS,
@@ -54,7 +54,7 @@ from cachenet.layercache import (
     Rule,
     calibrate_cascade,
 )
-from cachenet.layercache.calibrate import rule_thresholds
+from cachenet.toolchain.layerselect import Costs, measure_costs, select
 from cachenet.toolchain.sites import Staged
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class LayerCacheConfig:
     kinds: tuple[str, ...] = KIND_ORDER
     target: float = 0.99
     delta: float = 0.05
-    knn: KnnConfig = field(default_factory=lambda: KnnConfig(capacity=8192))
+    knn: KnnConfig = field(default_factory=lambda: KnnConfig(k=1, capacity=8192))
     akey_dim: int = 8
     akey_step: float = 1.0
     head_hidden: int = 256
@@ -81,6 +81,10 @@ class LayerCacheConfig:
     grid: int = 4  # site features: activations average-pooled to grid x grid
     #: the workload calibration replays the calibration split as: iid or video
     workload: str = "iid"
+    #: a video replay has this many frames per calibration image
+    video_frames: float = 4.0
+    #: tables learn only answers the full model gave with at least this confidence
+    fill_confidence: float = 0.9
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -98,12 +102,12 @@ class Candidate:
     kind: str
     cache: Any
     hit_rate: float = 0.0  # alone, at the target, on the selection half
-    saved_macs: float = 0.0  # per request
+    lookup_s: float = 0.0  # measured, per input
     kept: bool = False
 
     def describe(self, names: list[str]) -> dict[str, Any]:
         return {"site": names[self.site], "kind": self.kind, "hit_rate_alone": self.hit_rate,
-                "saved_macs": self.saved_macs, "lookup_macs": self.cache.lookup_macs,
+                "lookup_macs": self.cache.lookup_macs, "lookup_us": 1e6 * self.lookup_s,
                 "kept": self.kept}
 
 
@@ -118,6 +122,7 @@ class FittedCascade:
     thresholds: list[float]
     calibration: dict[str, Any]
     candidates: list[dict[str, Any]]
+    costs: dict[str, Any] = field(default_factory=dict)  # measured when fitted
 
 
 def train_head(feats: np.ndarray, teacher: np.ndarray, *, hidden: int, epochs: int,
@@ -153,8 +158,10 @@ def train_head(feats: np.ndarray, teacher: np.ndarray, *, hidden: int, epochs: i
 
 def make_candidates(cfg: LayerCacheConfig, feats: list[np.ndarray], teacher: np.ndarray
                     ) -> list[Candidate]:
-    """Every kind asked for at every site, fitted to the training features."""
+    """Every kind asked for at every site, fitted to the training features; tables hold
+    the full model's sure answers."""
     labels = teacher.argmax(1)
+    sure = softmax(teacher).max(1) >= cfg.fill_confidence
     out = []
     rng = np.random.default_rng(cfg.seed)
     for site, f in enumerate(feats):
@@ -164,21 +171,23 @@ def make_candidates(cfg: LayerCacheConfig, feats: list[np.ndarray], teacher: np.
                                         epochs=cfg.head_epochs, seed=cfg.seed + site)
             elif kind == "knn":
                 cache = KnnCache.fit(cfg.knn, f)
-                keep = rng.permutation(len(f))[:cfg.knn.capacity]
+                keep = rng.permutation(np.flatnonzero(sure))[:cfg.knn.capacity]
                 cache.fill(f[keep], labels[keep])
             else:
                 cache = KeyCache.fit(KeyConfig(teacher.shape[1], cfg.akey_dim, cfg.akey_step,
-                                               seed=cfg.seed), f)
-                cache.fill(f, labels)
+                                               seed=cfg.seed, cells=cfg.grid ** 2), f)
+                cache.fill(f[sure], labels[sure])
             out.append(Candidate(site, kind, cache))
     return out
 
 
-def scores(cands: list[Candidate], feats: list[np.ndarray], ref: np.ndarray
-           ) -> tuple[np.ndarray, np.ndarray]:
+def scores(cands: list[Candidate], feats: list[np.ndarray], ref: np.ndarray,
+           learn: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(confidences, labels), rules x inputs, as serving would see them: tables are looked
-    up one input at a time and then learn the full model's answer (``ref``), in order, on
-    copies (the fitted tables are left as they are)."""
+    up one input at a time and then learn the full model's answer (``ref``) where
+    ``learn`` says it was sure, in order, on copies (the fitted tables are left as they
+    are)."""
+    learn = np.ones(len(ref), bool) if learn is None else learn
     conf = np.zeros((len(cands), len(ref)))
     labels = np.zeros((len(cands), len(ref)), np.int64)
     for j, c in enumerate(cands):
@@ -191,32 +200,9 @@ def scores(cands: list[Candidate], feats: list[np.ndarray], ref: np.ndarray
         for i in range(len(ref)):
             found = table.lookup(f[i:i + 1])
             conf[j, i], labels[j, i] = found.conf[0], found.labels[0]
-            table.fill(f[i:i + 1], ref[i:i + 1])
+            if learn[i]:
+                table.fill(f[i:i + 1], ref[i:i + 1])
     return conf, labels
-
-
-def select(cands: list[Candidate], conf: np.ndarray, labels: np.ndarray, ref: np.ndarray,
-           site_macs: list[int], full_macs: int, cfg: LayerCacheConfig) -> list[int]:
-    """Indices of the candidates that pay for their lookups (see the module docstring)."""
-    eps = np.array([1.0 - cfg.target])
-    worth = []
-    for j, c in enumerate(cands):
-        c.kept = False
-        if c.kind not in cfg.kinds:
-            continue
-        t = rule_thresholds(conf[j], labels[j] == ref, eps)[0]
-        c.hit_rate = float((conf[j] >= t).mean()) if t < NEVER else 0.0
-        c.saved_macs = c.hit_rate * (full_macs - site_macs[c.site])
-        if c.hit_rate > 0 and c.cache.lookup_macs <= cfg.max_lookup_share * c.saved_macs:
-            worth.append(j)
-    worth.sort(key=lambda j: -cands[j].saved_macs / max(cands[j].cache.lookup_macs, 1))
-    kept, spent = [], 0
-    for j in worth:
-        if spent + cands[j].cache.lookup_macs <= cfg.budget * full_macs:
-            kept.append(j)
-            spent += cands[j].cache.lookup_macs
-            cands[j].kept = True
-    return sorted(kept, key=lambda j: (cands[j].site, KIND_ORDER.index(cands[j].kind)))
 
 
 def workload(calib_x: np.ndarray, cfg: LayerCacheConfig) -> np.ndarray:
@@ -226,7 +212,8 @@ def workload(calib_x: np.ndarray, cfg: LayerCacheConfig) -> np.ndarray:
         return calib_x
     from cachenet.toolchain.data.video import render, video_stream
 
-    return render(calib_x, video_stream(len(calib_x), len(calib_x), seed=cfg.seed + 1))
+    n = int(cfg.video_frames * len(calib_x))
+    return render(calib_x, video_stream(len(calib_x), n, seed=cfg.seed + 1))
 
 
 @dataclass
@@ -241,6 +228,7 @@ class Prepared:
     conf: np.ndarray  # rules x calibration inputs
     labels: np.ndarray
     ref: np.ndarray  # the full model's labels on them
+    costs: Costs  # measured: stages and lookups, per input
 
 
 def fit_candidates(staged_model: Staged, input_shape: tuple[int, ...], fit_x: np.ndarray,
@@ -267,14 +255,17 @@ def score_workload(staged_model: Staged, cands: list[Candidate], site_macs: list
                    cfg: LayerCacheConfig) -> Prepared:
     """Score ``cands`` on the calibration workload; ``reference`` gives the full model's
     logits (None: the staged model is the full model)."""
-    from cachenet.toolchain.sites import all_features
+    from cachenet.toolchain.sites import TorchRunner, all_features
 
     x = workload(calib_x, cfg)
     cal_feats, own = all_features(staged_model, x)
-    ref = (own if reference is None else reference(x)).argmax(1)
-    conf, labels = scores(cands, cal_feats, ref)
+    ref_logits = own if reference is None else reference(x)
+    ref = ref_logits.argmax(1)
+    conf, labels = scores(cands, cal_feats, ref,
+                          softmax(ref_logits).max(1) >= cfg.fill_confidence)
+    costs = measure_costs(TorchRunner(staged_model), x, cands, cal_feats)
     return Prepared(staged_model, site_macs, full_macs, [f.shape[1] for f in cal_feats], cands,
-                    conf, labels, ref)
+                    conf, labels, ref, costs)
 
 
 def prepare(staged_model: Staged, input_shape: tuple[int, ...], fit_x: np.ndarray,
@@ -300,7 +291,9 @@ def choose(prep: Prepared, cfg: LayerCacheConfig) -> FittedCascade:
     n = prep.conf.shape[1]
     sel, cal = np.arange(n // 2), np.arange(n // 2, n)
     kept = select(prep.cands, prep.conf[:, sel], prep.labels[:, sel], prep.ref[sel],
-                  prep.site_macs, prep.full_macs, cfg)
+                  prep.costs, kinds=cfg.kinds, target=cfg.target,
+                  max_lookup_share=cfg.max_lookup_share, budget=cfg.budget,
+                  kind_order=KIND_ORDER)
     names = prep.staged.site_names
     if not kept:
         log.warning("no layer cache pays for its lookup on these data: none kept")
@@ -317,7 +310,9 @@ def choose(prep: Prepared, cfg: LayerCacheConfig) -> FittedCascade:
     calib["workload"] = cfg.workload
     return FittedCascade(names, prep.site_macs, prep.full_macs, prep.features,
                          prep.staged.grid, [prep.cands[j] for j in kept], thresholds, calib,
-                         [c.describe(names) for c in prep.cands])
+                         [c.describe(names) for c in prep.cands],
+                         {"stage_us": [1e6 * s for s in prep.costs.stage_s],
+                          "full_us": 1e6 * prep.costs.full_s})
 
 
 def fit_cascade(staged_model: Staged, input_shape: tuple[int, ...], fit_x: np.ndarray,
@@ -349,17 +344,19 @@ def write_section(fitted: FittedCascade, work: Path, prefix: str, cfg: LayerCach
     section = {"sites": sites, "final": {"segment": segments[-1] if segments else None},
                "full_macs": fitted.full_macs, "rules": rules,
                "refresh": {"rate": cfg.refresh_rate}, "target": cfg.target,
+               "fill_confidence": cfg.fill_confidence,
                "delta": cfg.delta, "calibration": fitted.calibration,
-               "candidates": fitted.candidates}
+               "candidates": fitted.candidates, "costs": fitted.costs}
     return section, files
 
 
 def to_cascade(fitted: FittedCascade, num_classes: int, *, refresh_rate: float = 0.0,
-               target: float = 0.99, delta: float = 0.05) -> LayerCascade:
+               target: float = 0.99, delta: float = 0.05,
+               fill_confidence: float = 0.9) -> LayerCascade:
     """The cascade ``fitted`` describes, with copies of its tables (what a server loading
     its bundle section would hold)."""
     rules = [Rule(c.site, f"{fitted.site_names[c.site]}:{c.kind}", copy.deepcopy(c.cache), t,
                   Refresh(refresh_rate, target, delta) if refresh_rate > 0 else None)
              for c, t in zip(fitted.rules, fitted.thresholds, strict=True)]
     return LayerCascade(fitted.site_names, fitted.site_macs, fitted.full_macs, rules,
-                        num_classes)
+                        num_classes, fill_confidence)

@@ -130,7 +130,12 @@ class TorchRunner:
         idx = torch.as_tensor(rows, device=state.device)
         if self.s.views == 2:
             idx = torch.cat([idx, idx + self._n(state)])
-        return state.index_select(0, idx)
+        out = state.index_select(0, idx)
+        if state.dim() == 4 and state.is_contiguous(memory_format=torch.channels_last):
+            # Keep the layout the convolutions were laid out for (for_inference): a
+            # plain NCHW activation would cost every later convolution a reorder.
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
 
     def logits(self, state: torch.Tensor) -> np.ndarray:
         out = state.float()
