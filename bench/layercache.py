@@ -21,9 +21,11 @@ For each full model (our ResNet-20 from ``--bundle``, and the ResNet-18 of
    each lookup); ``runs50`` and ``iid`` use the caches calibrated for ``iid``,
    ``video`` those calibrated for ``video``;
 4. the MACs-agreement frontier of each kind on ``iid`` (targets 0.95 to 0.999);
-5. the cloud's throughput on ``video`` at batch 32, the batcher's run function
-   with layer caches (:func:`cloud_server.layered.layered_runner`) against without
-   (:func:`cloud_server.server.torch_runner`), alternated in one run.
+5. the cloud's throughput on ``video`` from a fleet of 32 cameras (each its own
+   seeded ``video`` stream; each batch of 32 holds one frame of every camera, as
+   the dynamic batcher gathers them), the batcher's run function with layer
+   caches (:func:`cloud_server.layered.layered_runner`) against without
+   (:func:`cloud_server.model.torch_runner`), alternated in one run.
 
     python bench/layercache.py --bundle bundles/cifar [--quick] [--device cuda]
 
@@ -91,7 +93,7 @@ def streams(splits: Any, n: int, seed: int, save: Path | None = None
 
 def plain_pass(model: Any, x: np.ndarray, batch: int) -> tuple[np.ndarray, float]:
     """The uncached model's logits on ``x`` in batches of ``batch``, and seconds taken."""
-    from cloud_server.server import torch_runner
+    from cloud_server.model import torch_runner
 
     dev = next(model.parameters()).device
     run = torch_runner(model, dev)
@@ -214,34 +216,78 @@ def frontier(prep_cal: Any, prep_test: Any, cfg: Any) -> dict[str, list[dict[str
     return out
 
 
-def throughput(model: Any, fitted: Any, staged_model: Any, x: np.ndarray, k: int,
-               batch: int = 32, rounds: int = 3) -> dict[str, Any]:
-    """Frames per second through the batcher's run function, with and without layer
-    caches, alternated; the median round of each."""
-    from cachenet.toolchain.layerfit import to_cascade
-    from cloud_server.layered import layered_runner
-    from cloud_server.server import torch_runner
+def camera_fleet(images: np.ndarray, cameras: int, frames: int, seed: int) -> np.ndarray:
+    """Frames of ``cameras`` video streams: frames x cameras x C x H x W."""
+    from cachenet.toolchain.data.video import render, video_stream
 
-    dev = next(model.parameters()).device
-    plain = torch_runner(model, dev)
+    return np.stack([render(images, video_stream(len(images), frames, seed=seed + 1000 + c))
+                     for c in range(cameras)], axis=1)
+
+
+def interleaved(fleet: np.ndarray, cameras: int) -> np.ndarray:
+    """Frame t of the first ``cameras`` cameras, then frame t + 1 of each, ..."""
+    return np.ascontiguousarray(fleet[:, :cameras].reshape(-1, *fleet.shape[2:]))
+
+
+def throughput(plain: Any, make_layered: Any, x: np.ndarray, batch: int, rounds: int = 3
+               ) -> dict[str, Any]:
+    """Frames per second through the batcher's run function without layer caches
+    (``plain``) and with (a fresh one from ``make_layered`` each round), alternated; the
+    median round of each. ``x``: ``batch`` cameras' frames, interleaved."""
     times: dict[str, list[float]] = {"plain": [], "layered": []}
     served: list[str] = []
     for _ in range(rounds):
-        layered = layered_runner(model, to_cascade(fitted, k), grid=staged_model.grid)
+        layered = make_layered()
         for name, run in (("plain", plain), ("layered", layered)):
-            run(x[:batch].copy())
+            run(x[:batch].copy())  # warm-up
+            if name == "layered":
+                layered = make_layered()  # the warm-up's answers are forgotten
+                run = layered
             t = time.perf_counter()
             outs = [run(x[i:i + batch]) for i in range(0, len(x), batch)]
             times[name].append(time.perf_counter() - t)
             if name == "layered":
                 served = [b for o in outs for b in o.by]
-    med = {k_: float(np.median(v)) for k_, v in times.items()}
-    return {"batch": batch, "n": len(x), "plain_fps": len(x) / med["plain"],
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {"batch": batch, "cameras": batch, "n": len(x), "plain_fps": len(x) / med["plain"],
             "layered_fps": len(x) / med["layered"], "ratio": med["plain"] / med["layered"],
             "plain_ms_per_request": 1e3 * med["plain"] / len(x),
             "layered_ms_per_request": 1e3 * med["layered"] / len(x),
-            "answered_by_caches": float(np.mean([b != "full" for b in served])),
-            "device": str(dev)}
+            "answered_by_caches": float(np.mean([b != "full" for b in served]))}
+
+
+def fitted_throughput(model: Any, fitted: Any, staged_model: Any, fleet: np.ndarray, k: int,
+                      batch: int = 32) -> dict[str, Any]:
+    from cachenet.toolchain.layerfit import to_cascade
+    from cloud_server.layered import layered_runner
+    from cloud_server.model import torch_runner
+
+    dev = next(model.parameters()).device
+    out = throughput(torch_runner(model, dev),
+                     lambda: layered_runner(model, to_cascade(fitted, k), grid=staged_model.grid),
+                     interleaved(fleet, batch), batch)
+    return out | {"device": str(dev)}
+
+
+def bundle_throughput(bundle: Path, fleet: np.ndarray, device: str, batches: list[int]
+                      ) -> list[dict[str, Any]]:
+    """As ``cachenet-cloud --layer-cache`` loads ``bundle``: its full model, with its layer
+    caches and without, on ``device``."""
+    from cloud_server.layered import layered_runner, load_layer_cascade
+    from cloud_server.model import load_full_model, torch_runner
+
+    model, manifest = load_full_model(bundle, device=device)
+    dev = next(model.parameters()).device
+    rows = []
+    for batch in batches:
+        def make(model=model, manifest=manifest):
+            cascade, grid = load_layer_cascade(manifest, bundle)
+            return layered_runner(model, cascade, grid=grid)
+        row = throughput(torch_runner(model, dev), make, interleaved(fleet, batch), batch)
+        rows.append(row | {"device": str(dev), "bundle": bundle.name,
+                           "full": (manifest.data["full_model"].get("spec") or {}).get("arch")})
+        print(f"{bundle.name} batch {batch}: {rows[-1]}", flush=True)
+    return rows
 
 
 def measure_model(name: str, model: Any, splits: Any, args: argparse.Namespace
@@ -295,7 +341,9 @@ def measure_model(name: str, model: Any, splits: Any, args: argparse.Namespace
                   f"time {row['ms_per_request']:.2f} / {row['uncached_ms_per_request']:.2f} ms",
                   flush=True)
         if trace == "video":
-            result["throughput_video"] = throughput(model, fitted[("video", "all")], cut, x, k)
+            fleet = camera_fleet(splits.test.x, 32, max(64, args.requests // 16), args.seed)
+            result["throughput_video"] = fitted_throughput(model, fitted[("video", "all")],
+                                                           cut, fleet, k)
             print(f"{name} cloud throughput on video: {result['throughput_video']}", flush=True)
     result["seconds"] = round(time.monotonic() - t0, 1)
     return result
@@ -317,10 +365,33 @@ def load_models(args: argparse.Namespace) -> dict[str, Any]:
     return models
 
 
+def throughput_only(args: argparse.Namespace) -> int:
+    from threadpoolctl import threadpool_limits
+
+    from bench.suite import machine
+
+    threadpool_limits(1, user_api="blas")
+    with np.load(args.frames) as f:
+        fleet = f["frames"].astype(np.float32) / 255.0
+    rows = [r for b in args.throughput_only for r in bundle_throughput(b, fleet, args.device,
+                                                                       args.batch)]
+    out = {"rows": rows, "machine": machine(), "frames": str(args.frames),
+           "command": "python bench/layercache.py " + " ".join(sys.argv[1:])}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "layercache-throughput.json").write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+def export_frames(args: argparse.Namespace, splits: Any) -> int:
+    fleet = camera_fleet(splits.test.x, 64, 64, args.seed)
+    np.savez_compressed(args.export_frames, frames=np.round(fleet * 255).astype(np.uint8))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", type=Path, required=True, help="a CIFAR-10 bundle (ResNet-20)")
+    p.add_argument("--bundle", type=Path, help="a CIFAR-10 bundle (ResNet-20)")
     p.add_argument("--resnet18", type=Path,
                    default=ROOT.parent / "shared/models/cifar10-resnet18.pt")
     p.add_argument("--dataset", default=str(ROOT.parent / "shared/data/cifar10-jpg.zip"))
@@ -331,7 +402,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="300 requests, 5,000 fit images")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--export-frames", type=Path,
+                   help="write a fleet of 64 cameras' video frames (uint8 .npz) and exit")
+    p.add_argument("--throughput-only", type=Path, nargs="+", metavar="LAYERED_BUNDLE",
+                   help="only the cloud's throughput with each bundle's layer caches against "
+                        "without, on --frames, at each --batch (e.g. on a GPU)")
+    p.add_argument("--frames", type=Path, help="frames written by --export-frames")
+    p.add_argument("--batch", type=int, nargs="+", default=[32])
     args = p.parse_args(argv)
+    if args.throughput_only:
+        return throughput_only(args)
+    if args.bundle is None:
+        p.error("--bundle is required")
     if args.quick:
         args.requests, args.fit = 300, 5000
     if not Path(args.dataset).exists():
@@ -347,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     splits = load_splits(args.dataset, seed=int(verify_bundle(args.bundle)
                                                 .data["dataset"]["seed"]))
+    if args.export_frames:
+        return export_frames(args, splits)
     results = {name: measure_model(name, model, splits, args)
                for name, model in load_models(args).items()}
     out = {"models": results, "machine": machine(), "requests": args.requests,
@@ -354,7 +438,13 @@ def main(argv: list[str] | None = None) -> int:
            "wall_s": round(time.monotonic() - started, 1),
            "command": "python bench/layercache.py " + " ".join(sys.argv[1:] if argv is None
                                                                else argv)}
+    for m in results.values():
+        m["command"], m["device"] = out["command"], args.device
     args.out.mkdir(parents=True, exist_ok=True)
+    previous = args.out / "layercache.json"
+    if previous.exists():  # models measured by an earlier command stay, with their command
+        kept = json.loads(previous.read_text()).get("models", {})
+        out["models"] = {**{k: v for k, v in kept.items() if k not in results}, **results}
     (args.out / "layercache.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
     write_report(out, args.out)
     print(f"wrote {args.out}/layercache.json and layercache.md in {out['wall_s']} s")

@@ -128,8 +128,9 @@ def write_report(result: dict[str, Any], out: Path) -> None:
     lines += _goals(result["models"], wan)
     for name, m in result["models"].items():
         pot = m["oracle_potential"]["test_iid"]
-        lines += ["", f"## {name}", "",
-                  f"{len(m['site_names'])} sites; full model {m['full_macs'] / 1e6:.1f} M MACs "
+        lines += ["", f"## {name}", "", f"Command: `{m.get('command', result['command'])}` "
+                  f"(device {m.get('device', result['device'])}, {m.get('seconds', '?')} s).",
+                  "", f"{len(m['site_names'])} sites; full model {m['full_macs'] / 1e6:.1f} M MACs "
                   f"per input ({m['views']} view(s)); half of it is reached at site "
                   + next((s for s, mac in zip(m["site_names"], m["site_macs"], strict=True)
                           if mac > m["full_macs"] / 2), "-") + " (the first past half).", "",
@@ -139,7 +140,8 @@ def write_report(result: dict[str, Any], out: Path) -> None:
         lines += _trace_table(m)
         tp = m.get("throughput_video")
         if tp:
-            lines += ["", f"Cloud throughput on video, batch {tp['batch']} ({tp['device']}): "
+            lines += ["", f"Cloud throughput on video from {tp['cameras']} cameras, batch "
+                      f"{tp['batch']} ({tp['device']}): "
                       f"{tp['layered_fps']:.0f} frames/s with layer caches, "
                       f"{tp['plain_fps']:.0f} without ({tp['ratio']:.2f}x); compute per request "
                       f"{tp['layered_ms_per_request']:.2f} vs {tp['plain_ms_per_request']:.2f} "
@@ -161,5 +163,18 @@ def write_report(result: dict[str, Any], out: Path) -> None:
             lines.append(f"| {system} | {r['mean_ms']:.2f} | {r['p50_ms']:.2f} | "
                          f"{r['p95_ms']:.2f} | {r['accuracy']:.4f} | "
                          f"{_pct(r['escalation_rate'])} | {_pct(r.get('layer_hits'))} |")
+    gpu_file = out / "layercache-throughput.json"
+    if gpu_file.exists():
+        gpu = json.loads(gpu_file.read_text())
+        lines += ["", "## Cloud throughput, bundles as `cachenet-cloud --layer-cache` loads them",
+                  "", f"Command: `{gpu['command']}`, GPU {gpu['machine']['gpu']}, "
+                  f"{gpu['machine']['cpus']} CPUs; frames: a fleet of cameras "
+                  "(`--export-frames`), one frame of each camera per batch.", "",
+                  "| bundle | full model | device | batch | frames/s without | with | ratio | "
+                  "answered by caches |", "|---|---|---|---|---|---|---|---|"]
+        for r in gpu["rows"]:
+            lines.append(f"| {r['bundle']} | {r['full']} | {r['device']} | {r['batch']} | "
+                         f"{r['plain_fps']:.0f} | {r['layered_fps']:.0f} | {r['ratio']:.2f}x | "
+                         f"{_pct(r['answered_by_caches'])} |")
     _plots(result, out)
     (out / "layercache.md").write_text("\n".join(lines) + "\n")

@@ -15,7 +15,10 @@ API, one at a time, as an application would:
   a specialising cloud and a fresh agent for each run (:mod:`bench.specializing`);
 * ``oracle``: the same cache models as ``cachenet_specialized`` (a fresh agent of
   the specialising cloud), escalating exactly where the active model disagrees
-  with the full model: the latency floor for those models at full-model agreement.
+  with the full model: the latency floor for those models at full-model agreement;
+* ``cachenet_layercache`` (with ``--layered-bundle``, a bundle from ``cachenet
+  layercache``): cachenet with layer caches on the edge and in the cloud, a fresh
+  agent for each run (:mod:`bench.layered`).
 
 Results go to ``bench/results/``: ``summary.json`` (one row per stream, network
 and system), ``report.md``, PNG plots, and the traces as ``traces/*.npz``.
@@ -42,6 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.layered import LayeredCloud  # noqa: E402
 from bench.specializing import SpecializingCloud, oracle_answer, pushes  # noqa: E402
 from bench.traces import TRACES, make_trace, save_trace, trace_inputs  # noqa: E402
 from cachenet.sim.daemon import Process  # noqa: E402
@@ -58,6 +62,7 @@ SYSTEMS = ("edge_only", "cloud_only", "fixed_threshold", "cachenet", "cachenet_s
            "oracle")
 #: Systems run on the specialising cloud, each on a fresh agent of its own.
 SPECIALIZING = ("cachenet_specialized", "oracle")
+LAYERED = "cachenet_layercache"
 FIXED_GATE = {"score": "entropy", "threshold": 0.5}
 DEADLINE_MS = 2000
 
@@ -74,7 +79,7 @@ def request_options(system: str) -> dict[str, Any]:
 
 def run_system(client: Any, x: np.ndarray, system: str, full_lab: np.ndarray,
                timeout: float) -> dict[str, Any]:
-    labels, lat, sources = [], [], []
+    labels, lat, sources, by = [], [], [], []
     options = request_options(system)
     for i in range(len(x)):
         if system == "oracle":
@@ -86,8 +91,9 @@ def run_system(client: Any, x: np.ndarray, system: str, full_lab: np.ndarray,
         lat.append(ms)
         labels.append(answer["label"])
         sources.append(answer["source"])
+        by.append(answer.get("answered_by", ""))
     return {"labels": np.asarray(labels), "latencies_ms": np.asarray(lat),
-            "sources": np.asarray(sources)}
+            "sources": np.asarray(sources), "answered_by": np.asarray(by)}
 
 
 def measure(client: Any, proc: Any, proxy: Any, x: np.ndarray, system: str,
@@ -140,7 +146,7 @@ def labels_for(bundle: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
               networks: tuple[str, ...], requests: int, seed: int, micro: dict | None,
-              library: Path) -> dict[str, Any]:
+              library: Path, layered_bundle: Path | None = None) -> dict[str, Any]:
     import psutil
 
     from cachenet.core.bundle import verify_bundle
@@ -157,6 +163,9 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
         # First, so that labelling its replay data does not overlap any measurement.
         specializing = SpecializingCloud(stack, bundle=bundle, dataset=dataset, work=work,
                                          library=library, deadline_ms=DEADLINE_MS)
+        layered = (LayeredCloud(stack, bundle=layered_bundle, work=work,
+                                deadline_ms=DEADLINE_MS) if layered_bundle else None)
+        systems = SYSTEMS + ((LAYERED,) if layered else ())
         cloud = Process("cloud_server", ["--bundle", str(bundle), "--port", "0",
                                          "--log-level", "WARNING"], work)
         stack.callback(cloud.stop)
@@ -178,11 +187,22 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
             for net in networks:
                 proxy.configure(NETWORKS[net])
                 specializing.configure(NETWORKS[net])
+                if layered:
+                    layered.configure(NETWORKS[net])
                 for i in range(5):  # warm-up: connections, sessions
                     client.infer(x[i], policy="cloud", timeout=10)
-                for system in SYSTEMS:
+                for system in systems:
                     extra: dict[str, Any] = {}
-                    if system in SPECIALIZING:
+                    if system == LAYERED:
+                        with layered.agent(f"{system}-{name}-{net}") as (own, proc):
+                            for i in range(5):
+                                own.infer(x[i], policy="cloud", timeout=10)
+                            run, up, down, cpu = measure(own, proc, layered.proxy, x, system,
+                                                         full_lab)
+                        # answered by a layer cache: "<site>:<kind>"
+                        extra = {"layer_hits": float(np.mean([":" in b for b in
+                                                              run["answered_by"]]))}
+                    elif system in SPECIALIZING:
                         with specializing.agent(f"{system}-{name}-{net}") as (own, proc):
                             for i in range(5):  # the same warm-up as the agent above had
                                 own.infer(x[i], policy="cloud", timeout=10)
@@ -219,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, help="requests per trace (default 300; quick 150)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-micro", action="store_true", help="skip the microbenchmarks")
+    p.add_argument("--layered-bundle", type=Path,
+                   help="a bundle with layer caches (cachenet layercache): adds the system "
+                        "cachenet_layercache")
     p.add_argument("--library", type=Path,
                    help="the specialising cloud's partition-model library, kept between "
                         "runs (default: under the cache directory, per bundle version)")
@@ -250,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                                / verify_bundle(args.bundle).version)
     result = run_suite(bundle=args.bundle, dataset=args.dataset, out=args.out, traces=traces,
                        networks=networks, requests=requests, seed=args.seed, micro=micro,
-                       library=library)
+                       library=library, layered_bundle=args.layered_bundle)
     result["wall_s"] = round(time.monotonic() - started, 1)
     result["command"] = "python bench/suite.py " + " ".join(sys.argv[1:] if argv is None
                                                             else argv)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,3 +41,14 @@ def load_full_model(bundle: Path, *, device: str | None = None) -> tuple[nn.Modu
         model, _, _ = load_checkpoint(path, spec)
     log.info("full model %s, test-time augmentation: %s", path, info.get("tta", "none"))
     return for_inference(model, pick_device(device), fold=True), manifest
+
+
+def torch_runner(model: nn.Module, device: torch.device):
+    """``run_batch`` for the batcher: numpy in, numpy logits out, no autograd."""
+    @torch.inference_mode()
+    def run(x: np.ndarray) -> np.ndarray:
+        if not x.flags.writeable:  # a view of the request's bytes; torch wants its own
+            x = x.copy()
+        out = model(torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True))
+        return out.float().cpu().numpy()
+    return run

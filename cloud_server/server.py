@@ -24,11 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import numpy as np
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from torch import nn
 
 from cachenet.exceptions import CachenetError, ConfigError
 from cachenet.fleet.store import ModelStore
@@ -38,7 +36,7 @@ from cachenet.protocol.v1 import inference_pb2 as pb
 from cloud_server.batcher import DynamicBatcher
 from cloud_server.control import ControlService
 from cloud_server.layered import LayeredStats, layered_runner, load_layer_cascade
-from cloud_server.model import load_full_model
+from cloud_server.model import load_full_model, torch_runner
 from cloud_server.service import InferenceService, ModelCard, add_to_server
 from cloud_server.specializer import Specializer, SpecializerConfig, build_specializer
 
@@ -81,17 +79,6 @@ class ServerConfig:
     ready_file: Path | None = None
     layer_cache: bool = False  # serve with the bundle's layer caches
     layer_cache_refresh: float | None = None  # share of hits re-checked (None: the bundle's)
-
-
-def torch_runner(model: nn.Module, device: torch.device):
-    """``run_batch`` for the batcher: numpy in, numpy logits out, no autograd."""
-    @torch.inference_mode()
-    def run(x: np.ndarray) -> np.ndarray:
-        if not x.flags.writeable:  # a view of the request's bytes; torch wants its own
-            x = x.copy()
-        out = model(torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True))
-        return out.float().cpu().numpy()
-    return run
 
 
 def load_card_and_runner(bundle: Path, device: str | None, *, layer_cache: bool = False,

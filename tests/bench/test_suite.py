@@ -30,14 +30,16 @@ def test_traces_have_the_locality_their_names_promise():
 
 
 @pytest.mark.slow
-def test_quick_suite_on_digits_writes_rows_report_and_plots(digits_bundle, tmp_path):
+def test_quick_suite_on_digits_writes_rows_report_and_plots(digits_bundle, layered_bundle,
+                                                           tmp_path):
     from bench.suite import main
 
     assert main(["--bundle", str(digits_bundle[0]), "--dataset", "digits", "--quick",
                  "--requests", "40", "--no-micro", "--out", str(tmp_path),
-                 "--library", str(tmp_path / "library")]) == 0
+                 "--library", str(tmp_path / "library"),
+                 "--layered-bundle", str(layered_bundle)]) == 0
     rows = json.loads((tmp_path / "summary.json").read_text())
-    assert len(rows) == 2 * 2 * 6  # traces x networks x systems, every one run
+    assert len(rows) == 2 * 2 * 7  # traces x networks x systems, every one run
     by = {(r["stream"], r["network"], r["system"]): r for r in rows}
     for stream in ("runs50", "iid"):
         for net in ("lan", "4g"):
@@ -50,6 +52,9 @@ def test_quick_suite_on_digits_writes_rows_report_and_plots(digits_bundle, tmp_p
             specialized = by[stream, net, "cachenet_specialized"]
             assert specialized["n"] == 40 and specialized["pushes_rejected"] == 0
             assert specialized["fallbacks"] == 0  # the specialising cloud answered them all
+            layered = by[stream, net, "cachenet_layercache"]
+            assert layered["n"] == 40 and layered["fallbacks"] == 0
+            assert 0.0 <= layered["layer_hits"] <= 1.0 - layered["escalation_rate"]
     assert by["runs50", "4g", "cloud_only"]["p50_ms"] >= 50.0  # crossed the 50 ms WAN
     report = (tmp_path / "report.md").read_text()
     assert "## What the specialising cloud did" in report
