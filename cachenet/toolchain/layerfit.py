@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cachenet.core.calibration import NEVER
 from cachenet.core.gate import softmax
 from cachenet.exceptions import ConfigError
 from cachenet.layercache import (
@@ -304,6 +305,15 @@ def choose(prep: Prepared, cfg: LayerCacheConfig) -> FittedCascade:
                                    list(prep.labels[kept][:, cal]), prep.ref[cal],
                                    target=cfg.target, delta=cfg.delta)
         calib, thresholds = result.to_dict(), result.thresholds
+        # A rule calibrated never to answer would only cost its lookups: it goes (which
+        # changes no answer, so the guarantee stands).
+        answering = [i for i, t in enumerate(thresholds) if t < NEVER]
+        for i, j in enumerate(kept):
+            prep.cands[j].kept = i in answering
+        kept = [kept[i] for i in answering]
+        thresholds = [thresholds[i] for i in answering]
+        for key in ("hits_per_rule", "disagreements_per_rule"):
+            calib[key] = [calib[key][i] for i in answering]
         log.info("layer caches: %s; calibrated hit rate %.3f at agreement %.4f (bound %.4f)",
                  [f"{names[prep.cands[j].site]}:{prep.cands[j].kind}" for j in kept],
                  result.hit_rate, result.agreement, result.disagreement_ucb)
