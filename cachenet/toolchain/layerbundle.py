@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from cachenet.core.bundle import repack, verify_bundle
+from cachenet.core.cascade import Stage
 from cachenet.exceptions import ConfigError
 from cachenet.toolchain.layerfit import LayerCacheConfig, fit_cascade, write_section
 from cachenet.toolchain.models import ModelSpec, for_inference, load_checkpoint
@@ -75,7 +76,13 @@ def add_layer_caches(bundle: Path, out: Path, *, dataset: str, seed: int = 0,
                                     np.ascontiguousarray(splits.test.x[:64]))
             names = [f"layers/segment-{i}.onnx" for i in range(len(paths))]
             extra.update(dict(zip(names, paths, strict=True)))
-            fitted = fit_cascade(cut, shape, splits.train.x, splits.calib.x, teacher, cfg)
+            stage = Stage.from_manifest(m.gate, m.partition)
+
+            def escalates(logits: np.ndarray) -> np.ndarray:
+                return stage.read(logits)[1] < stage.gate.threshold
+
+            fitted = fit_cascade(cut, shape, splits.train.x, splits.calib.x, teacher, cfg,
+                                 escalates)
             section, files = write_section(fitted, work, "edge", cfg, names)
             extra.update(files)
             fields["layer_cache"] = section

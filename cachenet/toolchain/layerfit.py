@@ -86,6 +86,8 @@ class LayerCacheConfig:
     video_frames: float = 4.0
     #: tables learn only answers the full model gave with at least this confidence
     fill_confidence: float = 0.9
+    #: on the edge: what an escalation costs, weighed against lookups (a 4g round trip)
+    escalation_s: float = 0.05
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -230,6 +232,7 @@ class Prepared:
     labels: np.ndarray
     ref: np.ndarray  # the full model's labels on them
     costs: Costs  # measured: stages and lookups, per input
+    escalates: np.ndarray | None = None  # on the edge: inputs its gate would escalate
 
 
 def fit_candidates(staged_model: Staged, input_shape: tuple[int, ...], fit_x: np.ndarray,
@@ -253,9 +256,11 @@ def fit_candidates(staged_model: Staged, input_shape: tuple[int, ...], fit_x: np
 def score_workload(staged_model: Staged, cands: list[Candidate], site_macs: list[int],
                    full_macs: int, calib_x: np.ndarray,
                    reference: Callable[[np.ndarray], np.ndarray] | None,
-                   cfg: LayerCacheConfig) -> Prepared:
+                   cfg: LayerCacheConfig,
+                   gate: Callable[[np.ndarray], np.ndarray] | None = None) -> Prepared:
     """Score ``cands`` on the calibration workload; ``reference`` gives the full model's
-    logits (None: the staged model is the full model)."""
+    logits (None: the staged model is the full model); ``gate`` (on the edge) says which
+    of the staged model's logits its gate escalates."""
     from cachenet.toolchain.sites import TorchRunner, all_features
 
     x = workload(calib_x, cfg)
@@ -266,17 +271,19 @@ def score_workload(staged_model: Staged, cands: list[Candidate], site_macs: list
                           softmax(ref_logits).max(1) >= cfg.fill_confidence)
     costs = measure_costs(TorchRunner(staged_model), x, cands, cal_feats)
     return Prepared(staged_model, site_macs, full_macs, [f.shape[1] for f in cal_feats], cands,
-                    conf, labels, ref, costs)
+                    conf, labels, ref, costs, None if gate is None else gate(own))
 
 
 def prepare(staged_model: Staged, input_shape: tuple[int, ...], fit_x: np.ndarray,
             calib_x: np.ndarray, reference: Callable[[np.ndarray], np.ndarray] | None,
-            cfg: LayerCacheConfig) -> Prepared:
+            cfg: LayerCacheConfig,
+            gate: Callable[[np.ndarray], np.ndarray] | None = None) -> Prepared:
     """:func:`fit_candidates`, then :func:`score_workload`; ``reference``: the full model's
     logits (None: the staged model is the full model)."""
     cands, site_macs, full_macs = fit_candidates(staged_model, input_shape, fit_x,
                                                  reference, cfg)
-    return score_workload(staged_model, cands, site_macs, full_macs, calib_x, reference, cfg)
+    return score_workload(staged_model, cands, site_macs, full_macs, calib_x, reference, cfg,
+                          gate)
 
 
 def knn_capacity(cfg: LayerCacheConfig, full_macs: int) -> int:
@@ -294,7 +301,9 @@ def choose(prep: Prepared, cfg: LayerCacheConfig) -> FittedCascade:
     kept = select(prep.cands, prep.conf[:, sel], prep.labels[:, sel], prep.ref[sel],
                   prep.costs, kinds=cfg.kinds, target=cfg.target,
                   max_lookup_share=cfg.max_lookup_share, budget=cfg.budget,
-                  kind_order=KIND_ORDER)
+                  kind_order=KIND_ORDER,
+                  escalates=None if prep.escalates is None else prep.escalates[sel],
+                  escalation_s=cfg.escalation_s)
     names = prep.staged.site_names
     if not kept:
         log.warning("no layer cache pays for its lookup on these data: none kept")
@@ -327,9 +336,11 @@ def choose(prep: Prepared, cfg: LayerCacheConfig) -> FittedCascade:
 
 def fit_cascade(staged_model: Staged, input_shape: tuple[int, ...], fit_x: np.ndarray,
                 calib_x: np.ndarray, reference: Callable[[np.ndarray], np.ndarray] | None,
-                cfg: LayerCacheConfig) -> FittedCascade:
+                cfg: LayerCacheConfig,
+                gate: Callable[[np.ndarray], np.ndarray] | None = None) -> FittedCascade:
     """:func:`prepare`, then :func:`choose`."""
-    return choose(prepare(staged_model, input_shape, fit_x, calib_x, reference, cfg), cfg)
+    return choose(prepare(staged_model, input_shape, fit_x, calib_x, reference, cfg, gate),
+                  cfg)
 
 
 def write_section(fitted: FittedCascade, work: Path, prefix: str, cfg: LayerCacheConfig,
