@@ -28,16 +28,19 @@ def key_rule(feats: np.ndarray, labels: np.ndarray, num_classes: int, *, site: s
 
 def rewrite(bundle: Path, out: Path, *, cloud_rules: list | None = None,
             edge_rules: list | None = None, files: dict[str, Path] | None = None,
-            gate_threshold: float | None = None, refresh: float = 0.0) -> Path:
+            gate_threshold: float | None = None, refresh: float = 0.0,
+            fill_confidence: float = 0.0) -> Path:
     m = verify_bundle(bundle)
     data = json.loads(json.dumps(m.data))
     fields: dict = {}
     if cloud_rules is not None:
         section = data["full_model"]["layer_cache"]
-        section.update(rules=cloud_rules, refresh={"rate": refresh})
+        section.update(rules=cloud_rules, refresh={"rate": refresh},
+                       fill_confidence=fill_confidence)
         fields["full_model"] = data["full_model"]
     if edge_rules is not None:
-        data["layer_cache"].update(rules=edge_rules, refresh={"rate": refresh})
+        data["layer_cache"].update(rules=edge_rules, refresh={"rate": refresh},
+                                   fill_confidence=fill_confidence)
         fields["layer_cache"] = data["layer_cache"]
     if gate_threshold is not None:
         fields["gate"] = {**data["gate"], "threshold": gate_threshold}

@@ -166,6 +166,13 @@ def load_cascade(spec: LayerCacheSpec, root: Path, num_classes: int, *,
         except (ValueError, TypeError) as exc:
             raise ManifestError(f"layer cache rule {entry['site']}:{entry['kind']}: "
                                 f"{exc}") from exc
+    widths = [int(s["features"]) for s in d["sites"]]
+    for rule in rules:  # each takes its site's features, or the bundle is refused now
+        try:
+            rule.cache.lookup(np.zeros((1, widths[rule.site]), np.float32))
+        except (ValueError, IndexError) as exc:
+            raise ManifestError(f"layer cache {rule.name} does not take its site's "
+                                f"{widths[rule.site]} features: {exc}") from exc
     return LayerCascade(spec.site_names, [int(s["macs"]) for s in d["sites"]],
                         int(d["full_macs"]), rules, num_classes,
                         float(d.get("fill_confidence", 0.0)))

@@ -16,7 +16,7 @@ from cachenet.exceptions import CloudOverloaded, CloudRejected, CloudTimeout
 from cachenet.protocol.client import CloudClient, make_request
 from cachenet.protocol.v1 import inference_pb2 as pb
 from cloud_server import load_full_model, pick_device
-from tests.processes import start_cloud
+from tests.processes import server_atol, start_cloud
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_answers_match_the_full_model(client, digits_bundle, digits_splits):
     answer = client.infer(x, timeout=10, request_id="batch-16")
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(answer.logits, expected, atol=1e-4)
+    np.testing.assert_allclose(answer.logits, expected, atol=server_atol())
     assert answer.id == "batch-16" and answer.labels.tolist() == expected.argmax(1).tolist()
     assert answer.model_name == "resnet20" and len(answer.model_version) == 12
     assert answer.timings["batch_size"] >= 16 and answer.timings["total_us"] > 0

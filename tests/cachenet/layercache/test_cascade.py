@@ -63,6 +63,16 @@ def test_settle_fills_the_tables_so_a_re_seen_input_hits():
     assert (again.by == 0).all() and np.array_equal(again.labels, first.labels)
 
 
+def test_tables_learn_only_the_full_models_sure_answers():
+    x, w, cascade = setup()
+    cascade.fill_confidence = 0.9
+    first = cascade.run(ToyRunner(w), x, len(x))
+    sure = np.array([0.95, 0.5] * 4)
+    cascade.settle(first, np.arange(8), first.labels, sure)
+    again = cascade.run(ToyRunner(w), x, len(x))
+    assert ((again.by == 0) == (sure >= 0.9)).all()
+
+
 def test_refresh_re_checks_a_share_of_hits_and_tightens_a_rule_that_errs():
     x, w, cascade = setup(Refresh(rate=1.0, target=0.99, delta=0.05))
     rule = cascade.rules[0]

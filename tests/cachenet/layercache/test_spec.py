@@ -68,6 +68,10 @@ def test_a_bad_config_or_file_is_refused_when_loading(bundle):
     bad["rules"][0]["config"] = {"num_classes": 3, "dim": 4, "nonsense": 1}
     with pytest.raises(ManifestError, match="config"):
         load_cascade(parse_spec(bad, manifest), manifest.root, 3)
+    narrow = copy.deepcopy(section)
+    narrow["sites"][0]["features"] = 10  # the rule's projection takes 12
+    with pytest.raises(ManifestError, match="does not take its site's 10 features"):
+        load_cascade(parse_spec(narrow, manifest), manifest.root, 3)
     with pytest.raises(ManifestError, match="answers 3 classes"):
         load_cascade(parse_spec(section, manifest), manifest.root, 2)
     (manifest.root / "layers" / "a.npz").write_bytes(b"not a zip")
