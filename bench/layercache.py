@@ -86,7 +86,7 @@ def streams(splits: Any, n: int, seed: int, save: Path | None = None
     for name in ("iid", "runs50", "video"):
         idx = make_trace(name, y, n, seed=seed)
         if save is not None:
-            save_trace(save / f"{name}.npz", name, idx, y, seed)
+            save_trace(save / f"layercache-{name}.npz", name, idx, y, seed)
         out[name] = (trace_inputs(name, x, idx, seed), y[idx])
     return out
 

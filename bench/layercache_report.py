@@ -1,7 +1,11 @@
 """``bench/results/layercache.md`` and its plots, from ``layercache.json``.
 
 Each goal of the layer-cache issue is checked against the measured figures and
-reported as met or missed, with by how much.
+reported as met or missed, with by how much. A lookup's cost is set against the
+compute it skips (the uncached model's time per request times the share of MACs
+saved) and, separately, against the net time saved, which also pays for running
+the model stage by stage (at batch 1 on a CPU that overhead can exceed what is
+saved: the tables say so).
 """
 
 from __future__ import annotations
@@ -27,6 +31,13 @@ def _met(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
+def skipped_share(r: dict[str, Any]) -> float | None:
+    """Lookup time per request over the time of the compute the caches skipped: the
+    uncached model's time per request times the share of its MACs saved."""
+    skipped = r["uncached_ms_per_request"] * r["macs_saved_share"]
+    return r["lookup_ms_per_request"] / skipped if skipped > 0 else None
+
+
 def _goals(models: dict[str, Any], wan: dict[str, Any] | None) -> list[str]:
     lines = ["| goal | model | measured | |", "|---|---|---|---|"]
     for name, m in models.items():
@@ -49,10 +60,11 @@ def _goals(models: dict[str, Any], wan: dict[str, Any] | None) -> list[str]:
                          f"{tp['ratio']:.2f}x ({tp['layered_fps']:.0f} vs "
                          f"{tp['plain_fps']:.0f} frames/s, batch {tp['batch']}, "
                          f"{tp['device']}) | {_met(tp['ratio'] >= GOALS['throughput'])} |")
-        worst = max(((row.get("lookup_vs_saved_time") or 0.0, f"{trace}/{kind}")
+        worst = max(((skipped_share(row) or 0.0, f"{trace}/{kind}")
                      for trace, kinds in m["traces"].items() for kind, row in kinds.items()
                      if row["answered_by_caches"] > 0), default=(0.0, "-"))
-        lines.append(f"| every cache's lookup <= 10% of the compute it saves (time) | {name} | "
+        lines.append(f"| every cache's lookup <= 10% of the compute it saves (lookup time / "
+                     f"time of the MACs skipped) | {name} | "
                      f"worst {_pct(worst[0])} ({worst[1]}) | "
                      f"{_met(worst[0] <= GOALS['lookup_share'])} |")
     if wan:
@@ -68,8 +80,8 @@ def _goals(models: dict[str, Any], wan: dict[str, Any] | None) -> list[str]:
 
 def _trace_table(m: dict[str, Any]) -> list[str]:
     lines = ["| trace | caches | answered | <= half MACs | agreement | accuracy (uncached) | "
-             "MACs saved | ms / request (uncached) | lookups, ms | lookup / saved (MACs, "
-             "time) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "MACs saved | ms / request (uncached) | lookups, ms | lookup / skipped (MACs, "
+             "time) | lookup / net time saved |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for trace, kinds in m["traces"].items():
         for kind, r in kinds.items():
             lines.append(
@@ -78,7 +90,8 @@ def _trace_table(m: dict[str, Any]) -> list[str]:
                 f"{_f(r['accuracy'])} ({_f(r['uncached_accuracy'])}) | "
                 f"{_pct(r['macs_saved_share'])} | {r['ms_per_request']:.2f} "
                 f"({r['uncached_ms_per_request']:.2f}) | {r['lookup_ms_per_request']:.3f} | "
-                f"{_pct(r['lookup_vs_saved_macs'])}, {_pct(r['lookup_vs_saved_time'])} |")
+                f"{_pct(r['lookup_vs_saved_macs'])}, {_pct(skipped_share(r))} | "
+                f"{_pct(r['lookup_vs_saved_time'])} |")
     return lines
 
 

@@ -102,3 +102,25 @@ def test_models_push_refuses_a_bundle_whose_version_is_a_path(digits_bundle, tmp
     listed = run_cli("models", "--store", str(store), "--agent", "cam-1", "--json", "list",
                      cache_dir=cli_cache, timeout=120)
     assert json.loads(listed.stdout) == []
+
+
+@pytest.mark.slow
+def test_layercache_writes_a_bundle_the_edge_loads_and_refuses_bad_arguments(
+        digits_bundle, tmp_path, cli_cache):
+    from cachenet.core.runtime import load_cache_model
+    from cachenet.layercache.edge import load_edge_layers
+
+    out = tmp_path / "layered"
+    proc = run_cli("layercache", "--bundle", str(digits_bundle[0]), "--out", str(out),
+                   "--dataset", "digits", "--where", "edge", "--kinds", "knn,learned",
+                   "--target", "0.95", "--json", cache_dir=cli_cache)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(report) == {"edge", "version"} and report["edge"]["workload"] == "iid"
+    model = load_cache_model(out)
+    layers = load_edge_layers(model.manifest)
+    assert layers is not None and model.version == report["version"]
+    assert {r.cache.kind for r in layers.cascade.rules} <= {"knn", "learned"}
+    bad = run_cli("layercache", "--bundle", str(digits_bundle[0]), "--out", str(out),
+                  "--dataset", "digits", "--kinds", "magic", cache_dir=cli_cache, timeout=120)
+    assert bad.returncode == 2 and "unknown layer-cache kinds ['magic']" in bad.stderr
