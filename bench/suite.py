@@ -218,7 +218,8 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
                     print(f"{name:>9} {net:>9} {system:>20}: mean "
                           f"{rows[-1]['mean_ms']:8.2f} ms, accuracy {rows[-1]['accuracy']:.4f},"
                           f" escalated {rows[-1]['escalation_rate']:.3f}"
-                          + (f", pushes applied {extra['pushes_applied']}" if extra else ""),
+                          + "".join(f", {k.replace('_', ' ')} {v:.3g}" for k, v in extra.items()
+                                    if k in ("pushes_applied", "layer_hits")),
                           flush=True)
         specialization = specializing.finish(out)
     return {"rows": rows, "latencies": latencies, "offline": offline, "micro": micro,
