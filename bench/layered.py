@@ -31,20 +31,27 @@ class LayeredCloud:
     def configure(self, profile: LinkProfile) -> None:
         self.proxy.configure(profile)
 
-    @contextmanager
-    def agent(self, agent_id: str) -> Iterator[tuple[Any, Any]]:
+    def agent(self, agent_id: str):
         """A fresh agent of the layered bundle: (its client, its psutil process)."""
-        import psutil
+        return fresh_agent(self.bundle, self.proxy.port, self.work, agent_id, self.deadline_ms)
 
-        from edge_agent.client import EdgeClient
 
-        edge = Process("edge_agent", [
-            "--bundle", str(self.bundle), "--bind", "tcp://127.0.0.1:0", "--agent-id", agent_id,
-            "--cloud", f"127.0.0.1:{self.proxy.port}", "--deadline-ms", str(self.deadline_ms),
-            "--log-level", "WARNING"], self.work, tag=f"-{agent_id}",
-            env={"OMP_NUM_THREADS": "1"})
-        try:
-            with EdgeClient(edge.wait_ready()["endpoint"]) as client:
-                yield client, psutil.Process(edge.proc.pid)
-        finally:
-            edge.stop()
+@contextmanager
+def fresh_agent(bundle: Path, port: int, work: Path, agent_id: str, deadline_ms: float,
+                env: dict[str, str] | None = None) -> Iterator[tuple[Any, Any]]:
+    """An agent process of ``bundle`` escalating to 127.0.0.1:``port``: (its client, its
+    psutil process); stopped on leaving."""
+    import psutil
+
+    from edge_agent.client import EdgeClient
+
+    edge = Process("edge_agent", [
+        "--bundle", str(bundle), "--bind", "tcp://127.0.0.1:0", "--agent-id", agent_id,
+        "--cloud", f"127.0.0.1:{port}", "--deadline-ms", str(deadline_ms),
+        "--log-level", "WARNING"], work, tag=f"-{agent_id}",
+        env={"OMP_NUM_THREADS": "1", **(env or {})})
+    try:
+        with EdgeClient(edge.wait_ready()["endpoint"]) as client:
+            yield client, psutil.Process(edge.proc.pid)
+    finally:
+        edge.stop()

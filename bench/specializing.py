@@ -22,13 +22,13 @@ from __future__ import annotations
 import collections
 import re
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.layered import fresh_agent
 from cachenet.sim.daemon import Process
 from cachenet.sim.wan import LinkProfile, ProxyThread
 
@@ -77,23 +77,10 @@ class SpecializingCloud:
         return {"checks": dict(outcomes), "partitions_trained": text.count(TRAINED),
                 "log": "specializing-cloud.log"}
 
-    @contextmanager
-    def agent(self, agent_id: str) -> Iterator[tuple[Any, Any]]:
+    def agent(self, agent_id: str):
         """A fresh agent of this cloud: (its client, its psutil process)."""
-        import psutil
-
-        from edge_agent.client import EdgeClient
-
-        edge = Process("edge_agent", [
-            "--bundle", str(self.bundle), "--bind", "tcp://127.0.0.1:0", "--agent-id", agent_id,
-            "--cloud", f"127.0.0.1:{self.proxy.port}", "--deadline-ms", str(self.deadline_ms),
-            "--log-level", "WARNING"], self.work, tag=f"-{agent_id}",
-            env={"OMP_NUM_THREADS": "1", "CACHENET_STATE_DIR": str(self.work / agent_id)})
-        try:
-            with EdgeClient(edge.wait_ready()["endpoint"]) as client:
-                yield client, psutil.Process(edge.proc.pid)
-        finally:
-            edge.stop()
+        return fresh_agent(self.bundle, self.proxy.port, self.work, agent_id,
+                           self.deadline_ms, {"CACHENET_STATE_DIR": str(self.work / agent_id)})
 
 
 def pushes(stats: dict[str, Any]) -> dict[str, int]:

@@ -86,7 +86,8 @@ class CacheModel:
         return Prediction(labels, conf, conf >= self.gate.threshold, logits)
 
 
-def _session(path: Path, threads: int | None):
+def open_session(path: Path, threads: int | None = None, what: str = "ONNX model"):
+    """An ONNX Runtime CPU session of ``path``; its failures become IntegrityError."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -97,7 +98,7 @@ def _session(path: Path, threads: int | None):
         return ort.InferenceSession(str(path), sess_options=opts,
                                     providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise IntegrityError(f"{path.name} is not a loadable ONNX model: {exc}") from exc
+        raise IntegrityError(f"{path.name} is not a loadable {what}: {exc}") from exc
 
 
 def _run(model: CacheModel, x: np.ndarray, what: str) -> np.ndarray:
@@ -172,7 +173,7 @@ def load_cache_model(root: Path, *, precision: str = "fp32", threads: int | None
     """Verify the bundle at ``root`` and load its ``precision`` model into ONNX Runtime."""
     manifest = verify_bundle(Path(root))
     path = Path(root) / manifest.model_file(precision)
-    model = CacheModel(manifest, _session(path, threads), precision)
+    model = CacheModel(manifest, open_session(path, threads), precision)
     check_model(model)
     if canary:
         check_canary(model)

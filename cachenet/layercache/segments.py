@@ -14,23 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cachenet.core.runtime import open_session
 from cachenet.exceptions import IntegrityError
 
 CHAIN_ATOL = 1e-4
-
-
-def _session(path: Path, threads: int | None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(str(path), sess_options=opts,
-                                    providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise IntegrityError(f"{path.name} is not a loadable ONNX segment: {exc}") from exc
 
 
 class SegmentRunner:
@@ -40,7 +27,7 @@ class SegmentRunner:
 
     @classmethod
     def open(cls, paths: list[Path], threads: int | None = None) -> SegmentRunner:
-        return cls([_session(p, threads) for p in paths])
+        return cls([open_session(p, threads, "ONNX segment") for p in paths])
 
     def stage(self, i: int, state):
         x = state if i == 0 else state[0]
