@@ -64,6 +64,14 @@ def test_demo_json_and_cleanup(cli_cache, digits_bundle, digits_splits):
     assert "cachenet mean latency" in proc.stdout
 
 
+def listening(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE and any(
+            c.status == psutil.CONN_LISTEN for c in proc.net_connections(kind="tcp"))
+    except psutil.Error:
+        return False
+
+
 @pytest.mark.slow
 def test_interrupted_demo_stops_its_processes(cli_cache):
     env = {**os.environ, "CACHENET_CACHE_DIR": str(cli_cache)}
@@ -71,10 +79,11 @@ def test_interrupted_demo_stops_its_processes(cli_cache):
                              "--rtt-ms", "40"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 300
-    # Wait until both daemons are up (two python children), then interrupt.
+    # Wait until both daemons are serving (each listens on its port: started, not
+    # starting), then interrupt.
     while time.monotonic() < deadline:
         kids = [p for p in children_of(demo.pid) if "python" in p.name()]
-        if len(kids) >= 2 and all(p.status() != psutil.STATUS_ZOMBIE for p in kids):
+        if len(kids) >= 2 and all(listening(p) for p in kids):
             break
         assert demo.poll() is None, demo.stderr.read().decode()[-2000:]
         time.sleep(0.05)
