@@ -75,9 +75,12 @@ def listening(proc: psutil.Process) -> bool:
 @pytest.mark.slow
 def test_interrupted_demo_stops_its_processes(cli_cache):
     env = {**os.environ, "CACHENET_CACHE_DIR": str(cli_cache)}
+    # The demo gets Ctrl-C as a terminal would give it: a process that ignores SIGINT
+    # passes that on to its children, and Python then never raises KeyboardInterrupt.
     demo = subprocess.Popen([sys.executable, "-m", "cachenet", "demo", "--requests", "5000",
                              "--rtt-ms", "40"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+                            stderr=subprocess.PIPE, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     # Wait until both daemons are serving (each listens on its port: started, not
     # starting), then interrupt.
