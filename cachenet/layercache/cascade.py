@@ -63,10 +63,6 @@ class Answered:
     #: rows a rule answered but refresh sent on: (row, rule, cached label)
     checks: list[tuple[int, int, int]] = field(default_factory=list)
 
-    @property
-    def refreshed(self) -> np.ndarray:
-        return np.asarray([r for r, _, _ in self.checks], np.int64)
-
 
 def table_logits(labels: np.ndarray, conf: np.ndarray, k: int) -> np.ndarray:
     """Logits for a table's answer: log-probabilities with ``conf`` on the label."""
