@@ -9,7 +9,15 @@ A device holds a *general* cache model and, once the cloud has specialised it,
 3. unsure, and the active model is a partition model: it hands over to the
    general model, which answers if *it* is sure (its label is also the one the
    edge falls back on, since it covers every class);
-4. otherwise the request escalates to the cloud.
+4. unsure, and the device follows its stream's class prior
+   (:mod:`cachenet.core.prior`): the general model's logits, re-weighted by the
+   prior, answer if the label-shift gate is sure of the label the model
+   already predicts (:data:`PRIOR`);
+5. otherwise the request escalates to the cloud.
+
+On the device the layer caches come before all of this
+(:mod:`cachenet.layercache.cascade`), and the online audit may drop any step
+(:mod:`cachenet.core.audit`): :mod:`edge_agent.engine` puts them together.
 
 :func:`decide` is that rule. :func:`answer_row` applies it to one request, as the
 agent does, running the general model only when step 3 needs it;
@@ -29,7 +37,11 @@ import numpy as np
 from cachenet.core.gate import Gate, score, score_row
 
 #: Who answered, in a :class:`Verdict`.
-ACTIVE, GENERAL, ESCALATE = "active", "general", "escalate"
+ACTIVE, GENERAL, PRIOR, ESCALATE = "active", "general", "prior", "escalate"
+
+#: The label-shift gate on one row of a general model's logits: (label, confidence,
+#: sure), or None while the device has no stream prior to use.
+Adjust = Callable[[np.ndarray], "tuple[int, float, bool] | None"]
 
 
 def read(logits: np.ndarray, score_kind: str, partition: Mapping[str, Any] | None = None
@@ -116,27 +128,46 @@ class Verdict:
 
 
 def decide(active: Stage, label: int, confidence: float, general: Stage | None,
-           read_general: Callable[[], tuple[int, float]]) -> Verdict:
+           read_general: Callable[[], tuple[int, float]],
+           adjusted: Callable[[], tuple[int, float, bool] | None] | None = None) -> Verdict:
     """The cascade's rule (see the module docstring), for the active model's reading;
-    ``read_general`` is called only when the general model is asked."""
+    ``read_general`` is called only when the general model is asked, ``adjusted`` (the
+    label-shift gate on the general model's logits) only when the models are unsure."""
     if confidence >= active.gate.threshold:
         return Verdict(label, confidence, True, ACTIVE)
     if active.is_partition and general is not None:
         g_label, g_conf = read_general()
-        sure = g_conf >= general.gate.threshold
-        return Verdict(g_label, g_conf, sure, GENERAL if sure else ESCALATE)
+        if g_conf >= general.gate.threshold:
+            return Verdict(g_label, g_conf, True, GENERAL)
+        label, confidence = g_label, g_conf
+    elif active.is_partition:
+        return Verdict(label, confidence, False, ESCALATE)
+    prior = adjusted() if adjusted is not None else None
+    if prior is not None and prior[2] and prior[0] == label:
+        return Verdict(label, prior[1], True, PRIOR)
     return Verdict(label, confidence, False, ESCALATE)
 
 
 def answer_row(active: Stage, row: np.ndarray, general: Stage | None = None,
-               general_row: Callable[[], np.ndarray] | None = None) -> Verdict:
+               general_row: Callable[[], np.ndarray] | None = None,
+               adjust: Adjust | None = None) -> Verdict:
     """One request: the active model's logits ``row``; ``general_row`` runs the general
-    model on the same input when the cascade needs it (no general: no hand-over)."""
+    model on the same input when the cascade needs it (no general: no hand-over);
+    ``adjust`` is the label-shift gate, applied to the general model's row."""
     label, conf = active.read_row(row)
+    rows: list[np.ndarray] = [] if active.is_partition else [row]
+
+    def adjusted() -> tuple[int, float, bool] | None:
+        return adjust(rows[0]) if adjust is not None and rows else None
+
     if general is None or general_row is None:
-        return decide(active, label, conf, None, _no_general)
-    return decide(active, label, conf, general,
-                  lambda: general.read_row(general_row()))  # type: ignore[misc]
+        return decide(active, label, conf, None, _no_general, adjusted)
+
+    def read_general() -> tuple[int, float]:
+        rows.append(general_row())  # type: ignore[misc]
+        return general.read_row(rows[-1])  # type: ignore[union-attr]
+
+    return decide(active, label, conf, general, read_general, adjusted)
 
 
 def _no_general() -> tuple[int, float]:

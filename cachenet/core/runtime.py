@@ -54,6 +54,8 @@ class CacheModel:
         self.partition: tuple[int, ...] | None = self.stage.classes
         #: the bundle's layer caches, attached by the agent (cachenet.layercache.edge)
         self.layers: object | None = None
+        #: the stream's class prior and its gate, attached by the agent (cachenet.core.prior)
+        self.prior: object | None = None
 
     def covers(self, label: int) -> bool:
         """Can this model answer ``label`` itself? (Always, for a general model.)"""

@@ -1,0 +1,223 @@
+"""The online audit: the agreement target checked on the live stream, at every moment.
+
+A bundle's gate is calibrated on a held-out split; a device's stream is not that
+split, and what the device learns online (the stream's prior, the layer caches'
+entries, pushed partition models) was never calibrated at all. So the agent
+sends a random share (``rate``) of the inputs it answers itself to the cloud as
+well (a shadow escalation: the application gets the edge's answer at once) and
+compares. Each comparison is one Bernoulli draw of the edge's disagreement with
+the full model, attributed to the cascade step that answered (:data:`STEPS`).
+
+The agent watches these counts continuously, so a fixed-n bound (Clopper-Pearson
+after each audit) is not valid: checked often enough, it is crossed by chance.
+:func:`confidence_sequence` is anytime-valid instead: the Beta-binomial mixture
+martingale ``M_n(p) = B(a + k, b + n - k) / B(a, b) / (p^k (1 - p)^(n - k))`` is
+a nonnegative martingale with ``M_0 = 1`` when the disagreement rate is ``p``,
+so by Ville's inequality ``P(exists n: M_n(p) >= 1/alpha) <= alpha``, and
+``{p : M_n(p) < 1/alpha}`` covers ``p`` at every n at once with probability
+``1 - alpha``. The mixing prior ``Beta(1, (1 - eps) / eps)`` has its mean at
+the tolerated rate ``eps = 1 - target``, where the test needs its power.
+
+The rule (:class:`Audit`): a step whose *lower* bound rises above ``eps`` breaks
+the target (the evidence is significant at ``alpha``); it is dropped, so its
+inputs escalate, for ``cooldown`` answers, doubled at each repeated drop, and
+comes back with its counts restarted. The *upper* bound is the guarantee the
+agent reports (``agreement_bound``: the agreement is at least this, at
+confidence ``1 - alpha``). When the cloud is unreachable, audits cannot be
+answered: the audit says so (``paused``) and resumes with the next answer.
+
+Assumption: within one epoch of a step (between restarts) its disagreement
+rate is constant. Standard library only: this runs on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from cachenet.exceptions import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: The cascade steps whose answers are audited, in the device's cascade order.
+STEPS = ("layers", "partition", "prior", "model")
+
+
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def log_martingale(k: int, n: int, p: float, a: float, b: float) -> float:
+    """``log M_n(p)``: the Beta(a, b)-mixture wealth against the rate ``p`` after ``k``
+    events in ``n`` draws (``+inf`` where ``p`` is impossible: 0 with an event, 1
+    with a non-event)."""
+    if (k > 0 and p <= 0.0) or (n - k > 0 and p >= 1.0):
+        return math.inf
+    ll = (k * math.log(p) if k else 0.0) + ((n - k) * math.log1p(-p) if n - k else 0.0)
+    return _log_beta(a + k, b + n - k) - _log_beta(a, b) - ll
+
+
+def _edge(k: int, n: int, level: float, a: float, b: float, lo: float, hi: float) -> float:
+    """The crossing of ``log M = level`` between ``lo`` (inside) and ``hi`` (outside)."""
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if log_martingale(k, n, mid, a, b) < level:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def confidence_sequence(k: int, n: int, alpha: float, a: float = 1.0, b: float = 1.0
+                        ) -> tuple[float, float]:
+    """(lower, upper): the anytime-valid ``1 - alpha`` confidence interval of a rate
+    after ``k`` events in ``n`` draws (see the module docstring)."""
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    level = math.log(1.0 / alpha)
+    p_hat = k / n
+    lower = 0.0 if log_martingale(k, n, 0.0, a, b) < level else _edge(
+        k, n, level, a, b, p_hat, 0.0)
+    upper = 1.0 if log_martingale(k, n, 1.0, a, b) < level else _edge(
+        k, n, level, a, b, p_hat, 1.0)
+    return lower, upper
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """``rate``: share of edge answers audited; ``target``: the agreement to hold;
+    ``alpha``: the bound's error probability; ``cooldown``: answers a breaking step
+    stays dropped (doubled at each repeated drop); ``max_inflight``: audits waiting
+    for the cloud at once (beyond it, an audit is skipped and counted)."""
+
+    rate: float = 0.02
+    target: float = 0.99
+    alpha: float = 0.05
+    cooldown: int = 500
+    max_inflight: int = 8
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rate <= 1.0:
+            raise ConfigError(f"audit rate must lie in [0, 1], got {self.rate}")
+        if not 0.0 < self.target < 1.0 or not 0.0 < self.alpha < 1.0:
+            raise ConfigError(f"audit target {self.target} and alpha {self.alpha} must lie "
+                              "in (0, 1)")
+        if self.cooldown < 1 or self.max_inflight < 1:
+            raise ConfigError("audit cooldown and max_inflight must be >= 1")
+
+    @property
+    def mixing(self) -> tuple[float, float]:
+        """The Beta prior of the mixture: mean at ``1 - target``."""
+        eps = 1.0 - self.target
+        return 1.0, (1.0 - eps) / eps
+
+
+@dataclass
+class StepAudit:
+    """One step's counts: in the current epoch (``n``, ``k``) and in all (``total_*``)."""
+
+    n: int = 0
+    k: int = 0
+    total_n: int = 0
+    total_k: int = 0
+    drops: int = 0
+    dropped_until: int = -1  # the answer count at which the step comes back
+
+    def add(self, disagree: bool) -> None:
+        self.n += 1
+        self.total_n += 1
+        self.k += int(disagree)
+        self.total_k += int(disagree)
+
+
+@dataclass
+class Audit:
+    """The agent's audit: which answers to check, their counts, and which steps hold."""
+
+    config: AuditConfig = field(default_factory=AuditConfig)
+
+    def __post_init__(self) -> None:
+        self.steps = {s: StepAudit() for s in STEPS}
+        self.answers = 0  # edge answers seen: the clock of the cooldowns
+        self.inflight = 0
+        self.skipped = 0
+        self.lost = 0  # audits the cloud did not answer
+        self.paused: str | None = None
+        self._rng = random.Random(self.config.seed)
+
+    # -- the request path --------------------------------------------------
+    def allowed(self, step: str) -> bool:
+        """May ``step`` answer now? (Not while dropped; its return restarts its counts.)"""
+        s = self.steps[step]
+        if s.dropped_until < 0:
+            return True
+        if self.answers < s.dropped_until:
+            return False
+        s.dropped_until, s.n, s.k = -1, 0, 0
+        log.info("audit: step %s is back after its cooldown", step)
+        return True
+
+    def pick(self, available: bool = True) -> bool:
+        """Count one edge answer; True when it is to be audited (a shadow escalation).
+        ``available``: False where there is no cloud to audit with."""
+        self.answers += 1
+        if (not available or self.config.rate <= 0.0
+                or self._rng.random() >= self.config.rate):
+            return False
+        if self.inflight >= self.config.max_inflight:
+            self.skipped += 1
+            return False
+        self.inflight += 1
+        return True
+
+    # -- the cloud's answers -----------------------------------------------
+    def record(self, step: str, agree: bool) -> bool:
+        """One audited answer: the edge's ``step`` agreed with the cloud or not. Returns
+        True when this drops the step (its lower bound broke the target)."""
+        self.inflight -= 1
+        self.paused = None
+        s = self.steps[step]
+        s.add(not agree)
+        lower, _ = self.bound(s.k, s.n)
+        if lower <= 1.0 - self.config.target:
+            return False
+        s.drops += 1
+        s.dropped_until = self.answers + self.config.cooldown * 2 ** (s.drops - 1)
+        log.warning("audit: step %s breaks the agreement target %.3g (%d disagreements in %d "
+                    "audits, lower bound %.4f); dropped for %d answers", step,
+                    self.config.target, s.k, s.n, lower, s.dropped_until - self.answers)
+        return True
+
+    def unanswered(self, reason: str) -> None:
+        """An audit the cloud did not answer: the audit pauses until one is."""
+        self.inflight -= 1
+        self.lost += 1
+        self.paused = reason
+
+    def bound(self, k: int, n: int) -> tuple[float, float]:
+        a, b = self.config.mixing
+        return confidence_sequence(k, n, self.config.alpha, a, b)
+
+    def snapshot(self) -> dict[str, Any]:
+        n = sum(s.total_n for s in self.steps.values())
+        k = sum(s.total_k for s in self.steps.values())
+        _, upper = self.bound(k, n)
+        steps = {}
+        for name, s in self.steps.items():
+            if not s.total_n and not s.drops:
+                continue
+            _, up = self.bound(s.k, s.n)
+            steps[name] = {"audited": s.total_n, "disagreed": s.total_k,
+                           "epoch_audited": s.n, "epoch_agreement_bound": 1.0 - up,
+                           "drops": s.drops, "dropped": self.answers < s.dropped_until}
+        return {"rate": self.config.rate, "target": self.config.target,
+                "confidence": 1.0 - self.config.alpha, "audited": n, "disagreed": k,
+                "agreement": 1.0 - k / n if n else None, "agreement_bound": 1.0 - upper,
+                "inflight": self.inflight, "skipped": self.skipped, "lost": self.lost,
+                "paused": self.paused, "steps": steps}
