@@ -329,6 +329,34 @@ def _run_layercache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_adapt(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("adapt", help="add a calibrated label-shift gate to a bundle",
+                       description="Calibrate the gate that re-weights the cache model's "
+                       "posterior by the stream's class prior, as the agent estimates it "
+                       "online, on streams replayed over the bundle's calibration split, and "
+                       "write a new bundle with it (cachenet build adds it already). Give the "
+                       "data set and seed the bundle was built with.")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target", type=float, help="agreement target (default: the gate's)")
+    p.add_argument("--cache-dir", type=Path)
+    p.set_defaults(func=_run_adapt)
+
+
+def _run_adapt(args: argparse.Namespace) -> int:
+    from cachenet.toolchain.adapt import add_label_shift
+
+    c = add_label_shift(args.bundle, args.out, dataset=args.dataset, seed=args.seed,
+                        target=args.target, cache_dir=args.cache_dir)
+    print(f"label-shift gate: threshold {c['threshold']:.6f}; answers {c['hit_rate']:.3f} of "
+          f"simulated stream inputs, agreement {_fmt(c.get('agreement'), '.4f')} (bound >= "
+          f"{_fmt(1 - c['disagreement_ucb'], '.4f')})")
+    print(f"bundle {args.out} version {c['version']}")
+    return 0
+
+
 def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="the cloud's versioned store of cache bundles",
                        description="List, push and roll back the cache bundles the cloud "
@@ -371,6 +399,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cachenet", description=__doc__)
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_adapt(sub)
     _add_build(sub)
     _add_demo(sub)
     _add_layercache(sub)

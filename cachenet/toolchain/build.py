@@ -8,7 +8,9 @@
 4. export it to ONNX and check parity with torch (:mod:`cachenet.toolchain.export`);
 5. calibrate the gate on the calibration split against the full model's
    answers, computed with the exported model as the edge will run it
-   (:mod:`cachenet.core.calibration`), and check it on the test split;
+   (:mod:`cachenet.core.calibration`), and check it on the test split; then the
+   label-shift adjusted gate on streams replayed over the same split
+   (:mod:`cachenet.toolchain.adapt`);
 6. optionally quantise to int8 (:mod:`cachenet.toolchain.quantize`);
 7. write and re-verify the bundle (:mod:`cachenet.core.bundle`, :mod:`cachenet.core.runtime`);
 8. time both models at batch 1 in the same run (:mod:`cachenet.toolchain.timing`).
@@ -27,8 +29,11 @@ import torch
 
 from cachenet.core import calibration as calib_mod
 from cachenet.core.bundle import write_bundle
-from cachenet.core.gate import score
+from cachenet.core.cascade import Stage
+from cachenet.core.gate import Gate, score
+from cachenet.core.prior import SECTION as PRIOR_SECTION
 from cachenet.core.runtime import load_cache_model
+from cachenet.toolchain.adapt import calibrate_section, shipped_prior
 from cachenet.toolchain.data import Splits, default_cache_dir, load_splits
 from cachenet.toolchain.distill import (
     cache_spec,
@@ -201,6 +206,10 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
         if escalation_budget is None and cal.feasible and ev["agreement"] < target:
             log.warning("agreement on the test split is %.4f, below the target %.4f",
                         ev["agreement"], target)
+        label_shift = calibrate_section(  # to the agreement target, whatever the gate's mode
+            cal_logits, full_calib, splits.calib.y, Stage(Gate(score_kind, cal.threshold)),
+            shipped_prior(splits.train.y, len(splits.classes)), target=target, delta=delta,
+            seed=seed)
         canary_x = np.ascontiguousarray(splits.test.x[:N_CANARY])
         canary = {"x": canary_x, "logits": test_logits[:N_CANARY]}
         files = {"model.onnx": onnx_path, "canary.npz": work / "canary.npz"}
@@ -246,6 +255,7 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
                         "system_accuracy": ev["system_accuracy"]},
             "dataset": splits.describe(),
         }
+        fields[PRIOR_SECTION] = label_shift
         manifest = write_bundle(out, fields, files)
     loaded = load_cache_model(out)  # re-verify what was written, canaries included
     cache_us = onnx_batch1_us(out / manifest.model_file(), splits.test.x)
