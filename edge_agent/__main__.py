@@ -30,6 +30,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-file", type=Path, help="write {endpoint, pid} here once serving")
     p.add_argument("--no-layer-cache", dest="layer_cache", action="store_false", default=None,
                    help="ignore the bundle's layer caches")
+    p.add_argument("--no-label-shift", dest="label_shift", action="store_false", default=None,
+                   help="do not re-weight the cache model by the stream's class prior")
+    p.add_argument("--audit-rate", type=float,
+                   help="share of edge answers also checked by the cloud (default 0.02)")
     p.add_argument("--log-level")
     return p
 
@@ -44,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              cloud=args.cloud, deadline_ms=args.deadline_ms,
                              threads=args.threads, precision=args.precision,
                              agent_id=args.agent_id, ready_file=args.ready_file,
-                             log_level=args.log_level, layer_cache=args.layer_cache)
+                             log_level=args.log_level, layer_cache=args.layer_cache,
+                             label_shift=args.label_shift, audit_rate=args.audit_rate)
         logging.basicConfig(level=config.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         EdgeAgent(config).serve()

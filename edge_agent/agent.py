@@ -4,12 +4,13 @@ One request, start to end:
 
 1. :meth:`EdgeAgent.main_loop` receives ``[identity, b"", header, tensor]`` on
    the ROUTER socket; the tensor is viewed in place (:mod:`edge_agent.wire`);
-2. :meth:`EdgeAgent.infer` runs the active cache model under ONNX Runtime and
-   the gate scores it (:class:`cachenet.core.runtime.CacheModel`); an unsure
-   partition model (one specialised by the cloud, :mod:`edge_agent.partitions`)
-   hands over to the general model;
+2. :meth:`EdgeAgent.infer` asks the device's cascade (:mod:`edge_agent.engine`):
+   layer caches, the active cache model under ONNX Runtime and its gate, an
+   unsure partition model handing over to the general model, the general model
+   re-weighted by the stream's prior;
 3. confident: the answer goes back at once, ``source: edge``, without leaving
-   the receiving thread. Unsure: :meth:`EdgeAgent.escalate` sends it to the
+   the receiving thread; a random share of these is also audited by the cloud
+   (:meth:`EdgeAgent.shadow`). Unsure: :meth:`EdgeAgent.escalate` sends it to the
    cloud over gRPC with a deadline (:class:`cachenet.protocol.client.AsyncCloudClient`),
    on an asyncio loop in a second thread, so other requests keep flowing;
 4. the cloud's answer (``source: cloud``), or on any failure the edge's own
@@ -38,14 +39,14 @@ from typing import Any
 import numpy as np
 import zmq
 
-from cachenet.core import cascade
+from cachenet.core.audit import Audit
 from cachenet.core.runtime import CacheModel, load_cache_model
 from cachenet.exceptions import CachenetError, CloudError, InputSpecError, ProtocolError
-from cachenet.layercache.edge import EdgeLayers, load_edge_layers
 from cachenet.protocol.client import AsyncCloudClient
 from edge_agent import wire
 from edge_agent.config import AgentConfig
 from edge_agent.control import ControlClient
+from edge_agent.engine import Decision, Engine, equip
 from edge_agent.partitions import ModelSet
 from edge_agent.reload import Reloader
 from edge_agent.stats import AgentStats, telemetry
@@ -67,14 +68,13 @@ class EdgeAgent:
         self.config = config
         self._model = model  # until startup: then the model set says which model is active
         self.models: ModelSet | None = None  # general + partition models held
+        self.engine: Engine | None = None  # the cascade over them, with its audit
         self.ctx = zmq.Context()
         self.sock: zmq.Socket | None = None
         self.endpoint = ""
         self.stats = AgentStats(config.latency_window)
         self.should_exit = threading.Event()
         self.inflight = 0
-        #: escalated requests whose layer caches wait for the cloud's answer (by id(answer))
-        self.settling: dict[int, tuple[Any, Any]] = {}
         # Escalations: run on `self.loop` in another thread; finished answers come
         # back through `self.done` and a wake-up byte on an inproc PAIR socket.
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -93,9 +93,14 @@ class EdgeAgent:
         if self._model is None:
             if c.bundle is None:
                 raise CachenetError("no bundle configured (--bundle or CACHENET_BUNDLE)")
-            self._model = load_cache_model(c.bundle, precision=c.precision, threads=c.threads)
-            self._model.layers = load_edge_layers(self._model.manifest, c.threads)
+            self._model = equip(load_cache_model(c.bundle, precision=c.precision,
+                                                 threads=c.threads), c.threads)
         self.models = ModelSet(self._model, k=c.partition_models)
+        calibrated = self._model.manifest.gate.get("calibration")
+        target = (calibrated.get("target") if isinstance(calibrated, dict)  # not a budget
+                  and calibrated.get("mode") == "agreement" else None)
+        self.engine = Engine(self.models, Audit(c.audit_config(target)),
+                             layer_cache=c.layer_cache, label_shift=c.label_shift)
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.endpoint = _bind(self.sock, c.bind)
@@ -263,84 +268,50 @@ class EdgeAgent:
 
     def infer(self, envelope: list[Any], header: dict[str, Any], x: np.ndarray,
               t0: int) -> None:
-        model = self.model  # one reference: a swapped-in model serves the next request
         t1 = time.perf_counter_ns()
-        custom = header.get("gate")  # this request's own gate (a baseline): no hand-over
+        assert self.engine is not None
+        decision = self.engine.decide(x, header, can_audit=self.loop is not None)
+        answer = decision.answer
+        answer["latency_us"]["edge_infer"] = (time.perf_counter_ns() - t1) / 1e3
         policy = header.get("policy", "auto")
-        layers: EdgeLayers | None = model.layers if (  # type: ignore[assignment]
-            self.config.layer_cache and custom is None and policy != "cloud") else None
-        settle = None
-        if layers is not None:
-            answered = layers.cascade.run(layers.runner, x, 1)
-            if answered.by[0] >= 0:  # a layer cache answered, with the full model's label
-                self.layer_hit(envelope, header, model, layers, answered, t0, t1)
-                return
-            logits = answered.logits
-            settle = (layers.cascade, answered)
-        else:
-            logits = model.session.run(None, {model.input_name: x})[0]
-        stage = model.stage if custom is None else model.stage.with_gate(custom)
-        general = (self.models.general if self.models is not None and custom is None
-                   and model.partition is not None else None)
-        if general is None:
-            verdict = cascade.answer_row(stage, logits[0])
-        else:  # an unsure partition model hands over to the general model
-            verdict = cascade.answer_row(
-                stage, logits[0], general.stage,
-                lambda: general.session.run(None, {general.input_name: x})[0][0])
-        versions = {"cache": model.version}
-        if general is not None and verdict.by != cascade.ACTIVE:
-            versions["cache_general"] = general.version
-        label, conf, sure = verdict.label, verdict.confidence, verdict.local
-        if settle is not None and settle[1].checks:
-            sure = False  # auto-refresh: this hit goes to the cloud to be re-checked
-        t2 = time.perf_counter_ns()
-        answer = {"id": header.get("id"), "ok": True, "label": label,
-                  "class": model.manifest.classes[label], "confidence": conf,
-                  "versions": versions, "latency_us": {"edge_infer": (t2 - t1) / 1e3}}
-        if settle is not None:
-            answer["answered_by"] = "model"
-        if policy == "edge" or (policy == "auto" and sure):
-            self.finish(envelope, answer, "edge", t0)
+        if policy == "edge" or (policy == "auto" and decision.step is not None):
+            self.finish(envelope, decision, "edge", t0)
+            if decision.audit:  # after the reply: off the request's path
+                self.stats.counts["audits"] += 1
+                asyncio.run_coroutine_threadsafe(self.shadow(decision, x), self.loop)
         elif self.loop is None:
-            self.finish(envelope, answer, "edge-fallback", t0, "no cloud configured")
+            self.finish(envelope, decision, "edge-fallback", t0, "no cloud configured")
         elif self.inflight >= self.config.max_inflight:
-            self.finish(envelope, answer, "edge-fallback", t0, "too many escalations")
+            self.finish(envelope, decision, "edge-fallback", t0, "too many escalations")
         else:
             deadline = self.config.deadline_ms
             if "deadline_ms" in header:
                 deadline = min(deadline, float(header["deadline_ms"]))
             self.inflight += 1
-            if settle is not None:
-                self.settling[id(answer)] = settle
             asyncio.run_coroutine_threadsafe(
-                self.escalate(envelope, answer, x, deadline / 1e3, t0), self.loop)
+                self.escalate(envelope, decision, x, deadline / 1e3, t0), self.loop)
 
-    def layer_hit(self, envelope: list[Any], header: dict[str, Any], model: CacheModel,
-                  layers: EdgeLayers, answered: Any, t0: int, t1: int) -> None:
-        """A layer cache answered: the label the full model gave this key before."""
-        label = int(answered.labels[0])
-        rule = layers.cascade.rules[int(answered.by[0])]
-        answer = {"id": header.get("id"), "ok": True, "label": label,
-                  "class": model.manifest.classes[label],
-                  "confidence": float(np.exp(answered.logits[0].max())),
-                  "answered_by": rule.name, "versions": {"cache": model.version},
-                  "latency_us": {"edge_infer": (time.perf_counter_ns() - t1) / 1e3}}
-        self.finish(envelope, answer, "edge", t0)
+    async def ask_cloud(self, x: np.ndarray, timeout: float, version: str) -> Any:
+        """The cloud's answer for one input (raises :class:`CloudError`)."""
+        assert self.cloud is not None
+        cloud = await self.cloud.infer(x, timeout=timeout, agent_id=self.config.agent_id,
+                                       cache_model_version=version)
+        classes = self.model.manifest.classes if self.model else []
+        if len(cloud.labels) != 1 or not 0 <= int(cloud.labels[0]) < len(classes):
+            raise CloudError(f"cloud answered labels {cloud.labels.tolist()} for one input "
+                             f"of {len(classes)} classes")
+        return cloud
 
-    async def escalate(self, envelope: list[Any], answer: dict[str, Any], x: np.ndarray,
+    async def escalate(self, envelope: list[Any], decision: Decision, x: np.ndarray,
                        timeout: float, t0: int) -> None:
         """On the escalation loop: ask the cloud, then hand the answer back."""
-        assert self.cloud is not None and self._wake_tx is not None
+        assert self._wake_tx is not None
+        answer = decision.answer
         t = time.perf_counter_ns()
         source, reason = "edge-fallback", "escalation cancelled"
         try:
-            cloud = await self.cloud.infer(x, timeout=timeout, agent_id=self.config.agent_id,
-                                           cache_model_version=answer["versions"]["cache"])
-            classes = self.model.manifest.classes if self.model else []
-            if len(cloud.labels) != 1 or not 0 <= int(cloud.labels[0]) < len(classes):
-                raise CloudError(f"cloud answered labels {cloud.labels.tolist()} for one input "
-                                 f"of {len(classes)} classes")
+            cloud = await self.ask_cloud(x, timeout, answer["versions"]["cache"])
+            classes = self.model.manifest.classes  # type: ignore[union-attr]
             label = int(cloud.labels[0])
             answer.update(label=label, confidence=float(cloud.confidences[0]),
                           edge_label=answer["label"], edge_confidence=answer["confidence"],
@@ -355,11 +326,28 @@ class EdgeAgent:
             reason = f"{type(exc).__name__}: {exc}"
         finally:  # whatever happened, the answer goes back to the receiving thread
             answer["latency_us"]["cloud"] = (time.perf_counter_ns() - t) / 1e3
-            self.done.put((envelope, answer, source, t0, reason))
+            self.done.put((envelope, decision, source, t0, reason))
+            self._wake_tx.send(b"", copy=True)
+
+    async def shadow(self, decision: Decision, x: np.ndarray) -> None:
+        """On the escalation loop: an audit of an edge answer already sent."""
+        assert self._wake_tx is not None
+        label, reason = None, "audit cancelled"
+        try:
+            cloud = await self.ask_cloud(x, self.config.deadline_ms / 1e3,
+                                         decision.answer["versions"]["cache"])
+            label, reason = int(cloud.labels[0]), None
+        except CloudError as exc:
+            reason = f"cloud unreachable: {type(exc).__name__}"
+        except Exception as exc:
+            log.exception("audit failed")
+            reason = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.done.put((None, decision, label, 0, reason))
             self._wake_tx.send(b"", copy=True)
 
     def deliver_escalations(self) -> None:
-        assert self._wake_rx is not None
+        assert self._wake_rx is not None and self.engine is not None
         while True:
             try:
                 self._wake_rx.recv(zmq.NOBLOCK)
@@ -367,31 +355,29 @@ class EdgeAgent:
                 break
         while True:
             try:
-                envelope, answer, source, t0, reason = self.done.get_nowait()
+                envelope, decision, source, t0, reason = self.done.get_nowait()
             except queue.Empty:
                 return
+            if envelope is None:  # an audit: `source` is the cloud's label or None
+                self.engine.audited(decision, source, reason)
+                continue
             self.inflight -= 1
             if reason is not None:
                 self.stats.counts[f"fallback:{reason.split(':', 1)[0]}"] += 1
-            self.finish(envelope, answer, source, t0, reason)
+            self.finish(envelope, decision, source, t0, reason)
 
-    def finish(self, envelope: list[Any], answer: dict[str, Any], source: str, t0: int,
+    def finish(self, envelope: list[Any], decision: Decision, source: str, t0: int,
                reason: str | None = None) -> None:
-        settle = self.settling.pop(id(answer), None)
+        answer = decision.answer
         answer["source"] = source
         if reason is not None:
             answer["fallback_reason"] = reason
         total = (time.perf_counter_ns() - t0) / 1e3
         answer["latency_us"]["agent_total"] = total
-        self.stats.record(source, answer["label"], total)
+        self.stats.record(source, answer["label"], total, decision.step)
         self.reply(envelope, answer)
-        if settle is not None and source == "cloud":  # the layer caches learn the answer
-            layer_cascade, answered = settle
-            layer_cascade.settle(answered, np.zeros(1, np.int64), np.asarray([answer["label"]]),
-                                 np.asarray([answer["confidence"]]))
-        if self.models is not None:  # after the reply: off the request's path
-            self.models.observe(answer["label"], hit=source == "edge" and "cache_general"
-                                not in answer["versions"])
+        if self.engine is not None:  # after the reply: off the request's path
+            self.engine.learn(decision, source)
 
     def stats_reply(self, request_id: Any) -> dict[str, Any]:
         model = self.model
@@ -404,4 +390,5 @@ class EdgeAgent:
                 "control": self.control.snapshot() if self.control is not None else None,
                 "models": self.models.snapshot() if self.models is not None else None,
                 "layer_cache": (model.layers.cascade.snapshot()  # type: ignore[attr-defined]
-                                if model.layers is not None else None)}
+                                if model.layers is not None else None),
+                **(self.engine.snapshot() if self.engine is not None else {})}

@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from cachenet.core.audit import AuditConfig
 from cachenet.exceptions import ConfigError
 
 
@@ -42,6 +43,15 @@ class AgentConfig:
     partition_models: int = 3
     #: serve through the bundle's layer caches when it carries them (``cachenet layercache``)
     layer_cache: bool = True
+    #: re-weight the general model's posterior by the stream's class prior, where the
+    #: bundle carries a calibrated label-shift gate (``label_shift``)
+    label_shift: bool = True
+    #: share of edge answers also sent to the cloud to audit the agreement online
+    audit_rate: float = 0.02
+    #: the audit's bound holds with confidence 1 - audit_alpha, at all times at once
+    audit_alpha: float = 0.05
+    #: edge answers a step that broke the target stays dropped (doubled on repeats)
+    audit_cooldown: int = 500
 
     def __post_init__(self) -> None:
         if self.bundle is not None:
@@ -57,8 +67,14 @@ class AgentConfig:
         if min(self.threads, self.max_inflight, self.latency_window, self.partition_models) < 1:
             raise ConfigError("threads, max_inflight, latency_window and partition_models must "
                               "be >= 1")
+        AuditConfig(rate=self.audit_rate, alpha=self.audit_alpha, cooldown=self.audit_cooldown)
         if self.precision not in ("fp32", "int8"):
             raise ConfigError(f"precision must be fp32 or int8, got '{self.precision}'")
+
+    def audit_config(self, target: float | None) -> AuditConfig:
+        """The audit's settings; ``target``: the agreement the bundle was calibrated to."""
+        return AuditConfig(rate=self.audit_rate, target=target or 0.99, alpha=self.audit_alpha,
+                           cooldown=self.audit_cooldown)
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -21,7 +21,7 @@ import numpy as np
 from cachenet.core.manifest import read_manifest
 from cachenet.core.runtime import CacheModel, load_cache_model
 from cachenet.exceptions import CachenetError
-from cachenet.layercache.edge import load_edge_layers
+from edge_agent.engine import equip
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,7 @@ def prepare(bundle: Path, current: CacheModel | None, *, precision: str,
     if precision != "fp32" and precision not in read_manifest(bundle).data.get("variants", {}):
         log.info("%s has no %s variant: loading fp32", bundle, precision)
         precision = "fp32"
-    new = load_cache_model(bundle, precision=precision, threads=threads)
-    new.layers = load_edge_layers(new.manifest, threads)
+    new = equip(load_cache_model(bundle, precision=precision, threads=threads), threads)
     if current is not None and (new.input_shape, new.dtype) != (current.input_shape,
                                                                  current.dtype):
         raise CachenetError(f"new bundle takes {new.input_shape} {new.dtype}, but the "

@@ -19,8 +19,13 @@ class AgentStats:
         self.latencies_us: collections.deque[float] = collections.deque(maxlen=window)
         self.recent_labels: collections.deque[int] = collections.deque(maxlen=class_window)
 
-    def record(self, source: str, label: int, total_us: float) -> None:
+    def record(self, source: str, label: int, total_us: float, step: str | None = None
+               ) -> None:
+        """One answer: its source, label and latency; ``step``: the cascade step that
+        answered at the edge."""
         self.counts["requests"] += 1
+        if source == "edge" and step is not None:
+            self.counts[f"step:{step}"] += 1
         self.counts[{"edge": "hits", "cloud": "escalations",
                      "edge-fallback": "fallbacks"}[source]] += 1
         self.latencies_us.append(total_us)
@@ -40,7 +45,9 @@ class AgentStats:
                 "latency_us": pct,
                 "recent_classes": {str(k): v for k, v in sorted(hist.items())},
                 "fallback_reasons": {k[9:]: v for k, v in self.counts.items()
-                                     if k.startswith("fallback:")}}
+                                     if k.startswith("fallback:")},
+                "edge_steps": {k[5:]: v for k, v in self.counts.items() if k.startswith("step:")},
+                "audits_sent": self.counts["audits"]}
 
 
 def telemetry() -> dict[str, Any]:

@@ -1,0 +1,189 @@
+"""The device's cascade, transport-neutral: who answers one input, and what the device
+learns from the answer. The ZeroMQ agent (:mod:`edge_agent.agent`) and the
+in-process API (:mod:`edge_agent.local`) are front ends over it.
+
+For one input (:meth:`Engine.decide`), in the order that answers most at the least cost:
+
+1. the **layer caches** of the active model (:mod:`cachenet.layercache`): a hit
+   at an inner layer answers with the label the full model gave before;
+2. the **partition model** (pushed by the cloud) if one is active, handing over
+   to the **general model** when unsure, then the general model re-weighted by
+   the **stream's class prior** (:mod:`cachenet.core.prior`): the rule is
+   :func:`cachenet.core.cascade.answer_row`;
+3. else the input **escalates** to the cloud.
+
+Each step that answers is audited (:mod:`cachenet.core.audit`): a random share
+of edge answers also goes to the cloud (a shadow escalation; the application
+has its answer already), and a step whose disagreement breaks the target is
+dropped for a while. After the reply, :meth:`Engine.learn` feeds the answer to
+the prior, the model set (which partition model fits the stream) and the layer
+caches (which fill with the cloud's labels). Single-threaded: the front end
+calls it from one thread. numpy only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cachenet.core import cascade
+from cachenet.core.audit import Audit
+from cachenet.core.calibration import NEVER
+from cachenet.core.gate import Gate
+from cachenet.core.prior import SECTION as PRIOR_SECTION
+from cachenet.core.prior import StreamPrior, from_manifest
+from cachenet.core.runtime import CacheModel
+from cachenet.layercache.edge import load_edge_layers
+from edge_agent.partitions import ModelSet
+
+log = logging.getLogger(__name__)
+
+#: The audited step of each verdict of the model cascade.
+_STEP = {cascade.GENERAL: "model", cascade.PRIOR: "prior"}
+
+
+def equip(model: CacheModel, threads: int | None = None) -> CacheModel:
+    """Attach what a bundle carries beyond its model: layer caches, the label-shift gate."""
+    model.layers = load_edge_layers(model.manifest, threads)
+    section = model.manifest.data.get(PRIOR_SECTION)
+    model.prior = None
+    if section and model.partition is None:
+        config, shipped = from_manifest(section, len(model.manifest.classes))
+        model.prior = StreamPrior(shipped, config)
+    return model
+
+
+@dataclass
+class Decision:
+    """One input's answer at the edge, or the edge's guess while it escalates."""
+
+    answer: dict[str, Any]  # the reply, less its source and total latency
+    step: str | None  # the cascade step that answers at the edge; None: escalate
+    settle: Any = None  # layer caches waiting for the cloud's label
+    audit: bool = False  # a shadow escalation checks this edge answer
+    general: CacheModel | None = None  # whose prior observes the answer
+
+
+class Engine:
+    """The cascade over a :class:`ModelSet`, with its audit."""
+
+    def __init__(self, models: ModelSet, audit: Audit, *, layer_cache: bool = True,
+                 label_shift: bool = True) -> None:
+        self.models = models
+        self.audit = audit
+        self.layer_cache = layer_cache
+        self.label_shift = label_shift
+
+    def _models(self, custom: Any) -> tuple[CacheModel, CacheModel | None]:
+        """(the model that reads the input, the general model behind it, if handing over)."""
+        model = self.models.active
+        if model.partition is None or custom is not None:
+            return model, None
+        if not self.audit.allowed("partition"):
+            return self.models.general, None
+        return model, self.models.general
+
+    def _stage(self, model: CacheModel, custom: Any) -> cascade.Stage:
+        if custom is not None:
+            return model.stage.with_gate(custom)
+        if model.partition is None and not self.audit.allowed("model"):
+            return model.stage.with_gate(Gate(model.gate.score, NEVER))
+        return model.stage
+
+    def decide(self, x: np.ndarray, header: dict[str, Any], *, can_audit: bool) -> Decision:
+        """Who answers ``x`` (one input); ``can_audit``: a cloud is there to audit with."""
+        custom = header.get("gate")  # this request's own gate (a baseline): no adaptation
+        policy = header.get("policy", "auto")
+        model, general = self._models(custom)
+        base = general or model
+        layers = model.layers if (self.layer_cache and custom is None and policy != "cloud"
+                                  and self.audit.allowed("layers")) else None
+        settle = None
+        if layers is not None:
+            answered = layers.cascade.run(layers.runner, x, 1)  # type: ignore[attr-defined]
+            if answered.by[0] >= 0:  # a layer cache answered, with the full model's label
+                return self._local(self._layer_answer(header, model, layers, answered),
+                                   "layers", policy, can_audit, base)
+            logits = answered.logits
+            settle = (layers.cascade, answered)  # type: ignore[attr-defined]
+        else:
+            logits = model.session.run(None, {model.input_name: x})[0]
+        prior = base.prior
+        adjust = (prior.gate_row if prior is not None and self.label_shift and custom is None
+                  and self.audit.allowed("prior") else None)
+        verdict = cascade.answer_row(
+            self._stage(model, custom), logits[0],
+            self._stage(general, None) if general is not None else None,
+            (lambda: general.session.run(None, {general.input_name: x})[0][0])
+            if general is not None else None, adjust)
+        versions = {"cache": model.version}
+        if general is not None and verdict.by != cascade.ACTIVE:
+            versions["cache_general"] = general.version
+        answer = {"id": header.get("id"), "ok": True, "label": verdict.label,
+                  "class": model.manifest.classes[verdict.label],
+                  "confidence": verdict.confidence, "versions": versions, "latency_us": {}}
+        if settle is not None:
+            answer["answered_by"] = "model"
+        if verdict.by == cascade.PRIOR:
+            answer["answered_by"] = "prior"
+        step = None
+        if verdict.local and not (settle is not None and settle[1].checks):
+            step = _STEP.get(verdict.by) or ("partition" if model.partition else "model")
+        decision = Decision(answer, step, settle, general=base)
+        if policy == "auto" and step is not None:
+            decision.audit = self.audit.pick(can_audit)
+        return decision
+
+    def _local(self, answer: dict[str, Any], step: str, policy: str, can_audit: bool,
+               general: CacheModel) -> Decision:
+        decision = Decision(answer, step, general=general)
+        if policy == "auto":
+            decision.audit = self.audit.pick(can_audit)
+        return decision
+
+    @staticmethod
+    def _layer_answer(header: dict[str, Any], model: CacheModel, layers: Any, answered: Any
+                      ) -> dict[str, Any]:
+        label = int(answered.labels[0])
+        rule = layers.cascade.rules[int(answered.by[0])]
+        return {"id": header.get("id"), "ok": True, "label": label,
+                "class": model.manifest.classes[label],
+                "confidence": float(np.exp(answered.logits[0].max())),
+                "answered_by": rule.name, "versions": {"cache": model.version},
+                "latency_us": {}}
+
+    def learn(self, decision: Decision, source: str) -> None:
+        """After the reply: the answer teaches the prior, the model set, the layer caches."""
+        answer = decision.answer
+        label = int(answer["label"])
+        if source == "edge-fallback":
+            return  # an unsure guess teaches nothing
+        prior = decision.general.prior if decision.general is not None else None
+        if prior is not None:
+            prior.observe(label)  # type: ignore[attr-defined]
+        if decision.settle is not None and source == "cloud":
+            layer_cascade, answered = decision.settle
+            layer_cascade.settle(answered, np.zeros(1, np.int64), np.asarray([label]),
+                                 np.asarray([answer["confidence"]]))
+        self.models.observe(label, hit=source == "edge" and "cache_general"
+                            not in answer["versions"])
+
+    def audited(self, decision: Decision, cloud_label: int | None, reason: str | None) -> None:
+        """A shadow escalation came back: ``cloud_label``, or why there is none."""
+        if cloud_label is None:
+            self.audit.unanswered(reason or "no answer")
+            return
+        assert decision.step is not None
+        if self.audit.record(decision.step, int(decision.answer["label"]) == cloud_label):
+            prior = getattr(decision.general, "prior", None)
+            if decision.step == "prior" and prior is not None:
+                prior.reset()  # it comes back learning the stream afresh
+
+    def snapshot(self) -> dict[str, Any]:
+        general = self.models.general
+        prior = getattr(general, "prior", None)
+        return {"audit": self.audit.snapshot(),
+                "prior": prior.snapshot() if prior is not None else None}
