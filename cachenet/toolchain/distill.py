@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,10 +18,11 @@ from cachenet.toolchain.models import (
     ModelSpec,
     build_model,
     cached_checkpoint,
+    count_macs,
     load_checkpoint,
     save_checkpoint,
 )
-from cachenet.toolchain.train import TrainConfig, fit
+from cachenet.toolchain.train import TrainConfig, fit, predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,41 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+#: Teachers of at least this many multiply-adds per input are run once, not every batch:
+#: their outputs on each training image and its mirror are computed and cached
+#: (ResNet-18's 555 M: yes; ResNet-20's 41 M: no, it keeps full augmentation).
+TEACHER_CACHE_MACS = 100_000_000
+
+
+def teacher_views(teacher: nn.Module, x: np.ndarray, path: Path) -> np.ndarray:
+    """The teacher's logits on each image of ``x`` and on its mirror (N x 2 x K), from
+    ``path`` when an earlier run computed them."""
+    if path.exists():
+        views = np.load(path, allow_pickle=False)
+        if views.shape[:2] == (len(x), 2):
+            log.info("reusing the teacher's cached outputs %s", path)
+            return views
+    log.info("computing the teacher's outputs on %d training images and their mirrors "
+             "(once: distillation then reads them)", len(x))
+    plain = predict_logits(teacher, x, batch_size=256)
+    mirrored = predict_logits(teacher, np.ascontiguousarray(x[..., ::-1]), batch_size=256)
+    views = np.stack([plain, mirrored], axis=1).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, views)
+    tmp.replace(path)
+    return views
+
+
+def _teacher_macs(full: FullModel, splits: Splits) -> int:
+    if full.spec is None:
+        return 0
+    try:
+        return count_macs(full.model, splits.input_shape)
+    except Exception:  # a model the counter cannot trace: run it every batch
+        return 0
+
+
 def obtain_cache_model(splits: Splits, full: FullModel, spec: ModelSpec, *,
                        cfg: TrainConfig | None = None, cache_dir: Path,
                        progress: bool = True, reference_dir: Path | None = None
@@ -88,6 +125,9 @@ def obtain_cache_model(splits: Splits, full: FullModel, spec: ModelSpec, *,
         teacher.append(sha256_file(Path(full.meta["path"])))
     if getattr(full.model, "tta", "none") != "none":  # same weights, other answers
         teacher.append(f"tta={full.model.tta}")
+    cached_teacher = _teacher_macs(full, splits) >= TEACHER_CACHE_MACS
+    if cached_teacher:
+        teacher.append("cached-teacher-views")
     key = hashlib.sha256(json.dumps(
         [spec.to_dict(), cfg.to_dict(), data_fingerprint(splits), *teacher],
         sort_keys=True).encode()).hexdigest()[:16]
@@ -100,8 +140,13 @@ def obtain_cache_model(splits: Splits, full: FullModel, spec: ModelSpec, *,
     torch.manual_seed(cfg.seed)
     model = build_model(spec)
     log.info("distilling %s from the full model (%s)", spec.arch, cfg)
-    history = fit(model, splits.train, cfg, teacher=full.model,
-                  checkpoint=ckpt.with_name(ckpt.name + ".partial"), progress=progress)
+    views = None
+    if cached_teacher:
+        views = teacher_views(full.model, splits.train.x, cache_dir / "teacher" / (
+            f"{splits.name}-{data_fingerprint(splits)[:12]}-{'-'.join(teacher[:2])[:40]}.npy"))
+    history = fit(model, splits.train, cfg, teacher=None if views is not None else full.model,
+                  checkpoint=ckpt.with_name(ckpt.name + ".partial"), progress=progress,
+                  teacher_outputs=views)
     meta = {"train": history, "config": cfg.to_dict()}
     save_checkpoint(ckpt, model, spec, meta)
     ckpt.with_name(ckpt.name + ".partial").unlink(missing_ok=True)

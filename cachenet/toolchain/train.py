@@ -108,17 +108,47 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
 
 
+def train_device() -> torch.device:
+    """CUDA when present (logged), else the CPU."""
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+        log.info("training on %s (bf16 autocast)", torch.cuda.get_device_name(device))
+        return device
+    log.info("training on the CPU (%d threads)", torch.get_num_threads())
+    return torch.device("cpu")
+
+
+def _teacher_views(x: torch.Tensor, views: torch.Tensor, idx: torch.Tensor,
+                   gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crops of ``x`` flipped at random, and the cached teacher outputs of the view each
+    came from (``views``: N x 2 x K, the image and its mirror; a 4-pixel crop keeps the
+    teacher's answer to within what distillation needs)."""
+    xb = augment_batch(x, "crop", gen)
+    flip = torch.rand(len(xb), generator=gen) < 0.5
+    xb[flip] = xb[flip].flip(3)
+    return xb, views[idx, flip.long()]
+
+
 def fit(model: nn.Module, data: ArrayDataset, cfg: TrainConfig, *,
         teacher: nn.Module | None = None, checkpoint: Path | None = None,
-        progress: bool = True, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+        progress: bool = True, on_epoch: Callable[[int, dict], None] | None = None,
+        teacher_outputs: np.ndarray | None = None) -> dict:
     """Train ``model`` in place; returns a history dict.
 
     Without ``teacher`` it minimises cross-entropy on the labels; with one it
     minimises :func:`kd_loss` on the teacher's outputs for the same augmented
-    batch and never reads the labels.
+    batch and never reads the labels. ``teacher_outputs`` (N x 2 x K: the
+    teacher's logits on each training image and its mirror, computed once)
+    replaces ``teacher``: crops and flips only, and no teacher pass per batch.
+    On CUDA (when present) it trains in bf16 autocast; the model comes back on
+    the CPU either way.
     """
     from tqdm import tqdm
 
+    device = train_device()
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = _make_optimizer(model, cfg)
@@ -136,6 +166,8 @@ def fit(model: nn.Module, data: ArrayDataset, cfg: TrainConfig, *,
         model.to(memory_format=torch.channels_last)
     x_all = torch.from_numpy(data.x)
     y_all = torch.from_numpy(data.y)
+    views = torch.from_numpy(teacher_outputs) if teacher_outputs is not None else None
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     if teacher is not None:
         teacher.eval()
     started = time.monotonic() - state["elapsed"]
@@ -160,16 +192,24 @@ def fit(model: nn.Module, data: ArrayDataset, cfg: TrainConfig, *,
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor(p, cfg.warmup)
             idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            xb = augment_batch(x_all[idx], cfg.augment, gen)
+            if views is not None:
+                xb, t_out = _teacher_views(x_all[idx], views, idx, gen)
+                t_out = t_out.to(device, non_blocking=True)
+            else:
+                xb = augment_batch(x_all[idx], cfg.augment, gen)
+            xb = xb.to(device, non_blocking=True)
             if cfg.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            out = model(xb)
-            if teacher is None:
-                loss = F.cross_entropy(out, y_all[idx], label_smoothing=cfg.label_smoothing)
-            else:
-                with torch.no_grad():
-                    t_out = teacher(xb)
-                loss = kd_loss(out, t_out, cfg.temperature)
+            with autocast:
+                out = model(xb).float()
+                if views is None and teacher is None:
+                    loss = F.cross_entropy(out, y_all[idx].to(device),
+                                           label_smoothing=cfg.label_smoothing)
+                else:
+                    if views is None:
+                        with torch.no_grad():
+                            t_out = teacher(xb).float()  # type: ignore[misc]
+                    loss = kd_loss(out, t_out, cfg.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -191,6 +231,9 @@ def fit(model: nn.Module, data: ArrayDataset, cfg: TrainConfig, *,
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                         "state": state, "gen": gen.get_state()}, tmp)
             tmp.replace(checkpoint)
-    model.to(memory_format=torch.contiguous_format).eval()
-    return {"epochs": state["epoch"], "steps": state["step"], "total_steps": total_steps,
-            "elapsed_s": round(time.monotonic() - started, 2), "losses": state["losses"]}
+    model.to(memory_format=torch.contiguous_format).eval().cpu()
+    if teacher is not None:
+        teacher.cpu()
+    return {"device": device.type, "epochs": state["epoch"], "steps": state["step"],
+            "total_steps": total_steps, "elapsed_s": round(time.monotonic() - started, 2),
+            "losses": state["losses"]}

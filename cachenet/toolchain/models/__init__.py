@@ -22,7 +22,7 @@ from torch import nn
 from cachenet.exceptions import ModelError
 from cachenet.toolchain.models.cache import MLP, TinyCNN
 from cachenet.toolchain.models.flops import count_macs
-from cachenet.toolchain.models.resnet import TTA_MODES, resnet18, resnet20
+from cachenet.toolchain.models.resnet import TTA_MODES, ResNet, resnet18, resnet20
 
 __all__ = ["ARCHITECTURES", "TTA_MODES", "ModelSpec", "build_model", "count_macs",
            "for_inference", "load_checkpoint", "load_torchscript", "save_checkpoint"]
@@ -50,11 +50,21 @@ def _resnet(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return build
 
 
+def _resnet8(*, in_channels: int, num_classes: int, mean: Any, std: Any,
+             image_size: int | None = None, image_width: int | None = None,
+             widths: Any = (12, 24, 48)) -> nn.Module:
+    """A cache model for devices that can afford ~8 M multiply-adds (a Raspberry Pi 4
+    class CPU runs it in a few milliseconds): one basic block per stage."""
+    return ResNet((1, 1, 1), tuple(widths), in_channels=in_channels, num_classes=num_classes,
+                  mean=mean, std=std)
+
+
 #: Registered architectures. ``full``: meant as a cloud model; ``cache``: for the edge.
 ARCHITECTURES: dict[str, tuple[str, Callable[..., nn.Module]]] = {
     "resnet20": ("full", _resnet(resnet20)),
     "resnet18": ("full", _resnet(resnet18)),
     "tinycnn": ("cache", _tinycnn),
+    "resnet8": ("cache", _resnet8),
     "mlp": ("cache", _mlp),
 }
 
