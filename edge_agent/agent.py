@@ -101,9 +101,10 @@ class EdgeAgent:
                   and calibrated.get("mode") == "agreement" else None)
         self.engine = Engine(self.models, Audit(c.audit_config(target)),
                              layer_cache=c.layer_cache, label_shift=c.label_shift)
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.endpoint = _bind(self.sock, c.bind)
+        if c.bind:  # an in-process front end (edge_agent.local) binds nothing
+            self.sock = self.ctx.socket(zmq.ROUTER)
+            self.sock.setsockopt(zmq.LINGER, 0)
+            self.endpoint = _bind(self.sock, c.bind)
         if c.cloud:
             self._start_escalation_loop(c.cloud)
         telemetry()  # prime psutil's CPU counter
