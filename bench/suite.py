@@ -45,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.layered import LayeredCloud  # noqa: E402
+from bench.layered import LayeredCloud, fresh_agent  # noqa: E402
 from bench.specializing import SpecializingCloud, oracle_answer, pushes  # noqa: E402
 from bench.traces import TRACES, make_trace, save_trace, trace_inputs  # noqa: E402
 from cachenet.sim.daemon import Process  # noqa: E402
@@ -120,6 +120,16 @@ def row(stream: str, network: str, system: str, run: dict[str, Any], y: np.ndarr
             "edge_cpu_ms_per_request": 1e3 * cpu_s / n}
 
 
+def audit_figures(stats: dict[str, Any], n: int) -> dict[str, Any]:
+    """A fresh agent's audit at the end of its run, and the share of its requests each
+    cascade step answered at the edge (``step_<name>``)."""
+    audit = stats.get("audit") or {}
+    steps = (stats.get("stats") or {}).get("edge_steps") or {}
+    return {"audited": audit.get("audited", 0), "audit_agreement": audit.get("agreement"),
+            "audit_bound": audit.get("agreement_bound"),
+            **{f"step_{k}": v / n for k, v in sorted(steps.items())}}
+
+
 def machine() -> dict[str, Any]:
     import grpc
     import onnxruntime
@@ -142,6 +152,13 @@ def labels_for(bundle: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     full, _ = load_full_model(bundle, device="cpu")
     return load_cache_model(bundle).logits(x), predict_logits(full, x).argmax(1)
+
+
+def wait_audits(client: Any, timeout: float = 30.0) -> None:
+    """Until the agent's audits in flight are back (or ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while (client.stats().get("audit") or {}).get("inflight") and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
@@ -208,7 +225,18 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
                                 own.infer(x[i], policy="cloud", timeout=10)
                             run, up, down, cpu = measure(own, proc, specializing.proxy, x,
                                                          system, full_lab)
-                            extra = pushes(own.stats())
+                            wait_audits(own)
+                            stats = own.stats()
+                            extra = pushes(stats) | audit_figures(stats, len(x))
+                    elif system == "cachenet":  # a fresh agent: its prior and audit are the run's
+                        with fresh_agent(bundle, proxy.port, work, f"{system}-{name}-{net}",
+                                         DEADLINE_MS) as (own, proc):
+                            blank = np.zeros_like(x[0])  # not the trace's: no head start
+                            for _ in range(5):
+                                own.infer(blank, policy="cloud", timeout=10)
+                            run, up, down, cpu = measure(own, proc, proxy, x, system, full_lab)
+                            wait_audits(own)
+                            extra = audit_figures(own.stats(), len(x))
                     else:
                         run, up, down, cpu = measure(client, agent_proc, proxy, x, system,
                                                      full_lab)
@@ -219,7 +247,8 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
                           f"{rows[-1]['mean_ms']:8.2f} ms, accuracy {rows[-1]['accuracy']:.4f},"
                           f" escalated {rows[-1]['escalation_rate']:.3f}"
                           + "".join(f", {k.replace('_', ' ')} {v:.3g}" for k, v in extra.items()
-                                    if k in ("pushes_applied", "layer_hits")),
+                                    if k in ("pushes_applied", "layer_hits", "audited",
+                                             "audit_bound") and v is not None),
                           flush=True)
         specialization = specializing.finish(out)
     return {"rows": rows, "latencies": latencies, "offline": offline, "micro": micro,
@@ -240,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, help="requests per trace (default 300; quick 150)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-micro", action="store_true", help="skip the microbenchmarks")
+    p.add_argument("--traces", help=f"comma-separated, of {', '.join(TRACES)} (default: all)")
+    p.add_argument("--networks", help=f"comma-separated, of {', '.join(NETWORKS)}")
     p.add_argument("--layered-bundle", type=Path,
                    help="a bundle with layer caches (cachenet layercache): adds the system "
                         "cachenet_layercache")
@@ -256,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     traces = ("runs50", "iid") if args.quick else TRACES
     networks = ("lan", "4g") if args.quick else tuple(NETWORKS)
+    if args.traces:
+        traces = tuple(t for t in args.traces.split(",") if t)
+    if args.networks:
+        networks = tuple(n for n in args.networks.split(",") if n)
     requests = args.requests or (150 if args.quick else 300)
     micro = None
     if not args.no_micro:
