@@ -28,6 +28,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from cachenet.core import tensors
 from cachenet.exceptions import CachenetError, ConfigError
 from cachenet.fleet.store import ModelStore
 from cachenet.protocol.client import CHANNEL_OPTIONS
@@ -92,7 +93,8 @@ def load_card_and_runner(bundle: Path, device: str | None, *, layer_cache: bool 
     name = (info.get("spec") or {}).get("arch") or "full"
     card = ModelCard(name=name, version=manifest.files[info["files"][0]]["sha256"][:12],
                      input_shape=tuple(int(d) for d in spec["shape"][1:]),
-                     input_dtype=spec["dtype"], classes=manifest.classes, device=str(dev))
+                     input_dtype=spec["dtype"], classes=manifest.classes, device=str(dev),
+                     input_scale=tensors.input_scale(spec))
     if layer_cache:
         cascade, grid = load_layer_cascade(manifest, Path(bundle), refresh_rate=refresh_rate)
         log.info("layer caches on: %s", ", ".join(r.name for r in cascade.rules) or "none")

@@ -40,6 +40,8 @@ class ModelCard:
     input_dtype: str
     classes: list[str]
     device: str
+    #: float32 inputs may also come as their uint8 pixel levels (x = levels * scale)
+    input_scale: float | None = None
 
 
 @dataclass
@@ -118,6 +120,8 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
                 raise ProtocolError("request has no input tensor")
             t = request.input
             x = tensors.decode(t.dtype, t.shape, t.raw_data, max_bytes=self.max_tensor_bytes)
+            if x.dtype == np.uint8 and self.card.input_scale is not None:
+                x = tensors.from_levels(x, self.card.input_scale)  # a camera's native frame
             if x.dtype.name != self.card.input_dtype:
                 raise ProtocolError(f"input dtype is {x.dtype.name}, the model takes "
                                     f"{self.card.input_dtype}")

@@ -46,6 +46,9 @@ class AgentConfig:
     #: re-weight the general model's posterior by the stream's class prior, where the
     #: bundle carries a calibrated label-shift gate (``label_shift``)
     label_shift: bool = True
+    #: escalate float32 inputs made of 8-bit pixels as those uint8 levels (lossless, 4x
+    #: fewer bytes up); the cloud turns them back into the same float32
+    native_uplink: bool = True
     #: share of edge answers also sent to the cloud to audit the agreement online
     audit_rate: float = 0.02
     #: the audit's bound holds with confidence 1 - audit_alpha, at all times at once

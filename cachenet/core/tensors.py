@@ -62,3 +62,31 @@ def decode(dtype: str, shape: Sequence[int], data: bytes | memoryview, *,
 def check_finite(arr: np.ndarray) -> None:
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ProtocolError("tensor contains NaN or infinite values")
+
+
+def to_levels(x: np.ndarray, scale: float | None) -> np.ndarray | None:
+    """``x`` as the uint8 pixel levels it was made of (``levels * scale``, as a camera
+    frame becomes model input), or None where that would lose anything: an input that
+    travels as its levels is 4x smaller than float32 and comes back bit for bit."""
+    if scale is None or not scale > 0 or x.dtype != np.float32 or not x.size:
+        return None
+    s = np.float32(scale)
+    levels = np.rint(x / s)
+    if levels.min() < 0 or levels.max() > 255:
+        return None
+    u8 = levels.astype(np.uint8)
+    return u8 if np.array_equal(u8.astype(np.float32) * s, x) else None
+
+
+def from_levels(u8: np.ndarray, scale: float) -> np.ndarray:
+    """The float32 input that :func:`to_levels` gave the levels of."""
+    return u8.astype(np.float32) * np.float32(scale)
+
+
+def input_scale(spec: dict) -> float | None:
+    """The pixel scale of a manifest's float32 input (``normalization.scale``), if any."""
+    norm = spec.get("normalization")
+    scale = norm.get("scale") if isinstance(norm, dict) else None
+    ok = (spec.get("dtype") == "float32" and isinstance(scale, int | float)
+          and not isinstance(scale, bool) and 0 < scale <= 1)
+    return float(scale) if ok else None

@@ -62,6 +62,21 @@ def test_answers_match_the_full_model(client, digits_bundle, digits_splits):
     assert answer.timings["batch_size"] >= 16 and answer.timings["total_us"] > 0
 
 
+def test_camera_frames_may_come_as_their_uint8_levels(client, digits_splits):
+    """An input made of 8-bit pixels travels as those levels, 4x smaller, and is answered
+    exactly as the float32 input it stands for."""
+    from cachenet.core import tensors
+
+    x = digits_splits.test.x[:8]
+    levels = tensors.to_levels(x, 1 / 16)  # the digits' pixel scale
+    assert levels is not None and levels.dtype == np.uint8 and levels.nbytes * 4 == x.nbytes
+    as_float = client.infer(x, timeout=10)
+    as_levels = client.infer(levels, timeout=10)
+    np.testing.assert_array_equal(as_levels.logits, as_float.logits)
+    with pytest.raises(CloudRejected, match="dtype"):
+        client.infer(levels.astype(np.int32), timeout=10)
+
+
 def variant(good: pb.InferRequest, edit) -> pb.InferRequest:
     req = pb.InferRequest()
     req.CopyFrom(good)
