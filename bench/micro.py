@@ -8,6 +8,9 @@
    process with the same messages, so the report can tell transport from
    the agent's own processing. Measured over loopback TCP and again over ipc
    (a Unix socket), which an application on the same device may use instead.
+   And the in-process API (:class:`edge_agent.local.LocalAgent`, the same
+   cascade without a socket): p50 of its edge answer minus bare ONNX Runtime,
+   interleaved in one process. Target <= 30 us.
 2. Cloud throughput under 32 concurrent clients (asyncio gRPC, batch-1
    requests) with dynamic batching (max_batch_size 32) against
    max_batch_size 1. Target >= 3x.
@@ -26,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -133,6 +137,45 @@ def agent_overhead(bundle: Path, work: Path, n: int, transport: str = "tcp"
             "agent_processing_p50_us": rt_p50 - ort_p50 - floor, "n": n, "target_us": 150.0}
 
 
+def _bare_session(bundle: Path, model) -> tuple[Any, str]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(bundle / model.manifest.model_file()), sess_options=opts,
+                                providers=["CPUExecutionProvider"])
+    return sess, sess.get_inputs()[0].name
+
+
+def local_overhead(bundle: Path, n: int) -> dict[str, float]:
+    """The in-process API's overhead on an edge answer, with the bundle's whole cascade
+    (layer caches, label-shift gate, audit bookkeeping): p50 of ``LocalAgent.infer``
+    minus p50 of a bare ONNX Runtime run, interleaved."""
+    from edge_agent.local import LocalAgent
+
+    model = load_cache_model(bundle, threads=1)
+    x = np.random.default_rng(0).random((1, *model.manifest.input["shape"][1:]),
+                                        dtype=np.float32)
+    sess, name = _bare_session(bundle, model)
+    ort_us, api_us = [], []
+    with LocalAgent(bundle=bundle, threads=1, log_level="WARNING") as agent:
+        for _ in range(200):
+            sess.run(None, {name: x})
+            agent.infer(x[0], policy="edge")
+        for _ in range(n):
+            t0 = time.perf_counter_ns()
+            sess.run(None, {name: x})
+            t1 = time.perf_counter_ns()
+            agent.infer(x[0], policy="edge")
+            t2 = time.perf_counter_ns()
+            ort_us.append((t1 - t0) / 1e3)
+            api_us.append((t2 - t1) / 1e3)
+    ort_p50, api_p50 = float(np.median(ort_us)), float(np.median(api_us))
+    return {"bare_onnxruntime_p50_us": ort_p50, "in_process_edge_answer_p50_us": api_p50,
+            "overhead_p50_us": api_p50 - ort_p50, "n": n, "target_us": 30.0}
+
+
 async def _load(target: str, x: np.ndarray, clients: int, seconds: float) -> dict[str, float]:
     from cachenet.protocol.client import AsyncCloudClient
 
@@ -192,6 +235,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cachenet-bench-") as tmp:
         overhead = agent_overhead(bundle, Path(tmp), args.requests)
         overhead_ipc = agent_overhead(bundle, Path(tmp), args.requests, "ipc")
+        local = local_overhead(bundle, args.requests)
         throughput = cloud_throughput(bundle, Path(tmp), args.clients, args.seconds)
     print(f"bundle {bundle}")
     print(f"agent overhead (p50): {overhead['overhead_p50_us']:.1f} us = local API "
@@ -202,6 +246,9 @@ def main() -> int:
           f"processing: {overhead['agent_processing_p50_us']:.1f} us")
     print(f"  over ipc (a Unix socket): {overhead_ipc['overhead_p50_us']:.1f} us, of which "
           f"the transport floor {overhead_ipc['zmq_echo_floor_p50_us']:.1f} us")
+    print(f"in-process API (LocalAgent) overhead (p50): {local['overhead_p50_us']:.1f} us = "
+          f"{local['in_process_edge_answer_p50_us']:.1f} us - bare onnxruntime "
+          f"{local['bare_onnxruntime_p50_us']:.1f} us (target <= 30 us)")
     b, nb = throughput["batching"], throughput["no_batching"]
     print(f"cloud throughput, {args.clients} clients: {b['requests_per_s']:.0f} req/s with "
           f"dynamic batching (mean batch {b['mean_batch_size']:.1f}) vs "
@@ -209,7 +256,7 @@ def main() -> int:
           f"{throughput['speedup']:.2f}x (target >= 3x)")
     if args.json:
         print(json.dumps({"agent_overhead": overhead, "agent_overhead_ipc": overhead_ipc,
-                          "cloud_throughput": throughput}))
+                          "in_process": local, "cloud_throughput": throughput}))
     return 0
 
 

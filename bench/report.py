@@ -88,6 +88,13 @@ def _ipc_line(o: dict | None) -> list[str]:
             f"{o['overhead_p50_us']:.1f} us; transport floor {o['zmq_echo_floor_p50_us']:.1f} us."]
 
 
+def _local_line(o: dict | None) -> list[str]:
+    if not o:
+        return []
+    return [f"- In-process API (`LocalAgent`, the same cascade without a socket): "
+            f"{o['overhead_p50_us']:.1f} us over bare ONNX Runtime (goal <= 30 us)."]
+
+
 def _headline(rows: list[dict]) -> list[str]:
     stream, net = HEADLINE
     cloud, oracle = _find(rows, stream, net, "cloud_only"), _find(rows, stream, net, "oracle")
@@ -108,6 +115,19 @@ def _headline(rows: list[dict]) -> list[str]:
             f"{'met' if abs(points) <= GOALS['accuracy_points'] else 'missed'}); "
             f"{vs_oracle:.2f}x the oracle's mean ({oracle['mean_ms']:.2f} ms; goal <= "
             f"{GOALS['vs_oracle']}x: {'met' if vs_oracle <= GOALS['vs_oracle'] else 'missed'}).")
+    for name, r in (("cachenet", general), ("cachenet_specialized", spec)):
+        wait = r.get("recovery_requests_median")
+        if wait is not None:
+            lines.append(
+                f"- `{name}`: from a class change to an escalation rate under 20% (over the "
+                f"next 10 requests): median {wait:g} requests over {r['class_changes']} "
+                f"changes, {r['recovery_censored']} never before the next change (goal <= "
+                f"100: {'met' if wait <= 100 else 'missed'}).")
+    if spec.get("first_push_request") is not None:
+        lines.append(f"- The first pushed model answered request {spec['first_push_request']} "
+                     f"of the run, {spec['first_push_s']:.1f} s after its start.")
+    elif "first_push_request" in spec:
+        lines.append("- No pushed model answered during the run.")
     lines.append(
         f"- Why: latency follows the escalation rate, since each escalation pays the WAN "
         f"round trip and the cloud. cachenet_specialized escalated "
@@ -139,10 +159,42 @@ def _needed(rows: list[dict]) -> str:
             f"the agreement target only inputs it agrees on with the full model.")
 
 
+def _audit_cell(r: dict) -> str:
+    """The agent's own audit: audited answers, their agreement, its lower bound."""
+    if "audited" not in r:
+        return ""
+    if not r["audited"]:
+        return "0"
+    return f"{r['audited']} / {r['audit_agreement']:.3f} / >= {r['audit_bound']:.3f}"
+
+
+def _steps_cell(r: dict) -> str:
+    """The share of requests each cascade step answered at the edge."""
+    return ", ".join(f"{k[5:]} {v:.2f}" for k, v in sorted(r.items()) if k.startswith("step_"))
+
+
+def _audit_lines(rows: list[dict]) -> list[str]:
+    audited = [r for r in rows if r.get("audited")]
+    if not audited:
+        return []
+    worst = min(audited, key=lambda r: r["audit_agreement"])
+    loosest = min(audited, key=lambda r: r["audit_bound"])
+    total = sum(r["audited"] for r in audited)
+    return [f"- The agents' online audit checked {total} edge answers over "
+            f"{len(audited)} runs; the lowest audited agreement of a run was "
+            f"{worst['audit_agreement']:.3f} ({worst['system']}, {worst['stream']}, "
+            f"{worst['network']}; goal >= 0.99: "
+            f"{'met' if worst['audit_agreement'] >= 0.99 else 'missed'}), and the weakest "
+            f"bound (95%, anytime-valid) {loosest['audit_bound']:.3f}, from "
+            f"{loosest['audited']} audits: a run of a few hundred requests audits a few "
+            "of them, which bounds little; the bound tightens as a device runs."]
+
+
 def _table(rows: list[dict], stream: str, net: str) -> list[str]:
     cols = ("accuracy", "agreement", "mean_ms", "p50_ms", "p95_ms", "p99_ms",
             "escalation_rate", "bytes_up", "bytes_down", "edge_cpu_ms_per_request",
-            "pushes_applied")
+            "pushes_applied", "recovery_requests_median", "audit (n / agreement / bound)",
+            "edge answers by step")
     out = [f"### {stream}, {net}", "", "| system | " + " | ".join(cols) + " |",
            "|---" * (len(cols) + 1) + "|"]
     for r in rows:
@@ -151,7 +203,7 @@ def _table(rows: list[dict], stream: str, net: str) -> list[str]:
         cells = ["" if c not in r else f"{r[c]:.4f}"
                  if c in ("accuracy", "agreement", "escalation_rate")
                  else f"{r[c]:,}" if c.startswith(("bytes", "pushes")) else f"{r[c]:.2f}"
-                 for c in cols]
+                 if r[c] is not None else "" for c in cols[:-2]] + [_audit_cell(r), _steps_cell(r)]
         out.append(f"| {r['system']} | " + " | ".join(cells) + " |")
     return [*out, ""]
 
@@ -181,7 +233,7 @@ def write_outputs(result: dict[str, Any], out: Path, *, quick: bool) -> None:
         "cache model; the cloud's library of partition models persists across runs, and "
         "what it trains during the suite it trains on this machine (niced). Edge CPU is "
         "the agent process's CPU time per request.", "",
-        "## Headline: runs50 at 4g", "", *_headline(rows), "",
+        "## Headline: runs50 at 4g", "", *_headline(rows), *_audit_lines(rows), "",
         *_specialization_lines(result.get("specialization")),
         "## Results", ""]
     for key in result["latencies"]:
@@ -192,7 +244,10 @@ def write_outputs(result: dict[str, Any], out: Path, *, quick: bool) -> None:
                   f"- Agent overhead (p50 local-API round trip of an edge hit minus p50 bare "
                   f"ONNX Runtime): {o['overhead_p50_us']:.1f} us (goal <= 150 us); transport "
                   f"floor (bare Python ZeroMQ echo): {o['zmq_echo_floor_p50_us']:.1f} us.",
+                  f"- The agent's own processing (that overhead minus the floor): "
+                  f"{o['agent_processing_p50_us']:.1f} us (goal <= 40 us).",
                   *_ipc_line(result["micro"].get("agent_overhead_ipc")),
+                  *_local_line(result["micro"].get("in_process")),
                   f"- Cloud throughput, 32 clients: {t['batching']['requests_per_s']:.0f} req/s "
                   f"with dynamic batching vs {t['no_batching']['requests_per_s']:.0f} at "
                   f"max_batch_size 1: {t['speedup']:.2f}x (goal >= 3x).", ""]

@@ -32,6 +32,7 @@ otherwise; without it the suite says so and exits.
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import sys
 import tempfile
@@ -79,7 +80,7 @@ def request_options(system: str) -> dict[str, Any]:
 
 def run_system(client: Any, x: np.ndarray, system: str, full_lab: np.ndarray,
                timeout: float) -> dict[str, Any]:
-    labels, lat, sources, by = [], [], [], []
+    labels, lat, sources, by, versions = [], [], [], [], []
     options = request_options(system)
     for i in range(len(x)):
         if system == "oracle":
@@ -92,8 +93,39 @@ def run_system(client: Any, x: np.ndarray, system: str, full_lab: np.ndarray,
         labels.append(answer["label"])
         sources.append(answer["source"])
         by.append(answer.get("answered_by", ""))
+        versions.append((answer.get("versions") or {}).get("cache", ""))
     return {"labels": np.asarray(labels), "latencies_ms": np.asarray(lat),
-            "sources": np.asarray(sources), "answered_by": np.asarray(by)}
+            "sources": np.asarray(sources), "answered_by": np.asarray(by),
+            "versions": versions}
+
+
+def recovery(escalated: np.ndarray, y: np.ndarray, window: int = 10, level: float = 0.2
+             ) -> dict[str, Any]:
+    """After each class change of the trace, the requests until the escalation rate over
+    the next ``window`` falls to ``level``: the median over changes, and how many
+    changes never got there before the next one (counted at their run's length)."""
+    changes = [0, *np.flatnonzero(np.diff(y) != 0) + 1, len(y)]
+    waits, censored = [], 0
+    for start, end in itertools.pairwise(changes):
+        wait = next((j for j in range(end - start - window + 1)
+                     if escalated[start + j:start + j + window].mean() <= level), None)
+        if wait is None:
+            censored += 1
+            wait = end - start
+        waits.append(wait)
+    return {"recovery_requests_median": float(np.median(waits)) if waits else None,
+            "recovery_censored": censored, "class_changes": len(waits)}
+
+
+def first_push(run: dict[str, Any]) -> dict[str, Any]:
+    """The first request a pushed model answered, and the client's time until it (the
+    run starts on a new stream: its first request is the change)."""
+    versions = run["versions"]
+    at = next((i for i, v in enumerate(versions) if v and v != versions[0]), None)
+    if at is None:
+        return {"first_push_request": None, "first_push_s": None}
+    return {"first_push_request": at,
+            "first_push_s": float(np.sum(run["latencies_ms"][:at]) / 1e3)}
 
 
 def measure(client: Any, proc: Any, proxy: Any, x: np.ndarray, system: str,
@@ -116,6 +148,7 @@ def row(stream: str, network: str, system: str, run: dict[str, Any], y: np.ndarr
             "p95_ms": float(np.percentile(lat, 95)), "p99_ms": float(np.percentile(lat, 99)),
             "escalation_rate": float((src != "edge").mean()),
             "fallbacks": int((src == "edge-fallback").sum()),
+            **recovery(src != "edge", y),
             "bytes_up": bytes_up, "bytes_down": bytes_down,
             "edge_cpu_ms_per_request": 1e3 * cpu_s / n}
 
@@ -227,7 +260,8 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
                                                          system, full_lab)
                             wait_audits(own)
                             stats = own.stats()
-                            extra = pushes(stats) | audit_figures(stats, len(x))
+                            extra = (pushes(stats) | audit_figures(stats, len(x))
+                                     | first_push(run))
                     elif system == "cachenet":  # a fresh agent: its prior and audit are the run's
                         with fresh_agent(bundle, proxy.port, work, f"{system}-{name}-{net}",
                                          DEADLINE_MS) as (own, proc):
@@ -294,12 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     requests = args.requests or (150 if args.quick else 300)
     micro = None
     if not args.no_micro:
-        from bench.micro import agent_overhead, cloud_throughput
+        from bench.micro import agent_overhead, cloud_throughput, local_overhead
 
         with tempfile.TemporaryDirectory(prefix="cachenet-micro-") as tmp:
             n = 1000 if args.quick else 3000
             micro = {"agent_overhead": agent_overhead(args.bundle, Path(tmp), n),
                      "agent_overhead_ipc": agent_overhead(args.bundle, Path(tmp), n, "ipc"),
+                     "in_process": local_overhead(args.bundle, n),
                      "cloud_throughput": cloud_throughput(args.bundle, Path(tmp), 32,
                                                           3.0 if args.quick else 5.0)}
     from cachenet.core.bundle import verify_bundle
