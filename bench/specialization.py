@@ -10,7 +10,10 @@ threshold is calibrated at each agreement target on the calibration split drawn
 like the run (with 20% from any class); the general model is calibrated at the
 same target on the whole calibration split. On the run's inputs a partition
 model answers where sure, hands over to the general model where not, and the
-rest is escalated.
+rest is escalated. Beside them, the *adapted* general model: the same general
+model re-weighted by the stream's class prior as the agent follows it
+(:mod:`cachenet.core.prior`), its label-shift gate calibrated at each target on
+streams replayed over the calibration split: no training, no push.
 
 What this measures is the model, not the loop: the run's classes are read off
 the full model's labels of the run itself, as if the cloud had already seen
@@ -39,10 +42,13 @@ sys.path.insert(0, str(ROOT))
 
 from cachenet.core import cascade  # noqa: E402
 from cachenet.core.bundle import verify_bundle  # noqa: E402
+from cachenet.core.gate import Gate  # noqa: E402
+from cachenet.core.prior import PriorConfig  # noqa: E402
 from cachenet.fleet import partition as pt  # noqa: E402
 from cachenet.fleet import specialize as sp  # noqa: E402
 from cachenet.fleet.replay import ReplayData  # noqa: E402
 from cachenet.sim.stream import class_run_stream  # noqa: E402
+from cachenet.toolchain import adapt  # noqa: E402
 from cachenet.toolchain.data import load_splits  # noqa: E402
 from cachenet.toolchain.export import onnx_logits  # noqa: E402
 from cachenet.toolchain.models import load_checkpoint  # noqa: E402
@@ -70,13 +76,16 @@ def markdown(r: dict) -> str:
         f"per run at each agreement target, and the general model at the same target on "
         f"the calibration split.", "",
         "| target | general hit rate (agreement) | specialised hit rate (agreement) | ratio "
-        "(goal >= 2x) |", "|---|---|---|---|"]
+        "(goal >= 2x) | adapted to the stream's prior: hit rate (agreement) | ratio |",
+        "|---|---|---|---|---|---|"]
     for t, f in r["by_target"].items():
-        g, sp_ = f["general"], f["specialized"]
+        g, sp_, ad = f["general"], f["specialized"], f["adapted"]
         ratio = "n/a (general answers nothing)" if f["hit_rate_ratio"] is None \
             else f"{f['hit_rate_ratio']:.2f}x"
+        a_ratio = "n/a" if f["adapted_ratio"] is None else f"{f['adapted_ratio']:.2f}x"
         lines.append(f"| {t} | {g['hit_rate']:.3f} ({g['agreement']}) | "
-                     f"{sp_['hit_rate']:.3f} ({sp_['agreement']}) | {ratio} |")
+                     f"{sp_['hit_rate']:.3f} ({sp_['agreement']}) | {ratio} | "
+                     f"{ad['hit_rate']:.3f} ({ad['agreement']}) | {a_ratio} |")
     lines += ["", "Per run (partition answers / with the general model behind it / general "
               "alone; in brackets, answered inputs that disagree with the full model), at "
               "each target:", "",
@@ -127,9 +136,30 @@ def at_target(target: float, runs: list[dict], general: dict, full_lab: np.ndarr
                         "disagreements": int((s_lab[a:b] != full_lab[a:b])[mine].sum()),
                         "calibration_n": answers.calibration.n})
     gen, spec = _figures(g_local, g_lab, full_lab, y), _figures(s_local, s_lab, full_lab, y)
+    adapted = adapted_at(target, general, g_cal.threshold, full_lab, y, score_kind)
     return {"general_threshold": g_cal.threshold, "general": gen, "specialized": spec,
             "hit_rate_ratio": spec["hit_rate"] / gen["hit_rate"] if gen["hit_rate"] else None,
+            "adapted": adapted,
+            "adapted_ratio": adapted["hit_rate"] / gen["hit_rate"] if gen["hit_rate"] else None,
             "per_run": per_run}
+
+
+def adapted_at(target: float, general: dict, g_threshold: float, full_lab: np.ndarray,
+               y: np.ndarray, score_kind: str) -> dict:
+    """The general model adapted to the stream's class prior, as the agent runs it: its
+    label-shift gate calibrated at ``target`` on the calibration split's replayed streams
+    (:mod:`cachenet.toolchain.adapt`), then the stream replayed through it, the prior
+    following the answers (the full model's; the agent's own agree with them)."""
+    stage = cascade.Stage(Gate(score_kind, g_threshold))
+    section = adapt.calibrate_section(general["calib_logits"], general["calib_full"],
+                                      general["calib_y"], stage, general["shipped"],
+                                      target=target)
+    config = PriorConfig(**{k: section[k] for k in ("window", "strength", "min_count",
+                                                    "surprise", "score", "threshold")})
+    scores, labels = adapt.replay(general["logits"], full_lab, np.arange(len(full_lab)), stage,
+                                  general["shipped"], config)
+    out = _figures(scores >= section["threshold"], labels, full_lab, y)
+    return {**out, "threshold": section["threshold"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     score_kind = bundle.gate["score"]
     onnx = args.bundle / "model.onnx"
     general = {"logits": onnx_logits(onnx, x), "calib_logits": onnx_logits(onnx, splits.calib.x),
-               "calib_full": replay.hold_full}
+               "calib_full": replay.hold_full, "calib_y": splits.calib.y,
+               "shipped": adapt.shipped_prior(splits.train.y, len(splits.classes))}
 
     cfg = pt.FinetuneConfig(epochs=args.epochs, seed=args.seed)
     library: dict[tuple[int, ...], object] = {}
@@ -200,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                 else argv)}
     for t, f in by_target.items():
         print(f"target {t}: general {json.dumps(f['general'])}\n             specialised "
-              f"{json.dumps(f['specialized'])}; ratio {f['hit_rate_ratio']}")
+              f"{json.dumps(f['specialized'])}; ratio {f['hit_rate_ratio']}\n             "
+              f"adapted {json.dumps(f['adapted'])}; ratio {f['adapted_ratio']}")
     print(f"{len(runs)} runs, {len(library)} partition models trained in {train_s:.0f} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

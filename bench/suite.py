@@ -10,7 +10,10 @@ API, one at a time, as an application would:
 * ``cloud_only``: everything goes to the cloud;
 * ``fixed_threshold``: a fixed threshold of 0.5 on 1 - normalised entropy (the
   default of KubeEdge Sedna's CrossEntropy hard-example filter);
-* ``cachenet``: the general cache model with its calibrated gate;
+* ``cachenet``: the general cache model with its calibrated gate, and everything a
+  device adds to it: the stream's class prior, the online audit (a fresh agent
+  per run, so each run starts from the bundle as shipped), the bundle's layer
+  caches if it has them;
 * ``cachenet_specialized``: cachenet with specialisation and model push, live:
   a specialising cloud and a fresh agent for each run (:mod:`bench.specializing`);
 * ``oracle``: the same cache models as ``cachenet_specialized`` (a fresh agent of

@@ -100,47 +100,58 @@ class StreamPrior:
     def __init__(self, shipped: np.ndarray, config: PriorConfig) -> None:
         self.config = config
         self.shipped = np.asarray(shipped, dtype=np.float64) / np.sum(shipped)
-        self._log_shipped = np.log(self.shipped)
+        # Plain lists: a handful of classes is faster in Python than through numpy.
+        self._pseudo = [config.strength * float(p) for p in self.shipped]
+        self._log_shipped = [math.log(float(p)) for p in self.shipped]
         self._labels: collections.deque[int] = collections.deque(maxlen=config.window)
-        self._counts = np.zeros(len(self.shipped))
+        self._counts = [0] * len(self.shipped)
         self._row = get_score(config.score).row
-        self.shift: np.ndarray | None = None  # log pi_t - log pi_s, once in use
+        self._shift: list[float] | None = None  # log pi_t - log pi_s, once in use
         self.resets = 0
         self.enabled = True  # the audit drops it when it breaks the target
 
+    @property
+    def shift(self) -> np.ndarray | None:
+        """``log pi_t - log pi_s`` while the prior is in use, else None."""
+        return None if self._shift is None else np.asarray(self._shift)
+
     def estimate(self) -> np.ndarray:
         """``pi_t``: the window's class counts smoothed towards the shipped prior."""
-        n = len(self._labels)
-        return (self._counts + self.config.strength * self.shipped) / (n + self.config.strength)
+        n = len(self._labels) + self.config.strength
+        return np.asarray([(c + q) / n for c, q in zip(self._counts, self._pseudo, strict=True)])
 
     def observe(self, label: int) -> None:
         """One answer of the stream (the cloud's, or the edge's own)."""
         if not 0 <= label < len(self._counts):
             return
-        if self.shift is not None and self.estimate()[label] < self.config.surprise:
+        c = self.config
+        if self._shift is not None and (self._counts[label] + self._pseudo[label]) / (
+                len(self._labels) + c.strength) < c.surprise:
             self.reset()
         if len(self._labels) == self._labels.maxlen:
             self._counts[self._labels[0]] -= 1
         self._labels.append(label)
         self._counts[label] += 1
-        if len(self._labels) >= self.config.min_count:
-            self.shift = np.log(self.estimate()) - self._log_shipped
+        if len(self._labels) >= c.min_count:
+            n = len(self._labels) + c.strength
+            self._shift = [math.log((k + q) / n) - ls for k, q, ls in
+                           zip(self._counts, self._pseudo, self._log_shipped, strict=True)]
 
     def reset(self) -> None:
         """The stream moved: back to the shipped prior until the window refills."""
         self._labels.clear()
-        self._counts[:] = 0
-        self.shift = None
+        self._counts = [0] * len(self._counts)
+        self._shift = None
         self.resets += 1
 
     def answer_row(self, row: np.ndarray) -> tuple[int, float] | None:
         """(label, adjusted confidence) for one row of logits, or None when the prior is
         not in use; the confidence is 0 where the prior would flip the model's label."""
-        if self.shift is None or not self.enabled:
+        if self._shift is None or not self.enabled:
             return None
         values = row.tolist()
         best = max(range(len(values)), key=values.__getitem__)
-        adjusted = [v + s for v, s in zip(values, self.shift.tolist(), strict=True)]
+        adjusted = [v + s for v, s in zip(values, self._shift, strict=True)]
         top = max(adjusted)
         if adjusted[best] < top:
             return best, 0.0
@@ -157,7 +168,7 @@ class StreamPrior:
     def snapshot(self) -> dict[str, Any]:
         est = self.estimate()
         top = np.argsort(-est)[:3]
-        return {"in_use": self.shift is not None and self.enabled, "enabled": self.enabled,
+        return {"in_use": self._shift is not None and self.enabled, "enabled": self.enabled,
                 "observed": len(self._labels), "resets": self.resets,
                 "threshold": self.config.threshold,
                 "top_classes": {str(int(c)): round(float(est[c]), 4) for c in top}}
