@@ -153,7 +153,9 @@ def run_drift_demo(*, rtt_ms: float = 40.0, after: int = 300, max_wait_s: float 
             results.append(run_phase(client, px, py, classes, after=after,
                                      max_wait_s=max_wait_s, timeout=deadline / 1e3 + 5,
                                      seed=seed + n))
-        pushes = client.stats()["control"]  # every push, refused on arrival or not
+        final = client.stats()
+        pushes = final["control"]  # every push, refused on arrival or not
+        audit = final.get("audit") or {}
         if keep_logs is not None:
             keep_logs.mkdir(parents=True, exist_ok=True)
             stack.close()
@@ -162,6 +164,8 @@ def run_drift_demo(*, rtt_ms: float = 40.0, after: int = 300, max_wait_s: float 
     return {"scenario": "drift", "rtt_ms": rtt_ms, "target": DRIFT_TARGET, "phases": results,
             "pushes_applied": pushes["applied"], "pushes_rejected": pushes["rejected"],
             "failed_requests": sum(p["failed"] for p in results),
+            "audit": {k: audit.get(k) for k in ("audited", "disagreed", "agreement",
+                                                "agreement_bound", "confidence", "steps")},
             "bundle": str(bundle), "wall_s": round(time.monotonic() - started, 2)}
 
 
@@ -180,4 +184,13 @@ def format_drift(results: dict[str, Any]) -> str:
                      f"{p['requests_after']:>12}{when:>12}")
     lines.append(f"  pushes applied {results['pushes_applied']}, rejected "
                  f"{results['pushes_rejected']}; failed requests {results['failed_requests']}")
+    audit = results.get("audit") or {}
+    if audit.get("audited"):
+        lines.append(f"  online audit: {audit['audited']} edge answers checked by the cloud, "
+                     f"agreement {audit['agreement']:.3f}, at least "
+                     f"{audit['agreement_bound']:.3f} with {audit['confidence']:.0%} confidence "
+                     f"(anytime-valid); steps dropped: "
+                     f"{sum(s.get('drops', 0) for s in (audit.get('steps') or {}).values())}")
+    else:
+        lines.append("  online audit: no edge answer was checked")
     return "\n".join(lines)

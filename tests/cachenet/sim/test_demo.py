@@ -110,7 +110,7 @@ def phases_the_general_model_escalates(bundle, splits) -> tuple[tuple[int, ...],
 @pytest.mark.slow
 def test_drift_demo_specialises_each_phase_and_loses_nothing(cli_cache, digits_bundle,
                                                            digits_splits, tmp_path):
-    from cachenet.sim.drift import run_drift_demo
+    from cachenet.sim.drift import format_drift, run_drift_demo
 
     phases = phases_the_general_model_escalates(digits_bundle[0], digits_splits)
     # A phase waits for its partition model without a clock of its own: the bound is
@@ -125,6 +125,9 @@ def test_drift_demo_specialises_each_phase_and_loses_nothing(cli_cache, digits_b
         assert phase["specialised_after_s"] is not None, (phase, logs)
         assert phase["requests_after"] == 150
         assert phase["escalation_rate_after"] < phase["escalation_rate_before"], (phase, logs)
+    assert "online audit" in format_drift(result)
+    if result["audit"]["audited"]:  # 2% of edge answers: a few, by chance
+        assert 0.0 <= result["audit"]["agreement_bound"] <= result["audit"]["agreement"]
 
 
 def test_the_demos_refuse_a_bundle_that_is_not_for_digits(bundle_copy):
