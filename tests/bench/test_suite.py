@@ -55,10 +55,16 @@ def test_quick_suite_on_digits_writes_rows_report_and_plots(digits_bundle, layer
             layered = by[stream, net, "cachenet_layercache"]
             assert layered["n"] == 40 and layered["fallbacks"] == 0
             assert 0.0 <= layered["layer_hits"] <= 1.0 - layered["escalation_rate"]
+            cachenet = by[stream, net, "cachenet"]  # a fresh agent, audited
+            assert cachenet["audited"] >= 0 and "audit_bound" in cachenet
+            assert sum(v for k, v in cachenet.items() if k.startswith("step_")) == \
+                pytest.approx(1.0 - cachenet["escalation_rate"])
+            assert cachenet["class_changes"] >= 1 and "first_push_request" in specialized
     assert by["runs50", "4g", "cloud_only"]["p50_ms"] >= 50.0  # crossed the 50 ms WAN
     report = (tmp_path / "report.md").read_text()
     assert "## What the specialising cloud did" in report
     assert "specialisation ready" in (tmp_path / "specializing-cloud.log").read_text()
     assert "## Headline: runs50 at 4g" in report and "cachenet_specialized" in report
+    assert "audit (n / agreement / bound)" in report and "escalation rate under 20%" in report
     assert (tmp_path / "runs50-4g.png").stat().st_size > 10_000
     assert {p.name for p in (tmp_path / "traces").iterdir()} == {"runs50.npz", "iid.npz"}
