@@ -252,9 +252,12 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
                                 own.infer(x[i], policy="cloud", timeout=10)
                             run, up, down, cpu = measure(own, proc, layered.proxy, x, system,
                                                          full_lab)
+                            wait_audits(own)
+                            stats = own.stats()
                         # answered by a layer cache: "<site>:<kind>"
                         extra = {"layer_hits": float(np.mean([":" in b for b in
                                                               run["answered_by"]]))}
+                        extra |= audit_figures(stats, len(x))
                     elif system in SPECIALIZING:
                         with specializing.agent(f"{system}-{name}-{net}") as (own, proc):
                             for i in range(5):  # the same warm-up as the agent above had
