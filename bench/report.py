@@ -117,6 +117,10 @@ def _headline(rows: list[dict]) -> list[str]:
             f"{GOALS['vs_oracle']}x: {'met' if vs_oracle <= GOALS['vs_oracle'] else 'missed'}).")
     for name, r in (("cachenet", general), ("cachenet_specialized", spec)):
         wait = r.get("recovery_requests_median")
+        if wait is None and r.get("class_changes"):
+            lines.append(f"- `{name}`: its escalation rate did not fall under 20% in most of "
+                         f"the {r['class_changes']} class runs (goal: within 100 requests: "
+                         "missed).")
         if wait is not None:
             lines.append(
                 f"- `{name}`: from a class change to an escalation rate under 20% (over the "

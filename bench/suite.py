@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import platform
 import sys
 import tempfile
@@ -105,18 +106,21 @@ def run_system(client: Any, x: np.ndarray, system: str, full_lab: np.ndarray,
 def recovery(escalated: np.ndarray, y: np.ndarray, window: int = 10, level: float = 0.2
              ) -> dict[str, Any]:
     """After each class change of the trace, the requests until the escalation rate over
-    the next ``window`` falls to ``level``: the median over changes, and how many
-    changes never got there before the next one (counted at their run's length)."""
+    the next ``window`` falls to ``level``: the median over the runs long enough to tell
+    (``window`` requests or more), a run that never got there counting as longer than
+    any (so the median is None when most never did), and how many never did."""
     changes = [0, *np.flatnonzero(np.diff(y) != 0) + 1, len(y)]
     waits, censored = [], 0
     for start, end in itertools.pairwise(changes):
+        if end - start < window:
+            continue
         wait = next((j for j in range(end - start - window + 1)
                      if escalated[start + j:start + j + window].mean() <= level), None)
         if wait is None:
             censored += 1
-            wait = end - start
-        waits.append(wait)
-    return {"recovery_requests_median": float(np.median(waits)) if waits else None,
+        waits.append(math.inf if wait is None else float(wait))
+    median = float(np.median(waits)) if waits else math.inf
+    return {"recovery_requests_median": median if math.isfinite(median) else None,
             "recovery_censored": censored, "class_changes": len(waits)}
 
 
@@ -190,6 +194,14 @@ def labels_for(bundle: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return load_cache_model(bundle).logits(x), predict_logits(full, x).argmax(1)
 
 
+def warm_up(client: Any, like: np.ndarray) -> None:
+    """A fresh agent's connections and sessions, on blank inputs: not the trace's, so that
+    its prior gets no head start."""
+    blank = np.zeros_like(like)
+    for _ in range(5):
+        client.infer(blank, policy="cloud", timeout=10)
+
+
 def wait_audits(client: Any, timeout: float = 30.0) -> None:
     """Until the agent's audits in flight are back (or ``timeout``)."""
     deadline = time.monotonic() + timeout
@@ -248,8 +260,7 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
                     extra: dict[str, Any] = {}
                     if system == LAYERED:
                         with layered.agent(f"{system}-{name}-{net}") as (own, proc):
-                            for i in range(5):
-                                own.infer(x[i], policy="cloud", timeout=10)
+                            warm_up(own, x[0])
                             run, up, down, cpu = measure(own, proc, layered.proxy, x, system,
                                                          full_lab)
                             wait_audits(own)
@@ -260,8 +271,7 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
                         extra |= audit_figures(stats, len(x))
                     elif system in SPECIALIZING:
                         with specializing.agent(f"{system}-{name}-{net}") as (own, proc):
-                            for i in range(5):  # the same warm-up as the agent above had
-                                own.infer(x[i], policy="cloud", timeout=10)
+                            warm_up(own, x[0])
                             run, up, down, cpu = measure(own, proc, specializing.proxy, x,
                                                          system, full_lab)
                             wait_audits(own)
@@ -271,9 +281,7 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
                     elif system == "cachenet":  # a fresh agent: its prior and audit are the run's
                         with fresh_agent(bundle, proxy.port, work, f"{system}-{name}-{net}",
                                          DEADLINE_MS) as (own, proc):
-                            blank = np.zeros_like(x[0])  # not the trace's: no head start
-                            for _ in range(5):
-                                own.infer(blank, policy="cloud", timeout=10)
+                            warm_up(own, x[0])
                             run, up, down, cpu = measure(own, proc, proxy, x, system, full_lab)
                             wait_audits(own)
                             extra = audit_figures(own.stats(), len(x))

@@ -120,9 +120,10 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
                 raise ProtocolError("request has no input tensor")
             t = request.input
             x = tensors.decode(t.dtype, t.shape, t.raw_data, max_bytes=self.max_tensor_bytes)
-            if x.dtype == np.uint8 and self.card.input_scale is not None:
-                x = tensors.from_levels(x, self.card.input_scale)  # a camera's native frame
-            if x.dtype.name != self.card.input_dtype:
+            # A camera's frame may come as its uint8 pixel levels: checked as it is, then
+            # turned into the float32 it stands for (4x its bytes: only once it fits).
+            levels = x.dtype == np.uint8 and self.card.input_scale is not None
+            if x.dtype.name != self.card.input_dtype and not levels:
                 raise ProtocolError(f"input dtype is {x.dtype.name}, the model takes "
                                     f"{self.card.input_dtype}")
             if x.ndim != len(self.card.input_shape) + 1 or x.shape[1:] != self.card.input_shape:
@@ -131,6 +132,8 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             if not 1 <= len(x) <= self.batcher.max_batch_size:
                 raise ProtocolError(f"batch of {len(x)} inputs; this server takes 1 to "
                                     f"{self.batcher.max_batch_size}")
+            if levels:
+                x = tensors.from_levels(x, self.card.input_scale)  # type: ignore[arg-type]
             tensors.check_finite(x)
         except ProtocolError as exc:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None

@@ -267,12 +267,12 @@ class EdgeAgent:
             else:
                 self.reply(envelope, {"id": request_id, "ok": True, "pong": True})
         except (ProtocolError, InputSpecError) as exc:
-            self.stats.counts["errors"] += 1
+            self.stats.count("errors")
             request_id = getattr(exc, "request_id", request_id)
             self.reply(envelope, wire.error_reply(request_id, type(exc).__name__, str(exc)))
         except Exception as exc:  # a bug must cost one request an error, not the daemon
             log.exception("request failed")
-            self.stats.counts["errors"] += 1
+            self.stats.count("errors")
             self.reply(envelope, wire.error_reply(request_id, "InternalError",
                                                   f"{type(exc).__name__}: {exc}"))
 
@@ -285,10 +285,10 @@ class EdgeAgent:
         answer["latency_us"]["edge_infer"] = (time.perf_counter_ns() - t1) / 1e3
         policy = header.get("policy", "auto")
         if policy == "edge" or (policy == "auto" and decision.step is not None):
+            if decision.audit:  # its own copy: the caller may reuse the input's buffer
+                self.stats.count("audits")
+                asyncio.run_coroutine_threadsafe(self.shadow(decision, x.copy()), self.loop)
             self.finish(envelope, decision, "edge", t0)
-            if decision.audit:  # after the reply: off the request's path
-                self.stats.counts["audits"] += 1
-                asyncio.run_coroutine_threadsafe(self.shadow(decision, x), self.loop)
         elif self.loop is None:
             self.finish(envelope, decision, "edge-fallback", t0, "no cloud configured")
         elif self.inflight >= self.config.max_inflight:
@@ -308,6 +308,7 @@ class EdgeAgent:
         assert self.cloud is not None
         levels = (tensors.to_levels(x, tensors.input_scale(self.model.manifest.input))
                   if self.native_uplink and self.model is not None else None)
+        started = time.monotonic()
         try:
             cloud = await self.cloud.infer(x if levels is None else levels, timeout=timeout,
                                            agent_id=self.config.agent_id,
@@ -318,7 +319,9 @@ class EdgeAgent:
             log.warning("the cloud refuses inputs as uint8 pixel levels (%s): sending float32",
                         exc)
             self.native_uplink = False
-            cloud = await self.cloud.infer(x, timeout=timeout, agent_id=self.config.agent_id,
+            left = timeout - (time.monotonic() - started)  # within the same deadline
+            cloud = await self.cloud.infer(x, timeout=max(left, 1e-3),
+                                           agent_id=self.config.agent_id,
                                            cache_model_version=version)
         classes = self.model.manifest.classes if self.model else []
         if len(cloud.labels) != 1 or not 0 <= int(cloud.labels[0]) < len(classes):
@@ -387,7 +390,7 @@ class EdgeAgent:
                 continue
             self.inflight -= 1
             if reason is not None:
-                self.stats.counts[f"fallback:{reason.split(':', 1)[0]}"] += 1
+                self.stats.count(f"fallback:{reason.split(':', 1)[0]}")
             self.finish(envelope, decision, source, t0, reason)
 
     def finish(self, envelope: list[Any], decision: Decision, source: str, t0: int,
@@ -401,7 +404,10 @@ class EdgeAgent:
         self.stats.record(source, answer["label"], total, decision.step)
         self.reply(envelope, answer)
         if self.engine is not None:  # after the reply: off the request's path
-            self.engine.learn(decision, source)
+            try:
+                self.engine.learn(decision, source)
+            except Exception:  # the request is answered: a failure here must not answer twice
+                log.exception("learning from an answer failed")
 
     def stats_reply(self, request_id: Any) -> dict[str, Any]:
         model = self.model

@@ -65,6 +65,14 @@ class Decision:
     settle: Any = None  # layer caches waiting for the cloud's label
     audit: bool = False  # a shadow escalation checks this edge answer
     general: CacheModel | None = None  # whose prior observes the answer
+    adapt: bool = True  # the answer teaches the prior (not a request with its own gate)
+    epoch: int = 0  # the audited step's epoch when it answered
+
+    @property
+    def audit_step(self) -> str | None:
+        """The step the audit counts this answer under: the prior's with the model's
+        (their gates are calibrated together)."""
+        return "model" if self.step == "prior" else self.step
 
 
 class Engine:
@@ -76,6 +84,20 @@ class Engine:
         self.audit = audit
         self.layer_cache = layer_cache
         self.label_shift = label_shift
+        self._serving: tuple[str, str] = ("", "")  # (active, general) versions last seen
+
+    def _restart_on_swap(self) -> None:
+        """A swapped-in model starts its steps' audit afresh."""
+        serving = (self.models.active.version, self.models.general.version)
+        if serving == self._serving:
+            return
+        if serving[0] != self._serving[0]:
+            self.audit.restart("partition")
+            self.audit.restart("layers")
+        if serving[1] != self._serving[1]:
+            self.audit.restart("model")
+            self.audit.restart("prior")
+        self._serving = serving
 
     def _models(self, custom: Any) -> tuple[CacheModel, CacheModel | None]:
         """(the model that reads the input, the general model behind it, if handing over)."""
@@ -97,6 +119,8 @@ class Engine:
         """Who answers ``x`` (one input); ``can_audit``: a cloud is there to audit with."""
         custom = header.get("gate")  # this request's own gate (a baseline): no adaptation
         policy = header.get("policy", "auto")
+        self.audit.tick()
+        self._restart_on_swap()
         model, general = self._models(custom)
         base = general or model
         layers = model.layers if (self.layer_cache and custom is None and policy != "cloud"
@@ -105,8 +129,8 @@ class Engine:
         if layers is not None:
             answered = layers.cascade.run(layers.runner, x, 1)  # type: ignore[attr-defined]
             if answered.by[0] >= 0:  # a layer cache answered, with the full model's label
-                return self._local(self._layer_answer(header, model, layers, answered),
-                                   "layers", policy, can_audit, base)
+                return self._local(Decision(self._layer_answer(header, model, layers, answered),
+                                            "layers", general=base), policy, can_audit)
             logits = answered.logits
             settle = (layers.cascade, answered)  # type: ignore[attr-defined]
         else:
@@ -132,16 +156,15 @@ class Engine:
         step = None
         if verdict.local and not (settle is not None and settle[1].checks):
             step = _STEP.get(verdict.by) or ("partition" if model.partition else "model")
-        decision = Decision(answer, step, settle, general=base)
-        if policy == "auto" and step is not None:
-            decision.audit = self.audit.pick(can_audit)
-        return decision
+        decision = Decision(answer, step, settle, general=base, adapt=custom is None)
+        return self._local(decision, policy, can_audit)
 
-    def _local(self, answer: dict[str, Any], step: str, policy: str, can_audit: bool,
-               general: CacheModel) -> Decision:
-        decision = Decision(answer, step, general=general)
-        if policy == "auto":
+    def _local(self, decision: Decision, policy: str, can_audit: bool) -> Decision:
+        """Pick the audits: answers the edge gives under its own rules (policy ``auto``,
+        the calibrated gates) are the ones the target is about."""
+        if policy == "auto" and decision.adapt and decision.step is not None:
             decision.audit = self.audit.pick(can_audit)
+            decision.epoch = self.audit.epoch(decision.audit_step)  # type: ignore[arg-type]
         return decision
 
     @staticmethod
@@ -159,10 +182,10 @@ class Engine:
         """After the reply: the answer teaches the prior, the model set, the layer caches."""
         answer = decision.answer
         label = int(answer["label"])
-        if source == "edge-fallback":
-            return  # an unsure guess teaches nothing
+        if source == "edge-fallback" or (source == "edge" and decision.step is None):
+            return  # an unsure guess (no cloud, or policy "edge") teaches nothing
         prior = decision.general.prior if decision.general is not None else None
-        if prior is not None:
+        if prior is not None and decision.adapt:
             prior.observe(label)  # type: ignore[attr-defined]
         if decision.settle is not None and source == "cloud":
             layer_cascade, answered = decision.settle
@@ -176,11 +199,15 @@ class Engine:
         if cloud_label is None:
             self.audit.unanswered(reason or "no answer")
             return
-        assert decision.step is not None
-        if self.audit.record(decision.step, int(decision.answer["label"]) == cloud_label):
-            prior = getattr(decision.general, "prior", None)
-            if decision.step == "prior" and prior is not None:
-                prior.reset()  # it comes back learning the stream afresh
+        step = decision.audit_step
+        assert step is not None
+        agree = int(decision.answer["label"]) == cloud_label
+        if not self.audit.record(step, agree, decision.epoch) or step != "model":
+            return
+        prior = decision.general.prior if decision.general is not None else None
+        if prior is not None and self.label_shift and self.audit.allowed("prior"):
+            self.audit.divert("model", "prior")  # the adapted part goes first
+            prior.reset()  # type: ignore[attr-defined]  # back later, learning afresh
 
     def snapshot(self) -> dict[str, Any]:
         general = self.models.general

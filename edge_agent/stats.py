@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import threading
 import time
 from typing import Any
 
@@ -18,36 +19,47 @@ class AgentStats:
         self.counts: collections.Counter[str] = collections.Counter()
         self.latencies_us: collections.deque[float] = collections.deque(maxlen=window)
         self.recent_labels: collections.deque[int] = collections.deque(maxlen=class_window)
+        #: ``snapshot`` runs on the escalation loop (control reports) while requests count
+        self.lock = threading.Lock()
 
     def record(self, source: str, label: int, total_us: float, step: str | None = None
                ) -> None:
         """One answer: its source, label and latency; ``step``: the cascade step that
         answered at the edge."""
-        self.counts["requests"] += 1
-        if source == "edge" and step is not None:
-            self.counts[f"step:{step}"] += 1
-        self.counts[{"edge": "hits", "cloud": "escalations",
-                     "edge-fallback": "fallbacks"}[source]] += 1
-        self.latencies_us.append(total_us)
-        self.recent_labels.append(label)
+        with self.lock:
+            self.counts["requests"] += 1
+            if source == "edge" and step is not None:
+                self.counts[f"step:{step}"] += 1
+            self.counts[{"edge": "hits", "cloud": "escalations",
+                         "edge-fallback": "fallbacks"}[source]] += 1
+            self.latencies_us.append(total_us)
+            self.recent_labels.append(label)
+
+    def count(self, key: str) -> None:
+        with self.lock:
+            self.counts[key] += 1
 
     def snapshot(self) -> dict[str, Any]:
-        lat = np.fromiter(self.latencies_us, float) if self.latencies_us else None
+        with self.lock:
+            counts = collections.Counter(self.counts)
+            latencies = list(self.latencies_us)
+            labels = list(self.recent_labels)
+        lat = np.asarray(latencies, float) if latencies else None
         pct = ({f"p{p}": float(np.percentile(lat, p)) for p in (50, 90, 99)}
                | {"mean": float(lat.mean()), "n": len(lat)}) if lat is not None else {}
-        n = self.counts["requests"]
-        hist = collections.Counter(self.recent_labels)
+        n = counts["requests"]
+        hist = collections.Counter(labels)
         return {"uptime_s": time.time() - self.started,
-                "requests": n, "hits": self.counts["hits"],
-                "escalations": self.counts["escalations"],
-                "fallbacks": self.counts["fallbacks"], "errors": self.counts["errors"],
-                "hit_rate": self.counts["hits"] / n if n else None,
+                "requests": n, "hits": counts["hits"],
+                "escalations": counts["escalations"],
+                "fallbacks": counts["fallbacks"], "errors": counts["errors"],
+                "hit_rate": counts["hits"] / n if n else None,
                 "latency_us": pct,
                 "recent_classes": {str(k): v for k, v in sorted(hist.items())},
-                "fallback_reasons": {k[9:]: v for k, v in self.counts.items()
+                "fallback_reasons": {k[9:]: v for k, v in counts.items()
                                      if k.startswith("fallback:")},
-                "edge_steps": {k[5:]: v for k, v in self.counts.items() if k.startswith("step:")},
-                "audits_sent": self.counts["audits"]}
+                "edge_steps": {k[5:]: v for k, v in counts.items() if k.startswith("step:")},
+                "audits_sent": counts["audits"]}
 
 
 def telemetry() -> dict[str, Any]:

@@ -20,7 +20,7 @@ the tolerated rate ``eps = 1 - target``, where the test needs its power.
 
 The rule (:class:`Audit`): a step whose *lower* bound rises above ``eps`` breaks
 the target (the evidence is significant at ``alpha``); it is dropped, so its
-inputs escalate, for ``cooldown`` answers, doubled at each repeated drop, and
+inputs escalate, for ``cooldown`` requests, doubled at each repeated drop, and
 comes back with its counts restarted. The *upper* bound is the guarantee the
 agent reports (``agreement_bound``: the agreement is at least this, at
 confidence ``1 - alpha``). When the cloud is unreachable, audits cannot be
@@ -42,7 +42,9 @@ from cachenet.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: The cascade steps whose answers are audited, in the device's cascade order.
+#: The cascade steps whose answers are audited, in the device's cascade order. The
+#: general model's answers, with or without the stream's prior, are one step (``model``:
+#: they are calibrated together); ``prior`` is only ever dropped in its place.
 STEPS = ("layers", "partition", "prior", "model")
 
 
@@ -91,9 +93,9 @@ def confidence_sequence(k: int, n: int, alpha: float, a: float = 1.0, b: float =
 @dataclass(frozen=True)
 class AuditConfig:
     """``rate``: share of edge answers audited; ``target``: the agreement to hold;
-    ``alpha``: the bound's error probability; ``cooldown``: answers a breaking step
-    stays dropped (doubled at each repeated drop); ``max_inflight``: audits waiting
-    for the cloud at once (beyond it, an audit is skipped and counted)."""
+    ``alpha``: the bound's error probability; ``cooldown``: requests a breaking step
+    stays dropped (doubled at each repeated drop); ``max_inflight``: audits waiting for
+    the cloud at once (beyond it, an audit is skipped and counted)."""
 
     rate: float = 0.02
     target: float = 0.99
@@ -127,7 +129,8 @@ class StepAudit:
     total_n: int = 0
     total_k: int = 0
     drops: int = 0
-    dropped_until: int = -1  # the answer count at which the step comes back
+    dropped_until: int = -1  # the request count at which the step comes back
+    epoch: int = 0  # bumped at each restart: audits from an older epoch count in totals only
 
     def add(self, disagree: bool) -> None:
         self.n += 1
@@ -144,7 +147,7 @@ class Audit:
 
     def __post_init__(self) -> None:
         self.steps = {s: StepAudit() for s in STEPS}
-        self.answers = 0  # edge answers seen: the clock of the cooldowns
+        self.requests = 0  # requests seen: the clock of the cooldowns
         self.inflight = 0
         self.skipped = 0
         self.lost = 0  # audits the cloud did not answer
@@ -152,21 +155,45 @@ class Audit:
         self._rng = random.Random(self.config.seed)
 
     # -- the request path --------------------------------------------------
+    def tick(self) -> None:
+        """Count one request: the clock of the cooldowns."""
+        self.requests += 1
+
     def allowed(self, step: str) -> bool:
         """May ``step`` answer now? (Not while dropped; its return restarts its counts.)"""
         s = self.steps[step]
         if s.dropped_until < 0:
             return True
-        if self.answers < s.dropped_until:
+        if self.requests < s.dropped_until:
             return False
-        s.dropped_until, s.n, s.k = -1, 0, 0
+        self.restart(step)
         log.info("audit: step %s is back after its cooldown", step)
         return True
 
+    def restart(self, step: str) -> None:
+        """A new epoch for ``step`` (it is back, or what answers for it changed): its
+        counts start again, and audits still in flight from before count in totals only."""
+        s = self.steps[step]
+        s.dropped_until, s.n, s.k = -1, 0, 0
+        s.epoch += 1
+
+    def divert(self, step: str, to: str) -> None:
+        """Move ``step``'s fresh drop to ``to`` (the adapted part goes first): ``to`` is
+        dropped for as long, and ``step`` starts a new epoch without it."""
+        s, t = self.steps[step], self.steps[to]
+        t.drops += 1
+        t.dropped_until = self.requests + self.config.cooldown * 2 ** (t.drops - 1)
+        s.drops -= 1
+        self.restart(step)
+        t.epoch += 1
+        log.warning("audit: dropping %s in place of %s", to, step)
+
+    def epoch(self, step: str) -> int:
+        return self.steps[step].epoch
+
     def pick(self, available: bool = True) -> bool:
-        """Count one edge answer; True when it is to be audited (a shadow escalation).
+        """For one edge answer: True when it is to be audited (a shadow escalation).
         ``available``: False where there is no cloud to audit with."""
-        self.answers += 1
         if (not available or self.config.rate <= 0.0
                 or self._rng.random() >= self.config.rate):
             return False
@@ -177,21 +204,26 @@ class Audit:
         return True
 
     # -- the cloud's answers -----------------------------------------------
-    def record(self, step: str, agree: bool) -> bool:
-        """One audited answer: the edge's ``step`` agreed with the cloud or not. Returns
-        True when this drops the step (its lower bound broke the target)."""
+    def record(self, step: str, agree: bool, epoch: int | None = None) -> bool:
+        """One audited answer: the edge's ``step`` agreed with the cloud or not, picked in
+        ``epoch`` of the step (default: the current one). Returns True when this drops
+        the step (its lower bound broke the target)."""
         self.inflight -= 1
         self.paused = None
         s = self.steps[step]
+        if s.dropped_until >= 0 or (epoch is not None and epoch != s.epoch):
+            s.total_n += 1  # dropped already, or from an epoch that is over
+            s.total_k += int(not agree)
+            return False
         s.add(not agree)
         lower, _ = self.bound(s.k, s.n)
         if lower <= 1.0 - self.config.target:
             return False
         s.drops += 1
-        s.dropped_until = self.answers + self.config.cooldown * 2 ** (s.drops - 1)
+        s.dropped_until = self.requests + self.config.cooldown * 2 ** (s.drops - 1)
         log.warning("audit: step %s breaks the agreement target %.3g (%d disagreements in %d "
-                    "audits, lower bound %.4f); dropped for %d answers", step,
-                    self.config.target, s.k, s.n, lower, s.dropped_until - self.answers)
+                    "audits, lower bound %.4f); dropped for %d requests", step,
+                    self.config.target, s.k, s.n, lower, s.dropped_until - self.requests)
         return True
 
     def unanswered(self, reason: str) -> None:
@@ -205,6 +237,9 @@ class Audit:
         return confidence_sequence(k, n, self.config.alpha, a, b)
 
     def snapshot(self) -> dict[str, Any]:
+        """Counts and bounds. ``agreement_bound`` pools every step and epoch: it is the
+        run's figure, exact only where the rate held still; the per-step epoch bounds
+        are the ones the drop rule uses."""
         n = sum(s.total_n for s in self.steps.values())
         k = sum(s.total_k for s in self.steps.values())
         _, upper = self.bound(k, n)
@@ -215,7 +250,7 @@ class Audit:
             _, up = self.bound(s.k, s.n)
             steps[name] = {"audited": s.total_n, "disagreed": s.total_k,
                            "epoch_audited": s.n, "epoch_agreement_bound": 1.0 - up,
-                           "drops": s.drops, "dropped": self.answers < s.dropped_until}
+                           "drops": s.drops, "dropped": self.requests < s.dropped_until}
         return {"rate": self.config.rate, "target": self.config.target,
                 "confidence": 1.0 - self.config.alpha, "audited": n, "disagreed": k,
                 "agreement": 1.0 - k / n if n else None, "agreement_bound": 1.0 - upper,

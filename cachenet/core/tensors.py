@@ -71,7 +71,10 @@ def to_levels(x: np.ndarray, scale: float | None) -> np.ndarray | None:
     if scale is None or not scale > 0 or x.dtype != np.float32 or not x.size:
         return None
     s = np.float32(scale)
-    levels = np.rint(x / s)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN and inf fail the checks below
+        levels = np.rint(x / s)
+    if not np.isfinite(levels).all():
+        return None
     if levels.min() < 0 or levels.max() > 255:
         return None
     u8 = levels.astype(np.uint8)

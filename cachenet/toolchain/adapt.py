@@ -8,6 +8,9 @@ observing the full model's answers. At each input the edge answers when the
 shipped gate is sure (as without the prior) or the adjusted gate is; the
 threshold is the lowest at which the disagreement of the two together keeps
 its Clopper-Pearson bound under ``1 - target`` (:mod:`cachenet.core.calibration`).
+The guarantee is the union's (on CIFAR-10 the prior's own extra answers do not
+pass 0.99 alone at any threshold), so the online audit pools the two as one step,
+``model``, and drops the prior first when that step breaks the target.
 An input appears once per workload, so the draws are not independent: the
 online audit (:mod:`cachenet.core.audit`) is what holds the target on the live
 stream.

@@ -59,7 +59,8 @@ def test_quick_suite_on_digits_writes_rows_report_and_plots(digits_bundle, layer
             assert cachenet["audited"] >= 0 and "audit_bound" in cachenet
             assert sum(v for k, v in cachenet.items() if k.startswith("step_")) == \
                 pytest.approx(1.0 - cachenet["escalation_rate"])
-            assert cachenet["class_changes"] >= 1 and "first_push_request" in specialized
+            assert "first_push_request" in specialized
+            assert cachenet["class_changes"] >= (1 if stream == "runs50" else 0)
     assert by["runs50", "4g", "cloud_only"]["p50_ms"] >= 50.0  # crossed the 50 ms WAN
     report = (tmp_path / "report.md").read_text()
     assert "## What the specialising cloud did" in report

@@ -52,22 +52,26 @@ def test_a_step_that_breaks_the_target_is_dropped_and_its_inputs_go_to_the_cloud
                       "--deadline-ms", "5000", "--audit-rate", "1.0")
     try:
         with EdgeClient(edge.info["endpoint"]) as c:
-            # Every audit disagrees: the lower bound passes 1 - 0.99 after two.
-            first = [c.infer(disagreeing[i % len(disagreeing)], timeout=10) for i in range(4)]
-            # The audits come back after their answers: wait for the verdict.
-            wait_until(lambda: c.stats()["audit"]["steps"].get("model", {}).get("dropped"),
-                       timeout=20)
+            # Every audit disagrees. One request at a time, each audit back before the
+            # next: the prior is dropped first (the adapted part), then the model's gate.
+            first = []
+            for i in range(16):
+                first.append(c.infer(disagreeing[i % len(disagreeing)], timeout=10))
+                wait_until(lambda i=i: c.stats()["audit"]["audited"] == i + 1, timeout=20)
+                if c.stats()["audit"]["steps"].get("model", {}).get("dropped"):
+                    break
             after = [c.infer(disagreeing[i], timeout=10) for i in range(len(disagreeing))]
             stats = c.stats()
     finally:
         assert edge.stop() == 0 and cloud.stop() == 0
-    assert [a["source"] for a in first[:2]] == ["edge"] * 2
+    assert {a["source"] for a in first} == {"edge"}
     assert {a["source"] for a in after} == {"cloud"}  # dropped: everything escalates
     audit = stats["audit"]
-    assert audit["steps"]["model"]["drops"] == 1
+    assert audit["steps"]["model"]["drops"] == 1 and audit["steps"]["prior"]["drops"] == 1
     assert audit["target"] == 0.99  # the digits gate has a budget: the default target
-    assert audit["disagreed"] >= 2 and audit["agreement_bound"] < 0.99
-    assert stats["stats"]["edge_steps"]["model"] >= 2
+    assert audit["disagreed"] == len(first) == 8  # four to drop the prior, four the model
+    assert audit["agreement_bound"] < 0.99
+    assert stats["stats"]["edge_steps"]["model"] == 8
     json.dumps(stats, allow_nan=False)  # strict JSON
 
 

@@ -53,21 +53,45 @@ def test_a_step_that_breaks_the_target_is_dropped_and_comes_back_after_its_coold
     audit = Audit(AuditConfig(rate=1.0, target=0.99, alpha=0.05, cooldown=50, seed=0))
     dropped_at = None
     for i in range(200):  # one disagreement in five: far above 1%
+        audit.tick()
         assert audit.pick()
-        if audit.record("prior", agree=i % 5 != 0):
+        if audit.record("partition", agree=i % 5 != 0):
             dropped_at = i + 1
             break
     assert dropped_at is not None and dropped_at <= 60, "the reaction takes tens of audits"
-    assert not audit.allowed("prior")
+    assert not audit.allowed("partition")
     assert audit.allowed("model")  # only the breaking step
     snap = audit.snapshot()
-    assert snap["steps"]["prior"]["dropped"] and snap["steps"]["prior"]["drops"] == 1
-    for _ in range(49):
-        audit.pick(available=False)
-    assert not audit.allowed("prior")
-    audit.pick(available=False)
-    assert audit.allowed("prior")  # back, its counts restarted
-    assert audit.snapshot()["steps"]["prior"]["epoch_audited"] == 0
+    assert snap["steps"]["partition"]["dropped"] and snap["steps"]["partition"]["drops"] == 1
+    # Audits still in flight land after the drop: counted, but they do not drop it again.
+    audit.pick()
+    assert not audit.record("partition", agree=False)
+    assert audit.snapshot()["steps"]["partition"]["drops"] == 1
+    for _ in range(49):  # the clock is requests, whoever answers them
+        audit.tick()
+    assert not audit.allowed("partition")
+    audit.tick()
+    epoch = audit.epoch("partition")
+    assert audit.allowed("partition")  # back, its counts restarted, in a new epoch
+    assert audit.epoch("partition") == epoch + 1
+    assert audit.snapshot()["steps"]["partition"]["epoch_audited"] == 0
+    audit.pick()
+    audit.record("partition", agree=False, epoch=epoch)  # picked before the restart
+    assert audit.snapshot()["steps"]["partition"]["epoch_audited"] == 0
+
+
+def test_a_drop_of_the_model_can_go_to_the_prior_instead():
+    audit = Audit(AuditConfig(rate=1.0, target=0.99, cooldown=10))
+    for _ in range(10):  # four disagreements in four: significant at 0.99
+        audit.pick()
+        if audit.record("model", agree=False):
+            break
+    assert not audit.allowed("model")
+    audit.divert("model", "prior")
+    assert audit.allowed("model") and not audit.allowed("prior")
+    snap = audit.snapshot()["steps"]
+    assert snap["model"]["drops"] == 0 and snap["prior"]["drops"] == 1
+    assert snap["model"]["epoch_audited"] == 0
 
 
 def test_a_step_within_the_target_is_kept():
