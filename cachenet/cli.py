@@ -106,6 +106,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget", type=float, metavar="MIN",
                    help="full-model training budget in minutes (the schedule fits it)")
     p.add_argument("--distill-epochs", type=int, help="cache-model distillation epochs")
+    p.add_argument("--cached-teacher", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the full model once on every training image and its mirror, not "
+                   "on every batch (default: for full models of >= 100 M MACs)")
     p.add_argument("--score", default="max_softmax", choices=list(SCORES),
                    help="the gate's confidence score (default max_softmax)")
     p.add_argument("--target", type=_unit, default=0.99,
@@ -215,7 +218,7 @@ def _run_build(args: argparse.Namespace) -> int:
                    progress=not args.no_progress and sys.stderr.isatty(),
                    limit_per_class=args.limit_per_class, image_size=args.image_size,
                    full_kwargs=args.full_kwargs, full_tta=args.full_tta,
-                   reference_dir=args.reference_dir)
+                   reference_dir=args.reference_dir, cached_teacher=args.cached_teacher)
     print(format_report(report))
     if args.json:
         print(json.dumps(_finite(report.to_dict()), default=float))

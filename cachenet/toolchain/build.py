@@ -163,7 +163,8 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
           name: str | None = None, progress: bool = True,
           limit_per_class: int | None = None, image_size: int | None = None,
           full_kwargs: dict | None = None, full_tta: str = "auto",
-          reference_dir: Path | None = None) -> BuildReport:
+          reference_dir: Path | None = None,
+          cached_teacher: bool | None = None) -> BuildReport:
     """Build a cache bundle at ``out``; see the module docstring for the steps. Trained
     models are reused from ``cache_dir``, else from ``reference_dir`` when given."""
     cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
@@ -181,7 +182,8 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
     spec = cache_spec(splits, arch, **knobs)
     cache_model, cache_meta = obtain_cache_model(splits, fm, spec, cfg=distill_config,
                                                  cache_dir=cache_dir, progress=progress,
-                                                 reference_dir=reference_dir)
+                                                 reference_dir=reference_dir,
+                                                 cached_teacher=cached_teacher)
     full_calib = predict_logits(fm.model, splits.calib.x).argmax(1)
     full_test_logits = predict_logits(fm.model, splits.test.x)
     full_test = full_test_logits.argmax(1)

@@ -111,13 +111,15 @@ def _teacher_macs(full: FullModel, splits: Splits) -> int:
 
 def obtain_cache_model(splits: Splits, full: FullModel, spec: ModelSpec, *,
                        cfg: TrainConfig | None = None, cache_dir: Path,
-                       progress: bool = True, reference_dir: Path | None = None
-                       ) -> tuple[nn.Module, dict]:
+                       progress: bool = True, reference_dir: Path | None = None,
+                       cached_teacher: bool | None = None) -> tuple[nn.Module, dict]:
     """Distil ``spec`` from ``full`` on the training split, or reuse a cached result
     (from ``cache_dir``, else ``reference_dir``).
 
     The training loop sees the full model's temperature-softened outputs on
-    each (augmented) batch and never the labels.
+    each (augmented) batch and never the labels. ``cached_teacher``: run the
+    teacher once on every image and its mirror instead of on every batch (None:
+    when it costs :data:`TEACHER_CACHE_MACS` or more).
     """
     cfg = cfg or default_distill_config(splits)
     teacher = [model_fingerprint(full.model)]
@@ -125,7 +127,8 @@ def obtain_cache_model(splits: Splits, full: FullModel, spec: ModelSpec, *,
         teacher.append(sha256_file(Path(full.meta["path"])))
     if getattr(full.model, "tta", "none") != "none":  # same weights, other answers
         teacher.append(f"tta={full.model.tta}")
-    cached_teacher = _teacher_macs(full, splits) >= TEACHER_CACHE_MACS
+    if cached_teacher is None:  # auto: by the teacher's cost
+        cached_teacher = _teacher_macs(full, splits) >= TEACHER_CACHE_MACS
     if cached_teacher:
         teacher.append("cached-teacher-views")
     key = hashlib.sha256(json.dumps(
