@@ -100,10 +100,11 @@ def _headline(rows: list[dict]) -> list[str]:
     cloud, oracle = _find(rows, stream, net, "cloud_only"), _find(rows, stream, net, "oracle")
     spec = _find(rows, stream, net, "cachenet_specialized")
     general = _find(rows, stream, net, "cachenet")
-    if not (cloud and oracle and general and spec):
+    if not (cloud and oracle and general):
         return [f"The headline combination ({stream} at {net}) was not run."]
     lines = []
-    for name, r in (("cachenet_specialized", spec), ("cachenet (general)", general)):
+    named = [("cachenet_specialized", spec)] if spec else []
+    for name, r in (*named, ("cachenet (general)", general)):
         speedup = cloud["mean_ms"] / r["mean_ms"]
         points = 100 * (r["accuracy"] - cloud["accuracy"])
         vs_oracle = r["mean_ms"] / oracle["mean_ms"]
@@ -115,7 +116,7 @@ def _headline(rows: list[dict]) -> list[str]:
             f"{'met' if abs(points) <= GOALS['accuracy_points'] else 'missed'}); "
             f"{vs_oracle:.2f}x the oracle's mean ({oracle['mean_ms']:.2f} ms; goal <= "
             f"{GOALS['vs_oracle']}x: {'met' if vs_oracle <= GOALS['vs_oracle'] else 'missed'}).")
-    for name, r in (("cachenet", general), ("cachenet_specialized", spec)):
+    for name, r in (("cachenet", general), *named):
         wait = r.get("recovery_requests_median")
         if wait is None and r.get("class_changes"):
             lines.append(f"- `{name}`: its escalation rate did not fall under 20% in most of "
@@ -127,17 +128,24 @@ def _headline(rows: list[dict]) -> list[str]:
                 f"next 10 requests): median {wait:g} requests over {r['class_changes']} "
                 f"changes, {r['recovery_censored']} never before the next change (goal <= "
                 f"100: {'met' if wait <= 100 else 'missed'}).")
-    if spec.get("first_push_request") is not None:
+    if spec and spec.get("first_push_request") is not None:
         lines.append(f"- The first pushed model answered request {spec['first_push_request']} "
                      f"of the run, {spec['first_push_s']:.1f} s after its start.")
-    elif "first_push_request" in spec:
+    elif spec and "first_push_request" in spec:
         lines.append("- No pushed model answered during the run.")
+    if cloud.get("cloud_server_ms_mean") is not None:
+        server = cloud["cloud_server_ms_mean"]
+        lines.append(f"- Of cloud_only's {cloud['mean_ms']:.2f} ms, the cloud server's own time "
+                     f"(queue and full model) was {server:.2f} ms per request and the rest, "
+                     f"{cloud['mean_ms'] - server:.2f} ms, the WAN and the agent: what a faster "
+                     "(GPU) cloud could remove is the former.")
+    spec_part = (f"cachenet_specialized escalated {spec['escalation_rate']:.1%} of inputs "
+                 f"(pushes applied: {spec.get('pushes_applied', 0)}). " if spec else "")
     lines.append(
         f"- Why: latency follows the escalation rate, since each escalation pays the WAN "
-        f"round trip and the cloud. cachenet_specialized escalated "
-        f"{spec['escalation_rate']:.1%} of inputs (pushes applied: "
-        f"{spec.get('pushes_applied', 0)}), the general cachenet {general['escalation_rate']:.1%}"
-        f", the oracle {oracle['escalation_rate']:.1%}.{_needed(rows)}")
+        f"round trip and the cloud. {spec_part}The general cachenet escalated "
+        f"{general['escalation_rate']:.1%}, the oracle {oracle['escalation_rate']:.1%}."
+        f"{_needed(rows)}")
     return lines
 
 
@@ -232,11 +240,16 @@ def write_outputs(result: dict[str, Any], out: Path, *, quick: bool) -> None:
         "Systems stream the same trace through the agent's ZeroMQ API one request at a "
         "time; latency is what the client sees. Bytes are those crossing the emulated WAN: "
         "requests and answers, and for cachenet_specialized and the oracle also their "
-        "agent's stats reports and the cache models pushed to it. Those two systems run on "
-        "a specialising cloud, each on a fresh agent per run that starts on the general "
-        "cache model; the cloud's library of partition models persists across runs, and "
-        "what it trains during the suite it trains on this machine (niced). Edge CPU is "
-        "the agent process's CPU time per request.", "",
+        "agent's stats reports and the cache models pushed to it. "
+        + ("Those two systems run on a specialising cloud, each on a fresh agent per run "
+           "that starts on the general cache model; the cloud's library of partition models "
+           "persists across runs, and what it trains during the suite it trains on this "
+           "machine (niced). " if result.get("specialization") else
+           "This run had no specialising cloud (`--no-specialize`): the oracle runs on the "
+           "plain cloud, with the general cache model. ")
+        + "cachenet and the oracle run on a fresh agent per run, so each starts from the "
+        "bundle as shipped (its prior empty, its audit at zero). Edge CPU is the agent "
+        "process's CPU time per request.", "",
         "## Headline: runs50 at 4g", "", *_headline(rows), *_audit_lines(rows), "",
         *_specialization_lines(result.get("specialization")),
         "## Results", ""]

@@ -79,12 +79,12 @@ def markdown(r: dict) -> str:
         "(goal >= 2x) | adapted to the stream's prior: hit rate (agreement) | ratio |",
         "|---|---|---|---|---|---|"]
     for t, f in r["by_target"].items():
-        g, sp_, ad = f["general"], f["specialized"], f["adapted"]
-        ratio = "n/a (general answers nothing)" if f["hit_rate_ratio"] is None \
-            else f"{f['hit_rate_ratio']:.2f}x"
+        g, sp_, ad = f["general"], f["specialized"] or {}, f["adapted"]
+        ratio = "n/a" if f["hit_rate_ratio"] is None else f"{f['hit_rate_ratio']:.2f}x"
         a_ratio = "n/a" if f["adapted_ratio"] is None else f"{f['adapted_ratio']:.2f}x"
         lines.append(f"| {t} | {g['hit_rate']:.3f} ({g['agreement']}) | "
-                     f"{sp_['hit_rate']:.3f} ({sp_['agreement']}) | {ratio} | "
+                     + (f"{sp_['hit_rate']:.3f} ({sp_['agreement']})" if sp_ else "not run")
+                     + f" | {ratio} | "
                      f"{ad['hit_rate']:.3f} ({ad['agreement']}) | {a_ratio} |")
     lines += ["", "Per run (partition answers / with the general model behind it / general "
               "alone; in brackets, answered inputs that disagree with the full model), at "
@@ -135,10 +135,12 @@ def at_target(target: float, runs: list[dict], general: dict, full_lab: np.ndarr
                         "answered": int(mine.sum()),
                         "disagreements": int((s_lab[a:b] != full_lab[a:b])[mine].sum()),
                         "calibration_n": answers.calibration.n})
-    gen, spec = _figures(g_local, g_lab, full_lab, y), _figures(s_local, s_lab, full_lab, y)
+    gen = _figures(g_local, g_lab, full_lab, y)
+    spec = _figures(s_local, s_lab, full_lab, y) if runs else None
     adapted = adapted_at(target, general, g_cal.threshold, full_lab, y, score_kind)
     return {"general_threshold": g_cal.threshold, "general": gen, "specialized": spec,
-            "hit_rate_ratio": spec["hit_rate"] / gen["hit_rate"] if gen["hit_rate"] else None,
+            "hit_rate_ratio": (spec["hit_rate"] / gen["hit_rate"]
+                               if spec is not None and gen["hit_rate"] else None),
             "adapted": adapted,
             "adapted_ratio": adapted["hit_rate"] / gen["hit_rate"] if gen["hit_rate"] else None,
             "per_run": per_run}
@@ -174,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=pt.FinetuneConfig.epochs,
                    help="fine-tuning epochs a partition (default: the cloud's)")
+    p.add_argument("--adapted-only", action="store_true",
+                   help="skip the partition models (minutes of fine-tuning): the general "
+                        "model against the same model adapted to the stream's prior")
     p.add_argument("--out", type=Path, help="also write the JSON (and a .md beside it) here")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -185,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     full, _ = load_full_model(args.bundle, device="cpu")
     base, _, _ = load_checkpoint(args.bundle / bundle.data["full_model"]["cache_checkpoint"])
     splits = load_splits(args.dataset, seed=int(bundle.data["dataset"]["seed"]))
-    replay = ReplayData.from_splits(splits, full)
+    replay = None if args.adapted_only else ReplayData.from_splits(splits, full)
     idx, groups = class_run_stream(splits.test.y, args.requests, mean_run=args.mean_run,
                                    active=(2, 3), seed=args.seed, return_groups=True)
     x, y = splits.test.x[idx], splits.test.y[idx]
@@ -193,14 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     score_kind = bundle.gate["score"]
     onnx = args.bundle / "model.onnx"
     general = {"logits": onnx_logits(onnx, x), "calib_logits": onnx_logits(onnx, splits.calib.x),
-               "calib_full": replay.hold_full, "calib_y": splits.calib.y,
+               "calib_full": (replay.hold_full if replay is not None
+                              else predict_logits(full, splits.calib.x).argmax(1)),
+               "calib_y": splits.calib.y,
                "shipped": adapt.shipped_prior(splits.train.y, len(splits.classes))}
 
     cfg = pt.FinetuneConfig(epochs=args.epochs, seed=args.seed)
     library: dict[tuple[int, ...], object] = {}
     train_s = 0.0
     runs = []
-    for start, end in runs_of(groups):
+    for start, end in ([] if args.adapted_only else runs_of(groups)):
         hist = sp.normalise_histogram(np.bincount(full_lab[start:end], minlength=10), 10)
         classes = sp.active_classes(hist)
         if classes not in library:

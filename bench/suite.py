@@ -84,7 +84,7 @@ def request_options(system: str) -> dict[str, Any]:
 
 def run_system(client: Any, x: np.ndarray, system: str, full_lab: np.ndarray,
                timeout: float) -> dict[str, Any]:
-    labels, lat, sources, by, versions = [], [], [], [], []
+    labels, lat, sources, by, versions, server = [], [], [], [], [], []
     options = request_options(system)
     for i in range(len(x)):
         if system == "oracle":
@@ -98,9 +98,11 @@ def run_system(client: Any, x: np.ndarray, system: str, full_lab: np.ndarray,
         sources.append(answer["source"])
         by.append(answer.get("answered_by", ""))
         versions.append((answer.get("versions") or {}).get("cache", ""))
+        if answer.get("source") == "cloud":  # the cloud's own time for it, queue included
+            server.append(answer["latency_us"].get("cloud_server", 0.0) / 1e3)
     return {"labels": np.asarray(labels), "latencies_ms": np.asarray(lat),
             "sources": np.asarray(sources), "answered_by": np.asarray(by),
-            "versions": versions}
+            "versions": versions, "cloud_server_ms": server}
 
 
 def recovery(escalated: np.ndarray, y: np.ndarray, window: int = 10, level: float = 0.2
@@ -156,6 +158,8 @@ def row(stream: str, network: str, system: str, run: dict[str, Any], y: np.ndarr
             "escalation_rate": float((src != "edge").mean()),
             "fallbacks": int((src == "edge-fallback").sum()),
             **recovery(src != "edge", y),
+            "cloud_server_ms_mean": (float(np.mean(run["cloud_server_ms"]))
+                                     if run.get("cloud_server_ms") else None),
             "bytes_up": bytes_up, "bytes_down": bytes_down,
             "edge_cpu_ms_per_request": 1e3 * cpu_s / n}
 
@@ -211,7 +215,8 @@ def wait_audits(client: Any, timeout: float = 30.0) -> None:
 
 def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
               networks: tuple[str, ...], requests: int, seed: int, micro: dict | None,
-              library: Path, layered_bundle: Path | None = None) -> dict[str, Any]:
+              library: Path, layered_bundle: Path | None = None,
+              specialize: bool = True) -> dict[str, Any]:
     import psutil
 
     from cachenet.core.bundle import verify_bundle
@@ -226,11 +231,13 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="cachenet-suite-") as tmp:
         work = Path(tmp)
         # First, so that labelling its replay data does not overlap any measurement.
-        specializing = SpecializingCloud(stack, bundle=bundle, dataset=dataset, work=work,
-                                         library=library, deadline_ms=DEADLINE_MS)
+        specializing = (SpecializingCloud(stack, bundle=bundle, dataset=dataset, work=work,
+                                          library=library, deadline_ms=DEADLINE_MS)
+                        if specialize else None)
         layered = (LayeredCloud(stack, bundle=layered_bundle, work=work,
                                 deadline_ms=DEADLINE_MS) if layered_bundle else None)
-        systems = SYSTEMS + ((LAYERED,) if layered else ())
+        systems = tuple(s for s in SYSTEMS if specialize or s != "cachenet_specialized")
+        systems += (LAYERED,) if layered else ()
         cloud = Process("cloud_server", ["--bundle", str(bundle), "--port", "0",
                                          "--log-level", "WARNING"], work)
         stack.callback(cloud.stop)
@@ -251,7 +258,8 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
             offline[name] = {"cache_logits": cache_logits, "full_labels": full_lab, "y": y}
             for net in networks:
                 proxy.configure(NETWORKS[net])
-                specializing.configure(NETWORKS[net])
+                if specializing is not None:
+                    specializing.configure(NETWORKS[net])
                 if layered:
                     layered.configure(NETWORKS[net])
                 for i in range(5):  # warm-up: connections, sessions
@@ -269,7 +277,7 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
                         extra = {"layer_hits": float(np.mean([":" in b for b in
                                                               run["answered_by"]]))}
                         extra |= audit_figures(stats, len(x))
-                    elif system in SPECIALIZING:
+                    elif system in SPECIALIZING and specializing is not None:
                         with specializing.agent(f"{system}-{name}-{net}") as (own, proc):
                             warm_up(own, x[0])
                             run, up, down, cpu = measure(own, proc, specializing.proxy, x,
@@ -278,7 +286,7 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
                             stats = own.stats()
                             extra = (pushes(stats) | audit_figures(stats, len(x))
                                      | first_push(run))
-                    elif system == "cachenet":  # a fresh agent: its prior and audit are the run's
+                    elif system in ("cachenet", "oracle"):  # a fresh agent: the run's prior, audit
                         with fresh_agent(bundle, proxy.port, work, f"{system}-{name}-{net}",
                                          DEADLINE_MS) as (own, proc):
                             warm_up(own, x[0])
@@ -298,7 +306,7 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
                                     if k in ("pushes_applied", "layer_hits", "audited",
                                              "audit_bound") and v is not None),
                           flush=True)
-        specialization = specializing.finish(out)
+        specialization = specializing.finish(out) if specializing is not None else None
     return {"rows": rows, "latencies": latencies, "offline": offline, "micro": micro,
             "specialization": specialization,
             "gate_score": manifest.gate["score"],
@@ -322,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layered-bundle", type=Path,
                    help="a bundle with layer caches (cachenet layercache): adds the system "
                         "cachenet_layercache")
+    p.add_argument("--no-specialize", action="store_true",
+                   help="no specialising cloud (it labels its replay data with the full model "
+                        "first: minutes for a large one); the oracle runs on the plain cloud")
     p.add_argument("--library", type=Path,
                    help="the specialising cloud's partition-model library, kept between "
                         "runs (default: under the cache directory, per bundle version)")
@@ -358,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                                / verify_bundle(args.bundle).version)
     result = run_suite(bundle=args.bundle, dataset=args.dataset, out=args.out, traces=traces,
                        networks=networks, requests=requests, seed=args.seed, micro=micro,
-                       library=library, layered_bundle=args.layered_bundle)
+                       library=library, layered_bundle=args.layered_bundle,
+                       specialize=not args.no_specialize)
     result["wall_s"] = round(time.monotonic() - started, 1)
     result["command"] = "python bench/suite.py " + " ".join(sys.argv[1:] if argv is None
                                                             else argv)
