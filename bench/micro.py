@@ -95,38 +95,20 @@ def agent_overhead(bundle: Path, work: Path, n: int, transport: str = "tcp"
                    ) -> dict[str, float | str]:
     """The agent's overhead with its local API on ``transport``: ``tcp`` (loopback)
     or ``ipc`` (a Unix socket, for applications on the same device)."""
-    import onnxruntime as ort
-
     from edge_agent.client import EdgeClient
 
     model = load_cache_model(bundle, threads=1)
-    spec = model.manifest.input
-    rng = np.random.default_rng(0)
-    x = rng.random((1, *spec["shape"][1:]), dtype=np.float32)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(bundle / model.manifest.model_file()), sess_options=opts,
-                                providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).random((1, *model.manifest.input["shape"][1:]),
+                                        dtype=np.float32)
+    sess, name = _bare_session(bundle, model)
     bind = "tcp://127.0.0.1:0" if transport == "tcp" else endpoint_for("ipc", work, "agent")
     edge = Process("edge_agent", ["--bundle", str(bundle), "--bind", bind,
                                   "--threads", "1", "--log-level", "WARNING"], work)
     try:
         endpoint = edge.wait_ready()["endpoint"]
         with EdgeClient(endpoint) as client:
-            ort_us, rt_us = [], []
-            for _ in range(200):  # warm both paths
-                sess.run(None, {name: x})
-                client.infer(x[0], policy="edge")
-            for _ in range(n):  # interleaved, so both see the same machine state
-                t0 = time.perf_counter_ns()
-                sess.run(None, {name: x})
-                t1 = time.perf_counter_ns()
-                client.infer(x[0], policy="edge")
-                t2 = time.perf_counter_ns()
-                ort_us.append((t1 - t0) / 1e3)
-                rt_us.append((t2 - t1) / 1e3)
+            ort_us, rt_us = interleaved(sess, name, x, lambda: client.infer(x[0], policy="edge"),
+                                        n)
     finally:
         edge.stop()
     ort_p50, rt_p50 = float(np.median(ort_us)), float(np.median(rt_us))
@@ -135,6 +117,25 @@ def agent_overhead(bundle: Path, work: Path, n: int, transport: str = "tcp"
             "local_api_edge_hit_p50_us": rt_p50,
             "overhead_p50_us": rt_p50 - ort_p50, "zmq_echo_floor_p50_us": floor,
             "agent_processing_p50_us": rt_p50 - ort_p50 - floor, "n": n, "target_us": 150.0}
+
+
+def interleaved(sess: Any, name: str, x: np.ndarray, call: Any, n: int
+                ) -> tuple[list[float], list[float]]:
+    """Microseconds of a bare ONNX Runtime run and of ``call()``, ``n`` times each,
+    interleaved so that both see the same machine state (after 200 warm-up rounds)."""
+    for _ in range(200):
+        sess.run(None, {name: x})
+        call()
+    ort_us, call_us = [], []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        sess.run(None, {name: x})
+        t1 = time.perf_counter_ns()
+        call()
+        t2 = time.perf_counter_ns()
+        ort_us.append((t1 - t0) / 1e3)
+        call_us.append((t2 - t1) / 1e3)
+    return ort_us, call_us
 
 
 def _bare_session(bundle: Path, model) -> tuple[Any, str]:
@@ -158,19 +159,8 @@ def local_overhead(bundle: Path, n: int) -> dict[str, float]:
     x = np.random.default_rng(0).random((1, *model.manifest.input["shape"][1:]),
                                         dtype=np.float32)
     sess, name = _bare_session(bundle, model)
-    ort_us, api_us = [], []
     with LocalAgent(bundle=bundle, threads=1, log_level="WARNING") as agent:
-        for _ in range(200):
-            sess.run(None, {name: x})
-            agent.infer(x[0], policy="edge")
-        for _ in range(n):
-            t0 = time.perf_counter_ns()
-            sess.run(None, {name: x})
-            t1 = time.perf_counter_ns()
-            agent.infer(x[0], policy="edge")
-            t2 = time.perf_counter_ns()
-            ort_us.append((t1 - t0) / 1e3)
-            api_us.append((t2 - t1) / 1e3)
+        ort_us, api_us = interleaved(sess, name, x, lambda: agent.infer(x[0], policy="edge"), n)
     ort_p50, api_p50 = float(np.median(ort_us)), float(np.median(api_us))
     return {"bare_onnxruntime_p50_us": ort_p50, "in_process_edge_answer_p50_us": api_p50,
             "overhead_p50_us": api_p50 - ort_p50, "n": n, "target_us": 30.0}

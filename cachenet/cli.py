@@ -279,6 +279,14 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rebuild_args(p: argparse.ArgumentParser) -> None:
+    """A command that writes a built bundle again with something added."""
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--dataset", required=True, help="the data set the bundle was built with")
+    p.add_argument("--seed", type=int, default=0, help="the seed it was built with")
+
+
 def _add_layercache(sub: argparse._SubParsersAction) -> None:
     from cachenet.layercache import KINDS
 
@@ -288,10 +296,7 @@ def _add_layercache(sub: argparse._SubParsersAction) -> None:
                        "model (the cloud) and cache model (the edge, as ONNX segments), "
                        "calibrate them together to the agreement target, and write a new "
                        "bundle. Give the data set and seed the bundle was built with.")
-    p.add_argument("--bundle", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    _rebuild_args(p)
     p.add_argument("--where", default="cloud,edge", help="cloud, edge or both (default)")
     p.add_argument("--kinds", default="akey,knn,learned",
                    help=f"kinds to consider, of {', '.join(sorted(KINDS))} (default: all)")
@@ -341,10 +346,7 @@ def _add_adapt(sub: argparse._SubParsersAction) -> None:
                        "online, on streams replayed over the bundle's calibration split, and "
                        "write a new bundle with it (cachenet build adds it already). Give the "
                        "data set and seed the bundle was built with.")
-    p.add_argument("--bundle", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    _rebuild_args(p)
     p.add_argument("--target", type=float, help="agreement target (default: the gate's)")
     p.add_argument("--cache-dir", type=Path)
     p.set_defaults(func=_run_adapt)
