@@ -185,12 +185,22 @@ class EdgeAgent:
             if self._wake_rx is not None and events.get(self._wake_rx):
                 self.deliver_escalations()
             if events.get(self.sock):
-                while True:  # everything queued, then poll again
-                    try:
-                        frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self.handle(frames)
+                self.drain()
+
+    def drain(self) -> None:
+        """Everything queued on the socket, then back to polling. Whether more is queued
+        is asked of the socket (``ZMQ_EVENTS``), not learnt from a failing receive: on
+        this path an exception per request costs more than the agent's own work."""
+        sock = self.sock
+        assert sock is not None
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.handle(frames)
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
 
     def shutdown(self) -> None:
         log.info("shutting down: %d escalations in flight", self.inflight)
