@@ -51,6 +51,8 @@ class AgentConfig:
     native_uplink: bool = True
     #: share of edge answers also sent to the cloud to audit the agreement online
     audit_rate: float = 0.02
+    #: share audited in the 40 edge answers after a change (start, stream move, swap)
+    audit_burst_rate: float = 0.25
     #: the audit's bound holds with confidence 1 - audit_alpha, at all times at once
     audit_alpha: float = 0.05
     #: edge answers a step that broke the target stays dropped (doubled on repeats)
@@ -70,14 +72,15 @@ class AgentConfig:
         if min(self.threads, self.max_inflight, self.latency_window, self.partition_models) < 1:
             raise ConfigError("threads, max_inflight, latency_window and partition_models must "
                               "be >= 1")
-        AuditConfig(rate=self.audit_rate, alpha=self.audit_alpha, cooldown=self.audit_cooldown)
+        AuditConfig(rate=self.audit_rate, alpha=self.audit_alpha, cooldown=self.audit_cooldown,
+                    burst_rate=self.audit_burst_rate)
         if self.precision not in ("fp32", "int8"):
             raise ConfigError(f"precision must be fp32 or int8, got '{self.precision}'")
 
     def audit_config(self, target: float | None) -> AuditConfig:
         """The audit's settings; ``target``: the agreement the bundle was calibrated to."""
         return AuditConfig(rate=self.audit_rate, target=target or 0.99, alpha=self.audit_alpha,
-                           cooldown=self.audit_cooldown)
+                           cooldown=self.audit_cooldown, burst_rate=self.audit_burst_rate)
 
     @classmethod
     def field_names(cls) -> list[str]:

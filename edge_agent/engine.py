@@ -91,6 +91,8 @@ class Engine:
         serving = (self.models.active.version, self.models.general.version)
         if serving == self._serving:
             return
+        if self._serving != ("", ""):  # a swap (the audit began with a burst of its own)
+            self.audit.begin_burst()
         if serving[0] != self._serving[0]:
             self.audit.restart("partition")
             self.audit.restart("layers")
@@ -186,7 +188,10 @@ class Engine:
             return  # an unsure guess (no cloud, or policy "edge") teaches nothing
         prior = decision.general.prior if decision.general is not None else None
         if prior is not None and decision.adapt:
+            resets = prior.resets  # type: ignore[attr-defined]
             prior.observe(label)  # type: ignore[attr-defined]
+            if prior.resets != resets:  # type: ignore[attr-defined]
+                self.audit.begin_burst()  # the stream moved
         if decision.settle is not None and source == "cloud":
             layer_cascade, answered = decision.settle
             layer_cascade.settle(answered, np.zeros(1, np.int64), np.asarray([label]),

@@ -5,7 +5,11 @@ split, and what the device learns online (the stream's prior, the layer caches'
 entries, pushed partition models) was never calibrated at all. So the agent
 sends a random share (``rate``) of the inputs it answers itself to the cloud as
 well (a shadow escalation: the application gets the edge's answer at once) and
-compares. Each comparison is one Bernoulli draw of the edge's disagreement with
+compares; right after a change (a new agent, the stream moving, a model swapped
+in) a burst of answers is audited at a higher rate. Which answers are audited
+never depends on the answers themselves, so every audit is a fair draw of the
+step's disagreement at that moment (the bursts weigh the moments after changes,
+when it is most in doubt). Each comparison is one Bernoulli draw of the edge's disagreement with
 the full model, attributed to the cascade step that answered (:data:`STEPS`).
 
 The agent watches these counts continuously, so a fixed-n bound (Clopper-Pearson
@@ -103,10 +107,18 @@ class AuditConfig:
     cooldown: int = 500
     max_inflight: int = 8
     seed: int | None = None
+    #: after a change (the agent starts, the stream moves, a model is swapped in) the
+    #: next ``burst`` edge answers are audited at ``burst_rate``: what was calibrated
+    #: elsewhere is checked when it is most in doubt (rate 0 still turns the audit off)
+    burst_rate: float = 0.25
+    burst: int = 40
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.rate <= 1.0:
-            raise ConfigError(f"audit rate must lie in [0, 1], got {self.rate}")
+        if not 0.0 <= self.rate <= 1.0 or not 0.0 <= self.burst_rate <= 1.0:
+            raise ConfigError(f"audit rates must lie in [0, 1], got {self.rate} and "
+                              f"{self.burst_rate}")
+        if self.burst < 0:
+            raise ConfigError(f"audit burst must be >= 0 answers, got {self.burst}")
         if not 0.0 < self.target < 1.0 or not 0.0 < self.alpha < 1.0:
             raise ConfigError(f"audit target {self.target} and alpha {self.alpha} must lie "
                               "in (0, 1)")
@@ -152,7 +164,16 @@ class Audit:
         self.skipped = 0
         self.lost = 0  # audits the cloud did not answer
         self.paused: str | None = None
+        self.bursts = 0
+        self._burst_left = 0
         self._rng = random.Random(self.config.seed)
+        self.begin_burst()  # a new agent: nothing of this stream was checked yet
+
+    def begin_burst(self) -> None:
+        """Audit the next ``burst`` edge answers at ``burst_rate`` (see the config)."""
+        if self.config.burst and self.config.burst_rate > self.config.rate > 0.0:
+            self._burst_left = self.config.burst
+            self.bursts += 1
 
     # -- the request path --------------------------------------------------
     def tick(self) -> None:
@@ -194,8 +215,11 @@ class Audit:
     def pick(self, available: bool = True) -> bool:
         """For one edge answer: True when it is to be audited (a shadow escalation).
         ``available``: False where there is no cloud to audit with."""
-        if (not available or self.config.rate <= 0.0
-                or self._rng.random() >= self.config.rate):
+        rate = self.config.rate
+        if self._burst_left > 0:
+            self._burst_left -= 1
+            rate = self.config.burst_rate
+        if not available or rate <= 0.0 or self._rng.random() >= rate:
             return False
         if self.inflight >= self.config.max_inflight:
             self.skipped += 1
@@ -255,4 +279,5 @@ class Audit:
                 "confidence": 1.0 - self.config.alpha, "audited": n, "disagreed": k,
                 "agreement": 1.0 - k / n if n else None, "agreement_bound": 1.0 - upper,
                 "inflight": self.inflight, "skipped": self.skipped, "lost": self.lost,
+                "bursts": self.bursts, "burst_left": self._burst_left,
                 "paused": self.paused, "steps": steps}

@@ -119,8 +119,22 @@ def test_the_audit_samples_its_rate_pauses_without_a_cloud_and_caps_what_waits()
     assert capped.snapshot()["paused"] is None
 
 
-@pytest.mark.parametrize("kwargs", [{"rate": 1.5}, {"target": 1.0}, {"alpha": 0.0},
-                                    {"cooldown": 0}])
+def test_after_a_change_a_burst_of_answers_is_audited_more():
+    audit = Audit(AuditConfig(rate=0.02, burst_rate=0.5, burst=200, max_inflight=10**6,
+                              seed=1))
+    first = sum(audit.pick() for _ in range(200))  # a new agent: the burst
+    steady = sum(audit.pick() for _ in range(2000))
+    audit.begin_burst()  # the stream moved
+    again = sum(audit.pick() for _ in range(200))
+    assert 70 < first < 130 and 20 < steady < 65 and 70 < again < 130
+    assert audit.snapshot()["bursts"] == 2
+    off = Audit(AuditConfig(rate=0.0))  # rate 0: no audits at all, bursts included
+    off.begin_burst()
+    assert not any(off.pick() for _ in range(500))
+
+
+@pytest.mark.parametrize("kwargs", [{"rate": 1.5}, {"burst_rate": -0.1}, {"burst": -1},
+                                    {"target": 1.0}, {"alpha": 0.0}, {"cooldown": 0}])
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ConfigError):
         AuditConfig(**kwargs)
