@@ -188,9 +188,9 @@ class Engine:
             return  # an unsure guess (no cloud, or policy "edge") teaches nothing
         prior = decision.general.prior if decision.general is not None else None
         if prior is not None and decision.adapt:
-            resets = prior.resets  # type: ignore[attr-defined]
-            prior.observe(label)  # type: ignore[attr-defined]
-            if prior.resets != resets:  # type: ignore[attr-defined]
+            resets = prior.resets
+            prior.observe(label)
+            if prior.resets != resets:
                 self.audit.begin_burst()  # the stream moved
         if decision.settle is not None and source == "cloud":
             layer_cascade, answered = decision.settle
@@ -212,10 +212,10 @@ class Engine:
         prior = decision.general.prior if decision.general is not None else None
         if prior is not None and self.label_shift and self.audit.allowed("prior"):
             self.audit.divert("model", "prior")  # the adapted part goes first
-            prior.reset()  # type: ignore[attr-defined]  # back later, learning afresh
+            prior.reset()  # back later, learning the stream afresh
 
     def snapshot(self) -> dict[str, Any]:
         general = self.models.general
-        prior = getattr(general, "prior", None)
+        prior = general.prior
         return {"audit": self.audit.snapshot(),
                 "prior": prior.snapshot() if prior is not None else None}

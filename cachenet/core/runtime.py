@@ -20,6 +20,7 @@ from cachenet.core.bundle import verify_bundle
 from cachenet.core.cascade import Stage
 from cachenet.core.gate import Gate
 from cachenet.core.manifest import Manifest
+from cachenet.core.prior import StreamPrior
 from cachenet.exceptions import InputSpecError, IntegrityError
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class CacheModel:
         #: the bundle's layer caches, attached by the agent (cachenet.layercache.edge)
         self.layers: object | None = None
         #: the stream's class prior and its gate, attached by the agent (cachenet.core.prior)
-        self.prior: object | None = None
+        self.prior: StreamPrior | None = None
 
     def covers(self, label: int) -> bool:
         """Can this model answer ``label`` itself? (Always, for a general model.)"""
