@@ -144,11 +144,13 @@ class StepAudit:
     dropped_until: int = -1  # the request count at which the step comes back
     epoch: int = 0  # bumped at each restart: audits from an older epoch count in totals only
 
-    def add(self, disagree: bool) -> None:
-        self.n += 1
+    def add(self, disagree: bool, *, epoch: bool = True) -> None:
+        """One audit; ``epoch`` False counts it in the totals only."""
         self.total_n += 1
-        self.k += int(disagree)
         self.total_k += int(disagree)
+        if epoch:
+            self.n += 1
+            self.k += int(disagree)
 
 
 @dataclass
@@ -198,12 +200,16 @@ class Audit:
         s.dropped_until, s.n, s.k = -1, 0, 0
         s.epoch += 1
 
+    def _drop(self, s: StepAudit) -> None:
+        """Drop a step for its cooldown, doubled at each repeat."""
+        s.drops += 1
+        s.dropped_until = self.requests + self.config.cooldown * 2 ** (s.drops - 1)
+
     def divert(self, step: str, to: str) -> None:
         """Move ``step``'s fresh drop to ``to`` (the adapted part goes first): ``to`` is
         dropped for as long, and ``step`` starts a new epoch without it."""
         s, t = self.steps[step], self.steps[to]
-        t.drops += 1
-        t.dropped_until = self.requests + self.config.cooldown * 2 ** (t.drops - 1)
+        self._drop(t)
         s.drops -= 1
         self.restart(step)
         t.epoch += 1
@@ -236,15 +242,13 @@ class Audit:
         self.paused = None
         s = self.steps[step]
         if s.dropped_until >= 0 or (epoch is not None and epoch != s.epoch):
-            s.total_n += 1  # dropped already, or from an epoch that is over
-            s.total_k += int(not agree)
+            s.add(not agree, epoch=False)  # dropped already, or from an epoch that is over
             return False
         s.add(not agree)
         lower, _ = self.bound(s.k, s.n)
         if lower <= 1.0 - self.config.target:
             return False
-        s.drops += 1
-        s.dropped_until = self.requests + self.config.cooldown * 2 ** (s.drops - 1)
+        self._drop(s)
         log.warning("audit: step %s breaks the agreement target %.3g (%d disagreements in %d "
                     "audits, lower bound %.4f); dropped for %d requests", step,
                     self.config.target, s.k, s.n, lower, s.dropped_until - self.requests)
