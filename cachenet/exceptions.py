@@ -9,6 +9,7 @@
     │   └── ExportError        ONNX export failed or disagrees with torch
     ├── CalibrationError       the confidence gate cannot be calibrated
     ├── TrainingStopped        training was asked to stop (the server is shutting down)
+    ├── GenerationStopped      a generation was stopped (deadline passed, caller gone)
     ├── BundleError            a cache bundle that cannot be trusted
     │   ├── ManifestError      manifest.json missing, unreadable or incomplete
     │   ├── IntegrityError     a file is missing or its sha256 does not match
@@ -73,6 +74,10 @@ class InputSpecError(BundleError):
 
 class TrainingStopped(CachenetError):
     """Training was asked to stop before it finished (the server is shutting down)."""
+
+
+class GenerationStopped(CachenetError):
+    """A generation was stopped before it finished: its deadline passed or its caller left."""
 
 
 class ProtocolError(CachenetError):

@@ -4,9 +4,10 @@
 
     sim                            everything below, and starts the daemons
     cli                            everything below sim, and sim
-    cloud_server                   core, layercache, protocol, toolchain, fleet
+    cloud_server                   core, layercache, protocol, toolchain, fleet, diffusion
     edge_agent                     core, layercache, protocol  (what a device runs)
     fleet                          core, layercache, protocol, toolchain
+    diffusion                      core, toolchain         (torch: generative models, step caches)
     toolchain                      core, layercache        (torch)
     protocol                       core
     layercache                     core                    (numpy, ONNX Runtime)
@@ -38,11 +39,14 @@ BELOW = {
     "protocol": {"exceptions", "core"},
     "toolchain": {"exceptions", "core", "layercache"},
     "fleet": {"exceptions", "core", "layercache", "protocol", "toolchain"},
+    "diffusion": {"exceptions", "core", "toolchain"},
     "edge_agent": {"exceptions", "core", "layercache", "protocol"},
-    "cloud_server": {"exceptions", "core", "layercache", "protocol", "toolchain", "fleet"},
+    "cloud_server": {"exceptions", "core", "layercache", "protocol", "toolchain", "fleet",
+                     "diffusion"},
     "sim": {"exceptions", "core", "layercache", "protocol", "toolchain", "fleet", "edge_agent",
-            "cloud_server"},
-    "cli": {"exceptions", "core", "layercache", "protocol", "toolchain", "fleet", "sim"},
+            "cloud_server", "diffusion"},
+    "cli": {"exceptions", "core", "layercache", "protocol", "toolchain", "fleet", "sim",
+            "diffusion"},
     # The package itself, and ``cachenet.client``, kept for applications written
     # against it: a re-export of the protocol's clients.
     "top": {"exceptions", "protocol"},

@@ -1,0 +1,174 @@
+"""Generation, transport-neutral: a request checked field by field, run through a
+sampler and a step-cache session, answered with uint8 images and what they cost.
+
+:class:`Generator` is the core the cloud's ``Generate`` RPC (and ``cachenet
+generate --local``, and the benchmark) share: ``validate`` names the field a
+request gets wrong (:class:`~cachenet.exceptions.ConfigError`), ``run`` makes
+the images, calls ``on_step(done, total)`` after every step and stops with
+:class:`~cachenet.exceptions.GenerationStopped` when ``should_stop()`` says so.
+
+Noise comes from a CPU generator seeded by the request, so a seed gives the same
+images on any machine up to floating point; a new session of the step cache is
+opened for every request. Classifier-free guidance (``guidance`` > 1) runs the
+conditional and unconditional passes as one batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from cachenet.diffusion.nets import DiffusionModel
+from cachenet.diffusion.samplers import SAMPLERS, get_sampler
+from cachenet.diffusion.stepcache import POLICIES, open_session
+from cachenet.exceptions import ConfigError, GenerationStopped
+
+log = logging.getLogger(__name__)
+
+MAX_COUNT = 64
+MAX_STEPS = 1000
+MAX_GUIDANCE = 20.0
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    model: str = ""  # empty: the generator's default model
+    label: int | None = None  # a class, or None for unconditional samples
+    count: int = 1
+    seed: int = 0
+    steps: int = 50
+    sampler: str = "ddim"
+    policy: str = "none"
+    params: dict[str, Any] = field(default_factory=dict)
+    guidance: float = 1.0
+
+
+@dataclass
+class Generation:
+    images: np.ndarray  # uint8, N x C x H x W
+    model: str
+    steps: int
+    macs: int  # multiply-adds per image spent
+    macs_full: int  # what the same sampler spends per image without a step cache
+    skipped: float  # share of the layers' computation the step cache saved
+    compute_s: float
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Images in [-1, 1] to uint8 in [0, 255]."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
+def noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """The starting noise for a seed: the same on every machine."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def sample(model: DiffusionModel, request: GenerateRequest, *,
+           on_step: Callable[[int, int], None] | None = None,
+           x: torch.Tensor | None = None,
+           labels: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+    """Run one (already valid) request: images in [-1, 1] and the finished session.
+
+    ``x`` replaces the seeded starting noise and ``labels`` the request's one label
+    (the benchmark feeds the same noise and a label per row to every policy)."""
+    net = model.net
+    device = next(net.parameters()).device
+    n = request.count if x is None else len(x)
+    if x is None:
+        x = noise((n, *model.image_shape), request.seed)
+    x = x.to(device)
+    label = model.num_classes if request.label is None else request.label
+    y = (torch.full((n,), label, dtype=torch.long) if labels is None else labels).to(device)
+    session = open_session(model, request.policy, request.params, request.steps)
+    guided = request.guidance != 1.0
+    if guided:
+        y = torch.cat([y, torch.full_like(y, model.num_classes)])
+
+    def denoise(i: int, xi: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if not guided:
+            return session.denoise(i, xi, t, y)
+        cond, uncond = session.denoise(i, torch.cat([xi, xi]), torch.cat([t, t]), y).chunk(2)
+        return uncond + request.guidance * (cond - uncond)
+
+    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16,
+                                                enabled=device.type == "cuda"):
+        out = get_sampler(request.sampler)(denoise, x, model.schedule, request.steps, on_step)
+    return out, session
+
+
+class Generator:
+    """The models a server generates with, by name, and the one rule for a request."""
+
+    def __init__(self, models: dict[str, DiffusionModel], default: str | None = None,
+                 max_count: int = MAX_COUNT) -> None:
+        if not models:
+            raise ConfigError("a generator needs at least one diffusion model")
+        self.models = models
+        self.default = default or next(iter(models))
+        if self.default not in models:
+            raise ConfigError(f"default model '{self.default}' is not among {sorted(models)}")
+        self.max_count = max_count
+        self._lock = threading.Lock()  # one generation at a time on the accelerator
+
+    def model(self, name: str) -> DiffusionModel:
+        key = name or self.default
+        if key not in self.models:
+            raise ConfigError(f"model: unknown diffusion model '{name}'; "
+                              f"served: {sorted(self.models)}")
+        return self.models[key]
+
+    def validate(self, r: GenerateRequest) -> DiffusionModel:
+        """The model the request names, or ConfigError naming the field at fault."""
+        model = self.model(r.model)
+        if r.label is not None and not 0 <= r.label < model.num_classes:
+            raise ConfigError(f"label must be in [0, {model.num_classes - 1}] or unset, "
+                              f"got {r.label}")
+        if not 1 <= r.count <= self.max_count:
+            raise ConfigError(f"count must be in [1, {self.max_count}], got {r.count}")
+        if not 0 <= r.seed < 2**63:
+            raise ConfigError(f"seed must be in [0, 2^63), got {r.seed}")
+        if not 1 <= r.steps <= min(MAX_STEPS, model.schedule.train_steps):
+            raise ConfigError(f"steps must be in [1, {model.schedule.train_steps}], "
+                              f"got {r.steps}")
+        if r.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {sorted(SAMPLERS)}, got {r.sampler!r}")
+        if r.policy not in POLICIES:
+            raise ConfigError(f"policy must be one of {sorted(POLICIES)}, got {r.policy!r}")
+        if not (0.0 <= r.guidance <= MAX_GUIDANCE):  # also refuses NaN
+            raise ConfigError(f"guidance must be in [0, {MAX_GUIDANCE}], got {r.guidance}")
+        open_session(model, r.policy, r.params, r.steps)  # checks the policy's parameters
+        if r.policy == "l2c" and model.l2c and r.sampler != model.l2c.get("sampler", "ddim"):
+            raise ConfigError(f"sampler: the l2c router was trained for "
+                              f"{model.l2c.get('sampler')}, not {r.sampler}")
+        return model
+
+    def run(self, request: GenerateRequest, *,
+            on_step: Callable[[int, int], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> Generation:
+        model = self.validate(request)
+
+        def step(done: int, total: int) -> None:
+            if should_stop is not None and should_stop():
+                raise GenerationStopped(f"stopped after {done} of {total} steps")
+            if on_step is not None:
+                on_step(done, total)
+
+        with self._lock:
+            started = time.perf_counter()
+            out, session = sample(model, request, on_step=step)
+            images = to_uint8(out)
+            elapsed = time.perf_counter() - started
+        passes = 2 if request.guidance != 1.0 else 1
+        log.info("generated %d image(s) with %s/%s in %.2fs (%.0f%% of layers skipped)",
+                 request.count, request.policy, request.sampler, elapsed, 100 * session.skipped())
+        return Generation(images, request.model or self.default, request.steps,
+                          session.macs * passes, session.full_macs * request.steps * passes,
+                          session.skipped(), elapsed)
