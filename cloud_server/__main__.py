@@ -1,4 +1,5 @@
-"""``cachenet-cloud`` / ``python -m cloud_server``: serve a bundle's full model over gRPC."""
+"""``cachenet-cloud`` / ``python -m cloud_server``: serve a bundle's full model over gRPC
+(and, with ``--diffusion``, generate images with diffusion models)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,28 @@ from cachenet.exceptions import CachenetError
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"CACHENET_{name}", default)
+
+
+def _named_path(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got '{text}'")
+    return name, Path(path)
+
+
+def _diffusion_models(pairs: list[tuple[str, Path]] | None) -> dict[str, Path]:
+    """``--diffusion`` flags by name; without any, ``CACHENET_DIFFUSION`` (comma-separated)."""
+    if pairs is None:
+        try:
+            pairs = [_named_path(v) for v in (_env("DIFFUSION") or "").split(",") if v]
+        except argparse.ArgumentTypeError as exc:
+            raise CachenetError(f"CACHENET_DIFFUSION: {exc}") from None
+    models: dict[str, Path] = {}
+    for name, path in pairs:
+        if name in models:
+            raise CachenetError(f"--diffusion names '{name}' twice")
+        models[name] = path
+    return models
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -60,6 +83,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer-cache-refresh", type=float, default=None,
                    help="share of layer-cache hits re-checked by the whole model "
                         "(default: the bundle's)")
+    p.add_argument("--diffusion", type=_named_path, action="append", metavar="NAME=PATH",
+                   help="also generate images with this diffusion checkpoint, served as NAME "
+                   "(repeatable; the first is the default; env CACHENET_DIFFUSION, "
+                   "comma-separated)")
+    p.add_argument("--max-generations", type=int, default=int(_env("MAX_GENERATIONS", "8")),
+                   help="generations queued or running at once; more are refused "
+                   "(RESOURCE_EXHAUSTED)")
     p.add_argument("--report-interval", type=int, default=30,
                    help="seconds between agents' stats reports (control plane)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds to drain on shutdown")
@@ -88,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 min_interval_s=args.specialize_interval,
                 escalation_trigger=args.escalation_trigger, target=args.target,
                 max_library=args.library_size, trainer=args.partition_trainer),
+            diffusion=_diffusion_models(args.diffusion), max_generations=args.max_generations,
             grace_s=args.grace, stats_interval_s=args.stats_interval,
             ready_file=args.ready_file)
         asyncio.run(CloudServer(config).serve())

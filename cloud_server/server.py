@@ -11,6 +11,9 @@ serves the control plane (:mod:`cloud_server.control`), and with
 ``specialize`` it learns per agent what to push (:mod:`cloud_server.specializer`);
 loading the specialiser takes a while (it labels the replay data), so it has
 its own health entry, :data:`SPECIALIZER_HEALTH`, SERVING once it is ready.
+With diffusion models (a :class:`~cachenet.diffusion.generate.Generator`) it also
+serves the generation service (:mod:`cloud_server.generate`); the classifier's
+bundle is needed all the same.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import json
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -29,6 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cachenet.core import tensors
+from cachenet.diffusion.generate import Generator
 from cachenet.exceptions import CachenetError, ConfigError
 from cachenet.fleet.store import ModelStore
 from cachenet.protocol.client import CHANNEL_OPTIONS
@@ -36,6 +40,9 @@ from cachenet.protocol.v1 import control_pb2, control_pb2_grpc
 from cachenet.protocol.v1 import inference_pb2 as pb
 from cloud_server.batcher import DynamicBatcher
 from cloud_server.control import ControlService
+from cloud_server.generate import MAX_PENDING, GenerationService, load_generator
+from cloud_server.generate import SERVICE_NAME as GENERATION_SERVICE_NAME
+from cloud_server.generate import add_to_server as add_generation_to_server
 from cloud_server.layered import LayeredStats, layered_runner, load_layer_cascade
 from cloud_server.model import load_full_model, torch_runner
 from cloud_server.service import InferenceService, ModelCard, add_to_server
@@ -57,6 +64,7 @@ class ServerParts:
     health: health.aio.HealthServicer
     control: ControlService | None = None
     specializer: Specializer | None = None
+    generation: GenerationService | None = None
 
 
 @dataclass
@@ -80,6 +88,9 @@ class ServerConfig:
     ready_file: Path | None = None
     layer_cache: bool = False  # serve with the bundle's layer caches
     layer_cache_refresh: float | None = None  # share of hits re-checked (None: the bundle's)
+    #: diffusion checkpoints to generate with, by name (the first is the default)
+    diffusion: dict[str, Path] = field(default_factory=dict)
+    max_generations: int = MAX_PENDING  # generations queued or running at once
 
 
 def load_card_and_runner(bundle: Path, device: str | None, *, layer_cache: bool = False,
@@ -105,8 +116,10 @@ def load_card_and_runner(bundle: Path, device: str | None, *, layer_cache: bool 
 async def create_server(card: ModelCard, run_batch, *, host: str = "127.0.0.1", port: int = 0,
                         max_batch_size: int = 32, max_queue_delay_us: int = 0,
                         max_queue_size: int = 1024, store: Path | None = None,
-                        report_interval_s: int = 30) -> tuple[grpc.aio.Server, int]:
-    """A started batcher and a bound (not yet started) gRPC server; call in a running loop."""
+                        report_interval_s: int = 30, generator: Generator | None = None,
+                        max_generations: int = MAX_PENDING) -> tuple[grpc.aio.Server, int]:
+    """A started batcher and a bound (not yet started) gRPC server; call in a running loop.
+    With ``generator``, the server also generates images (``GenerationService``)."""
     batcher = DynamicBatcher(run_batch, max_batch_size=max_batch_size,
                              max_queue_delay_us=max_queue_delay_us,
                              max_queue_size=max_queue_size)
@@ -122,13 +135,18 @@ async def create_server(card: ModelCard, run_batch, *, host: str = "127.0.0.1", 
         control = ControlService(ModelStore(store), stats_interval_s=report_interval_s)
         control_pb2_grpc.add_ControlServiceServicer_to_server(control, server)
         names.append(control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name)
+    generation = None
+    if generator is not None:
+        generation = GenerationService(generator, max_pending=max_generations)
+        add_generation_to_server(generation, server)
+        names.append(GENERATION_SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     batcher.start()
     server.cachenet = ServerParts(service, batcher, health_servicer,  # type: ignore[attr-defined]
-                                  control)
+                                  control, generation=generation)
     return server, bound
 
 
@@ -151,13 +169,16 @@ class CloudServer:
         card, runner = load_card_and_runner(c.bundle, c.device, layer_cache=c.layer_cache,
                                             refresh_rate=c.layer_cache_refresh,
                                             stats=self.layered)
+        generator = load_generator(c.diffusion, c.device) if c.diffusion else None
         self.server, self.port = await create_server(
             card, runner, host=c.host, port=c.port, max_batch_size=c.max_batch_size,
             max_queue_delay_us=c.max_queue_delay_us, max_queue_size=c.max_queue_size,
-            store=c.store, report_interval_s=c.report_interval_s)
+            store=c.store, report_interval_s=c.report_interval_s, generator=generator,
+            max_generations=c.max_generations)
         await self.server.start()
         health_ = self.server.cachenet.health
-        for name in ("", SERVICE_NAME):
+        serving = ("", SERVICE_NAME) + ((GENERATION_SERVICE_NAME,) if generator else ())
+        for name in serving:
             await health_.set(name, health_pb2.HealthCheckResponse.SERVING)
         if c.specialize:
             await health_.set(SPECIALIZER_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -198,6 +219,8 @@ class CloudServer:
                  dict(sorted(s.batch_sizes.items())))
         if self.layered is not None:
             log.info("layer caches: %s", self.layered.snapshot())
+        if parts.generation is not None:
+            log.info("generations %s", parts.generation.counts)
 
     async def main_loop(self) -> None:
         while not self.should_exit.is_set():
@@ -219,6 +242,8 @@ class CloudServer:
                  self.config.grace_s)
         await self.server.stop(self.config.grace_s)
         await parts.batcher.stop()
+        if parts.generation is not None:
+            await parts.generation.stop()
         self.log_stats()
         log.info("stopped")
 

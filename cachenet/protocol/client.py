@@ -1,20 +1,26 @@
-"""Clients for the cloud's inference service, and the one place gRPC errors become ours.
+"""Clients for the cloud's services, and the one place gRPC errors become ours.
 
 :func:`map_grpc_errors` turns a :class:`grpc.RpcError` into the matching
 :class:`~cachenet.exceptions.CloudError`; every caller of the cloud goes
 through it. :class:`CloudClient` (blocking) and :class:`AsyncCloudClient`
-(asyncio, used by the edge agent) wrap the generated stubs.
+(asyncio, used by the edge agent) wrap the inference service's stubs;
+:class:`GenerateClient` (blocking) the generation service's.
 
     with CloudClient("127.0.0.1:50051") as cloud:
         answer = cloud.infer(batch, timeout=0.5)
         answer.labels, answer.model_version, answer.timings
+
+    with GenerateClient("127.0.0.1:50051") as cloud:
+        out = cloud.generate(model="cifar", label=3, count=4, steps=50, policy="deepcache",
+                             params={"interval": 3}, on_progress=print, timeout=60)
+        out.images  # uint8, 4 x 3 x 32 x 32
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -28,7 +34,10 @@ from cachenet.exceptions import (
     CloudRejected,
     CloudTimeout,
     CloudUnavailable,
+    ConfigError,
 )
+from cachenet.protocol.v1 import generate_pb2 as gpb
+from cachenet.protocol.v1 import generate_pb2_grpc as gpb_grpc
 from cachenet.protocol.v1 import inference_pb2 as pb
 from cachenet.protocol.v1 import inference_pb2_grpc as pb_grpc
 
@@ -174,3 +183,107 @@ class AsyncCloudClient:
 
     async def close(self) -> None:
         await self.channel.close()
+
+
+# --- generation ----------------------------------------------------------------------
+
+#: A cache policy's parameter as it travels (``Param``): an int, a float or a string.
+ParamValue = int | float | str
+
+
+def to_param(value: ParamValue) -> gpb.Param:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"a policy parameter is an int, float or str, not {value!r}")
+    if isinstance(value, int):
+        return gpb.Param(int_value=value)
+    if isinstance(value, float):
+        return gpb.Param(float_value=value)
+    return gpb.Param(string_value=value)
+
+
+def from_param(p: gpb.Param) -> ParamValue | None:
+    """The value a ``Param`` holds, or None when it holds none."""
+    kind = p.WhichOneof("value")
+    return None if kind is None else getattr(p, kind)
+
+
+@dataclass
+class Generated:
+    """A generation's answer: the images and what the server spent on them."""
+
+    id: str
+    images: np.ndarray  # uint8, N x C x H x W
+    model_name: str
+    #: queue_us, compute_us, total_us, macs_per_image, macs_full_per_image, steps (ints)
+    #: and layers_skipped (the share of the layers' computation the step cache saved)
+    timings: dict[str, float]
+
+
+def make_generate_request(*, model: str = "", label: int | None = None, count: int = 1,
+                          seed: int = 0, steps: int = 50, sampler: str = "ddim",
+                          policy: str = "none", params: Mapping[str, ParamValue] | None = None,
+                          guidance: float = 1.0, request_id: str | None = None
+                          ) -> gpb.GenerateRequest:
+    """The request; ConfigError naming a field whose value its wire type cannot carry
+    (a negative seed, a label past int32). The server checks the rest."""
+    req = gpb.GenerateRequest(id=request_id or f"{os.getpid()}-{next(_ids)}",
+                              params={k: to_param(v) for k, v in (params or {}).items()})
+    fields = {"model_name": model, "count": count, "seed": seed, "steps": steps,
+              "sampler": sampler, "policy": policy, "guidance": guidance, "label": label}
+    for name, value in fields.items():
+        if value is None:
+            continue
+        try:
+            setattr(req, name, value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name} cannot be {value!r}: {exc}") from None
+    return req
+
+
+def parse_generated(resp: gpb.GenerateResponse) -> Generated:
+    r = resp.result
+    images = tensors.decode(r.images.dtype, r.images.shape, r.images.raw_data)
+    t = r.timings
+    timings = {"queue_us": t.queue_us, "compute_us": t.compute_us, "total_us": t.total_us,
+               "macs_per_image": t.macs_per_image, "macs_full_per_image": t.macs_full_per_image,
+               "layers_skipped": t.layers_skipped, "steps": t.steps}
+    return Generated(resp.id, images, r.model_name, timings)
+
+
+class GenerateClient:
+    """Blocking client of the cloud's generation service."""
+
+    def __init__(self, target: str, *, options: list | None = None) -> None:
+        self.channel = grpc.insecure_channel(target, options=options or CHANNEL_OPTIONS)
+        self.stub = gpb_grpc.GenerationServiceStub(self.channel)
+
+    def generate(self, *, timeout: float | None = None,
+                 on_progress: Callable[[int, int], None] | None = None,
+                 **fields: object) -> Generated:
+        """Images for the request :func:`make_generate_request` makes of ``fields``;
+        ``on_progress(done, total)`` is called as each denoising step is reported."""
+        call = self.stub.Generate(make_generate_request(**fields),  # type: ignore[arg-type]
+                                  timeout=timeout)
+        try:
+            with map_grpc_errors():
+                for resp in call:
+                    if resp.HasField("result"):
+                        return parse_generated(resp)
+                    if on_progress is not None and resp.HasField("progress"):
+                        on_progress(resp.progress.done, resp.progress.total)
+        finally:
+            call.cancel()  # a no-op once the call ended; else the server stops generating
+        raise CloudError("the generation's stream ended without images")
+
+    def info(self, *, timeout: float | None = None) -> gpb.GeneratorInfo:
+        with map_grpc_errors():
+            return self.stub.GetGeneratorInfo(gpb.GeneratorInfoRequest(), timeout=timeout)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> GenerateClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,296 @@
+"""The gRPC generation service: validate, queue onto the accelerator, stream progress.
+
+A request is checked before it is queued (unknown fields, every field the
+:class:`~cachenet.diffusion.generate.Generator` checks): a bad one gets
+INVALID_ARGUMENT with the generator's message, which names the field. At most
+``max_pending`` generations are admitted at once (the one running included);
+one more gets RESOURCE_EXHAUSTED. Generations run one at a time on a worker
+thread of their own, so they never hold up the inference batcher; each step's
+progress crosses to the event loop through an :class:`asyncio.Queue` and goes
+out on the stream. Between steps the worker asks whether to stop: when the
+call's deadline has passed (DEADLINE_EXCEEDED), the caller left (CANCELLED) or
+the server is shutting down (UNAVAILABLE). Every request gets an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+
+from cachenet.core import tensors
+from cachenet.diffusion.generate import MAX_GUIDANCE, GenerateRequest, Generation, Generator
+from cachenet.diffusion.nets import DiffusionModel, load_checkpoint
+from cachenet.diffusion.samplers import SAMPLERS
+from cachenet.diffusion.stepcache import POLICIES
+from cachenet.exceptions import ConfigError, GenerationStopped, ProtocolError
+from cachenet.protocol.client import from_param, to_param
+from cachenet.protocol.v1 import generate_pb2 as gpb
+from cachenet.protocol.v1 import generate_pb2_grpc as gpb_grpc  # the servicer base class
+from cachenet.protocol.v1 import inference_pb2 as pb
+from cloud_server.service import (
+    RequestError,
+    Undecodable,
+    _reject_unknown_fields,
+    lenient_parser,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = gpb.DESCRIPTOR.services_by_name["GenerationService"].full_name
+#: Generations admitted at once by default (the one running included).
+MAX_PENDING = 8
+
+
+def load_generator(paths: dict[str, Path], device: str | None = None, *,
+                   max_count: int | None = None) -> Generator:
+    """A generator over the checkpoints ``paths`` (name -> file), on ``device`` (default:
+    CUDA when available); the first name is the default model."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    models = {name: load_checkpoint(path).to(dev) for name, path in paths.items()}
+    for name, m in models.items():
+        log.info("diffusion model %s on %s: %s, %s, %d classes, l2c router %s", name, dev,
+                 m.arch, "x".join(map(str, m.image_shape)), m.num_classes,
+                 f"for {m.l2c.get('steps')} steps" if m.l2c else "none")
+    kwargs = {} if max_count is None else {"max_count": max_count}
+    return Generator(models, **kwargs)
+
+
+def parse_request(request: gpb.GenerateRequest | Undecodable) -> GenerateRequest:
+    """The transport-neutral request, or RequestError (INVALID_ARGUMENT) saying why not."""
+    if isinstance(request, Undecodable):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+    try:
+        _reject_unknown_fields(request, "GenerateRequest")
+        params = {}
+        for key, p in request.params.items():
+            _reject_unknown_fields(p, f"GenerateRequest.params['{key}']")
+            if (value := from_param(p)) is None:
+                raise ProtocolError(f"params['{key}'] has no value")
+            params[key] = value
+    except ProtocolError as exc:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+    return GenerateRequest(
+        model=request.model_name,
+        label=request.label if request.HasField("label") else None,
+        count=request.count, seed=request.seed, steps=request.steps,
+        sampler=request.sampler or GenerateRequest.sampler,
+        policy=request.policy or GenerateRequest.policy, params=params,
+        guidance=request.guidance if request.HasField("guidance") else 1.0)
+
+
+def policies_for(model: DiffusionModel) -> list[str]:
+    """The policies ``model`` can run: its arch's, and l2c only with a router."""
+    return [name for name, cls in sorted(POLICIES.items())
+            if model.arch in cls.supports and (name != "l2c" or model.l2c is not None)]
+
+
+def model_info(name: str, m: DiffusionModel) -> gpb.DiffusionModelInfo:
+    router = m.l2c or {}
+    device = next(m.net.parameters()).device
+    return gpb.DiffusionModelInfo(
+        name=name, arch=m.arch, image_shape=list(m.image_shape), classes=m.classes,
+        policies=policies_for(m), l2c_router=m.l2c is not None,
+        l2c_steps=int(router.get("steps", 0)), l2c_sampler=str(router.get("sampler", "")),
+        max_steps=m.schedule.train_steps, device=str(device))
+
+
+def policy_info(name: str) -> gpb.PolicyInfo:
+    cls = POLICIES[name]
+    defaults = {f.name: to_param(f.default) for f in dataclasses.fields(cls.Config)}
+    return gpb.PolicyInfo(name=name, archs=list(cls.supports), defaults=defaults)
+
+
+def result_message(request_id: str, gen: Generation, queue_s: float,
+                   received: float) -> gpb.GenerateResponse:
+    dtype, shape, raw = tensors.encode(np.ascontiguousarray(gen.images))
+    timings = gpb.GenerateTimings(
+        queue_us=int(queue_s * 1e6), compute_us=int(gen.compute_s * 1e6),
+        total_us=int((time.perf_counter() - received) * 1e6), macs_per_image=gen.macs,
+        macs_full_per_image=gen.macs_full, layers_skipped=gen.skipped, steps=gen.steps)
+    return gpb.GenerateResponse(id=request_id, result=gpb.GenerateResult(
+        images=pb.Tensor(dtype=dtype, shape=shape, raw_data=raw), model_name=gen.model,
+        timings=timings))
+
+
+@dataclasses.dataclass
+class Stopper:
+    """Whether a generation should stop, asked from its worker between steps."""
+
+    deadline: float | None  # time.monotonic() at which the call's deadline passes
+    closing: threading.Event  # the server is shutting down
+    left: threading.Event = dataclasses.field(default_factory=threading.Event)  # caller gone
+
+    def expired(self, slack: float = 0.0) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline - slack
+
+    def __call__(self) -> bool:
+        return self.left.is_set() or self.closing.is_set() or self.expired()
+
+    def status(self) -> grpc.StatusCode:
+        """Why it stopped; gRPC's own timer may end the call a hair before our clock."""
+        if self.expired(slack=0.05):
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        if self.closing.is_set():
+            return grpc.StatusCode.UNAVAILABLE
+        return grpc.StatusCode.CANCELLED
+
+
+class GenerationService(gpb_grpc.GenerationServiceServicer):
+    def __init__(self, generator: Generator, *, max_pending: int = MAX_PENDING) -> None:
+        if max_pending < 1:
+            raise ConfigError(f"max_pending must be at least 1, got {max_pending}")
+        self.generator = generator
+        self.max_pending = max_pending
+        self._pending = 0  # admitted, queued or running; the worker's callback lowers it
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        # One worker: generations queue here, not in the loop's default executor.
+        self._executor = cf.ThreadPoolExecutor(1, thread_name_prefix="generate")
+        self.counts = {"received": 0, "ok": 0, "invalid": 0, "overloaded": 0, "deadline": 0,
+                       "cancelled": 0, "error": 0}
+        for m in generator.models.values():
+            m.unit_macs()  # measured once, here: validation then never runs the model
+
+    def check(self, request: gpb.GenerateRequest | Undecodable) -> GenerateRequest:
+        req = parse_request(request)
+        try:
+            self.generator.validate(req)
+        except ConfigError as exc:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        return req
+
+    @property
+    def pending(self) -> int:
+        """Generations admitted and not yet finished (queued or running)."""
+        return self._pending
+
+    def _admit(self) -> None:
+        with self._lock:
+            if self._pending >= self.max_pending:
+                raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"{self.max_pending} generations are queued or running; "
+                                   "try again later")
+            self._pending += 1
+
+    def _release(self, _: object = None) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def submit(self, req: GenerateRequest, stop: Stopper,
+               on_step: Callable[[int, int], None]) -> cf.Future:
+        """Queue ``req`` on the worker; RESOURCE_EXHAUSTED when ``max_pending`` are in."""
+        self._admit()
+        queued = time.perf_counter()
+
+        def work() -> tuple[Generation, float]:
+            waited = time.perf_counter() - queued
+            if stop():
+                raise GenerationStopped("stopped before it started")
+            return self.generator.run(req, on_step=on_step, should_stop=stop), waited
+
+        try:
+            future = self._executor.submit(work)
+        except RuntimeError:  # the executor is shut down
+            self._release()
+            raise RequestError(grpc.StatusCode.UNAVAILABLE,
+                               "the server is shutting down") from None
+        future.add_done_callback(self._release)
+        return future
+
+    async def _generate(self, request: gpb.GenerateRequest | Undecodable, stop: Stopper
+                        ) -> AsyncIterator[gpb.GenerateResponse]:
+        received = time.perf_counter()
+        request_id = "" if isinstance(request, Undecodable) else request.id
+        req = self.check(request)
+        loop = asyncio.get_running_loop()
+        steps: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
+
+        def on_step(done: int, total: int) -> None:
+            loop.call_soon_threadsafe(steps.put_nowait, (done, total))
+
+        future = self.submit(req, stop, on_step)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(steps.put_nowait, None))
+        try:
+            while (step := await steps.get()) is not None:
+                yield gpb.GenerateResponse(id=request_id, progress=gpb.GenerateProgress(
+                    done=step[0], total=step[1]))
+            # Done: its callback queued the None after every step the worker queued.
+            if future.cancelled():
+                raise RequestError(stop.status(), "generation dropped before it started")
+            try:
+                gen, waited = future.result()
+            except GenerationStopped as exc:
+                raise RequestError(stop.status(), f"generation {exc}") from None
+            yield result_message(request_id, gen, waited, received)
+        finally:
+            stop.left.set()  # a no-op once it finished; stops it if the caller left
+            future.cancel()  # a generation not yet started never starts
+
+    async def Generate(self, request: gpb.GenerateRequest | Undecodable,
+                       context: grpc.aio.ServicerContext
+                       ) -> AsyncIterator[gpb.GenerateResponse]:
+        self.counts["received"] += 1
+        remaining = context.time_remaining()
+        stop = Stopper(None if remaining is None else time.monotonic() + remaining,
+                       self._closing)
+        try:
+            async with aclosing(self._generate(request, stop)) as messages:
+                async for message in messages:
+                    yield message
+            self.counts["ok"] += 1
+        except RequestError as exc:
+            self._count(exc.code)
+            await context.abort(exc.code, str(exc))
+        except asyncio.CancelledError:  # gRPC ended the call: deadline, or the caller left
+            self._count(stop.status())
+            raise
+        except Exception as exc:  # a bug answers INTERNAL, not silence
+            self.counts["error"] += 1
+            log.exception("generation failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {exc}")
+
+    def _count(self, code: grpc.StatusCode) -> None:
+        key = {grpc.StatusCode.INVALID_ARGUMENT: "invalid",
+               grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded",
+               grpc.StatusCode.DEADLINE_EXCEEDED: "deadline",
+               grpc.StatusCode.CANCELLED: "cancelled"}.get(code, "error")
+        self.counts[key] += 1
+
+    async def GetGeneratorInfo(self, request: gpb.GeneratorInfoRequest,
+                               context: grpc.aio.ServicerContext) -> gpb.GeneratorInfo:
+        g = self.generator
+        return gpb.GeneratorInfo(
+            models=[model_info(name, m) for name, m in g.models.items()],
+            default_model=g.default, samplers=sorted(SAMPLERS),
+            policies=[policy_info(name) for name in sorted(POLICIES)], max_count=g.max_count,
+            max_guidance=MAX_GUIDANCE)
+
+    async def stop(self) -> None:
+        """Stop what runs between two steps, drop what is queued, wait for the worker."""
+        self._closing.set()
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+
+
+def add_to_server(service: GenerationService, server: grpc.aio.Server) -> None:
+    """Register ``service`` like the generated helper, but parse requests leniently."""
+    handlers = {
+        "Generate": grpc.unary_stream_rpc_method_handler(
+            service.Generate, request_deserializer=lenient_parser(gpb.GenerateRequest),
+            response_serializer=gpb.GenerateResponse.SerializeToString),
+        "GetGeneratorInfo": grpc.unary_unary_rpc_method_handler(
+            service.GetGeneratorInfo, request_deserializer=gpb.GeneratorInfoRequest.FromString,
+            response_serializer=gpb.GeneratorInfo.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME,
+                                                                          handlers),))
