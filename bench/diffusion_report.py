@@ -1,0 +1,222 @@
+"""``bench/results/diffusion.md`` and its plots from ``bench/diffusion.py measure``'s JSON.
+
+Every figure in the report is read off the JSON: the goals of the issue are checked
+row by row, and each step cache is compared with DDIM with fewer steps at the same
+MACs (FID interpolated linearly in MACs between the measured step counts).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+GRID_ROWS = {"unet": ["none", "deepcache-3", "ddim-20"], "dit": ["none", "fora-3", "l2c-0.5"]}
+
+
+def _label(r: dict) -> str:
+    p = r["params"]
+    if r["policy"] == "ddim-steps":
+        return f"DDIM {p['steps']} steps"
+    if not p:
+        return {"none": "uncached", "none-other-noise": "uncached, other noise"}[r["policy"]]
+    return r["policy"] + " " + ", ".join(f"{k}={v}" for k, v in p.items())
+
+
+def ddim_fid_at(rows: list[dict], arch: str, macs: float) -> float:
+    """FID of DDIM with fewer steps at ``macs``, linear between measured step counts."""
+    pts = sorted((r["macs_per_image"], r["fid"]) for r in rows if r["arch"] == arch
+                 and r["policy"] in ("ddim-steps", "none"))
+    return float(np.interp(macs, [m for m, _ in pts], [f for _, f in pts]))
+
+
+def table(rows: list[dict], arch: str) -> list[str]:
+    out = ["| configuration | GMACs/image | MACs speed-up | layers skipped | ms/image | "
+           "wall speed-up | FID | FID change | DDIM FID at same MACs | PSNR vs uncached (dB) | "
+           "classifier agreement |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["arch"] != arch:
+            continue
+        ddim = ddim_fid_at(rows, arch, r["macs_per_image"])
+        cached = r["policy"] not in ("none", "none-other-noise", "ddim-steps")
+        out.append(
+            f"| {_label(r)} | {r['gmacs_per_image']:.2f} | {r['macs_speedup']:.2f}x | "
+            f"{100 * r['layers_skipped']:.1f}% | {r['wall_ms_per_image']:.3f} | "
+            f"{r['wall_speedup']:.2f}x | {r['fid']:.3f} | {100 * r['fid_rel']:+.1f}% | "
+            f"{f'{ddim:.3f}' if cached else ''} | "
+            f"{'' if r['psnr_vs_uncached'] is None else r['psnr_vs_uncached']} | "
+            f"{r['agreement_vs_uncached']:.3f} |")
+    return out
+
+
+def goals(rows: list[dict]) -> list[str]:
+    def best(pred: object, key: object, arch: str, policies: tuple) -> dict | None:
+        cand = [r for r in rows if r["arch"] == arch and r["policy"] in policies and pred(r)]
+        return max(cand, key=key) if cand else None
+
+    lines = []
+    dc = [r for r in rows if r["policy"] == "deepcache"]
+    hit = best(lambda r: r["macs_speedup"] >= 2 and r["wall_speedup"] >= 1.8
+               and r["fid_rel"] <= 0.10, lambda r: r["macs_speedup"], "unet", ("deepcache",))
+    near = min((r for r in dc if r["macs_speedup"] >= 2), key=lambda r: r["fid_rel"],
+               default=None)
+    lines.append("- **DeepCache, >= 2x fewer MACs and >= 1.8x less wall time at <= 10% FID "
+                 f"increase: {'met by ' + _label(hit) if hit else 'missed'}.**")
+    if near and not hit:
+        lines.append(f"  Closest at >= 2x: {_label(near)}, {near['macs_speedup']:.2f}x MACs, "
+                     f"{near['wall_speedup']:.2f}x wall, FID {100 * near['fid_rel']:+.1f}%.")
+    best_dc = best(lambda r: r["fid_rel"] <= 0.10, lambda r: r["macs_speedup"], "unet",
+                   ("deepcache",))
+    if best_dc:
+        lines.append(f"  Fastest within 10%: {_label(best_dc)}, {best_dc['macs_speedup']:.2f}x "
+                     f"MACs, {best_dc['wall_speedup']:.2f}x wall, FID "
+                     f"{100 * best_dc['fid_rel']:+.1f}%.")
+    wins = [r for r in dc if r["fid"] < ddim_fid_at(rows, "unet", r["macs_per_image"])]
+    lines.append(f"- **DeepCache below DDIM with fewer steps at the same MACs: {len(wins)} of "
+                 f"{len(dc)} configurations.**")
+    l2c = [r for r in rows if r["policy"] == "l2c"]
+    hit = best(lambda r: r["layers_skipped"] >= 0.40 and r["fid_rel"] <= 0.05,
+               lambda r: r["layers_skipped"], "dit", ("l2c",))
+    lines.append("- **L2C, >= 40% of the layers' computation removed at <= 5% FID increase: "
+                 f"{'met by ' + _label(hit) if hit else 'missed'}.**")
+    base = next((b for b in rows if b["arch"] == "dit" and b["policy"] == "none"), None)
+    fora = [(f["macs_per_image"], f["fid"]) for f in rows if f["policy"] == "fora"]
+    pts = sorted(fora + ([(base["macs_per_image"], base["fid"])] if base else []))
+    for r in l2c:
+        fora_at = float(np.interp(r["macs_per_image"], [m for m, _ in pts],
+                                  [f for _, f in pts]))
+        ddim_at = ddim_fid_at(rows, "dit", r["macs_per_image"])
+        lines.append(f"  {_label(r)}: {100 * r['layers_skipped']:.1f}% skipped, FID "
+                     f"{100 * r['fid_rel']:+.1f}% ({r['fid']:.3f}); FORA at the same MACs "
+                     f"{fora_at:.3f}, DDIM with fewer steps {ddim_at:.3f}.")
+    return lines
+
+
+def _grid(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    c, h, w = images.shape[1:]
+    out = np.full((c, rows * (h + 2), cols * (w + 2)), 255, np.uint8)
+    for k in range(min(len(images), rows * cols)):
+        i, j = divmod(k, cols)
+        out[:, i * (h + 2):i * (h + 2) + h, j * (w + 2):j * (w + 2) + w] = images[k]
+    return out.transpose(1, 2, 0)
+
+
+def grids(results: Path) -> list[str]:
+    from PIL import Image, ImageDraw
+
+    written = []
+    for arch, names in GRID_ROWS.items():
+        path = results.with_name(f"diffusion-grids-{arch}.npz")
+        if not path.exists():
+            continue
+        with np.load(path) as f:
+            blocks = [(n, _grid(f[n][:20], 2, 10)) for n in names if n in f.files]
+        scale = 3
+        parts = []
+        for name, g in blocks:
+            img = Image.fromarray(g).resize((g.shape[1] * scale, g.shape[0] * scale),
+                                            Image.NEAREST)
+            canvas = Image.new("RGB", (img.width + 110, img.height), "white")
+            canvas.paste(img, (110, 0))
+            ImageDraw.Draw(canvas).text((4, img.height // 2 - 6), name, fill="black")
+            parts.append(canvas)
+        if not parts:
+            continue
+        full = Image.new("RGB", (parts[0].width, sum(p.height + 6 for p in parts)), "white")
+        y = 0
+        for p in parts:
+            full.paste(p, (0, y))
+            y += p.height + 6
+        out = results.with_name(f"diffusion-grid-{arch}.png")
+        full.save(out)
+        written.append(out.name)
+    return written
+
+
+def frontier(rows: list[dict], results: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, arch in zip(axes, ("unet", "dit"), strict=True):
+        mine = [r for r in rows if r["arch"] == arch]
+        groups: dict[str, list[dict]] = {}
+        for r in mine:
+            key = r["policy"]
+            if r["policy"] == "deepcache":
+                key = (f"deepcache b{r['params'].get('branch', 0)} "
+                       f"{r['params'].get('mode', 'uniform')}")
+                if "center" in r["params"] or "full_last" in r["params"]:
+                    key = "deepcache variants"
+            groups.setdefault(key, []).append(r)
+        base = next(r for r in mine if r["policy"] == "none")
+        for key, rs in groups.items():
+            if key == "none-other-noise":
+                continue
+            if key == "ddim-steps":
+                rs = [*rs, base]
+            rs = sorted(rs, key=lambda r: r["macs_per_image"])
+            style = "o" if key in ("none", "deepcache variants") else "o-"
+            ax.plot([r["gmacs_per_image"] for r in rs], [r["fid"] for r in rs], style,
+                    label="uncached DDIM-50" if key == "none" else
+                    "DDIM, fewer steps" if key == "ddim-steps" else key)
+        ax.axhline(base["fid"] * 1.10 if arch == "unet" else base["fid"] * 1.05, ls=":",
+                   c="grey", label="goal's FID bound")
+        ax.set_xlabel("GMACs per image")
+        ax.set_ylabel("FID (ResNet-20 features, 2,000 samples)")
+        ax.set_title(f"{arch}: quality against compute")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = results.with_name("diffusion-frontier.png")
+    fig.savefig(out, dpi=110)
+    return out.name
+
+
+def report(results: Path) -> Path:
+    d = json.loads(results.read_text())
+    rows = d["rows"]
+    models = d["models"]
+    lines = ["# Step caches for diffusion models", "",
+             f"Measured by `{d['command']}` on {d['device_name']} (torch {d['torch']}), "
+             f"{d['samples']} class-balanced samples per configuration, batches of "
+             f"{d['batch']}, DDIM with {d['steps']} steps unless stated; every configuration "
+             "starts from the same noise. FID is computed on the penultimate features of "
+             f"the CIFAR-10 ResNet-20 trained here (`{d['judge']}`) against the 10,000 test "
+             "images; 2,000 training images score "
+             f"{d['fid_floor_real_train_vs_test']:.3f} (the floor). Absolute values are not "
+             "comparable with Inception FIDs; differences between rows are.", "",
+             "## Models", ""]
+    for arch, m in models.items():
+        t = m["meta"].get("training", {})
+        lines.append(f"- **{arch}**: {m['params_m']} M parameters, {m['gmacs_per_step']} GMACs "
+                     f"per step; trained {t.get('steps')} steps ({t.get('epochs')} epochs of "
+                     f"the 50,000 training images, batch {t.get('config', {}).get('batch_size')})"
+                     f" in {t.get('elapsed_s')} s on {t.get('device')} (budget "
+                     f"{t.get('time_budget_s')} s).")
+    lines += ["", "## Goals", "", *goals(rows)]
+    noise = {r["arch"]: r for r in rows if r["policy"] == "none-other-noise"}
+    chance = ", ".join(f"{a} {100 * r['fid_rel']:+.1f}%" for a, r in noise.items())
+    lines += ["", "FID moves by chance too: the uncached sampler from other noise scores "
+              f"{chance} against the same sampler from the benchmark's noise.", ""]
+    for arch in ("unet", "dit"):
+        lines += [f"## {arch}", "", *table(rows, arch), ""]
+        if arch in d.get("baseline_wall_ms", {}):
+            a, b = d["baseline_wall_ms"][arch]
+            lines += [f"The uncached sampler took {a} ms per image at the start of the "
+                      f"{arch} runs and {b} ms at their end.", ""]
+    if d.get("skipped"):
+        lines += ["Not measured (deadline): " + ", ".join(
+            f"{s['arch']} {s['policy']} {s.get('params', '')}" for s in d["skipped"]), ""]
+    plot = frontier(rows, results)
+    pics = grids(results)
+    if plot:
+        lines += [f"![quality against MACs]({plot})", ""]
+    lines += [f"![samples]({p})" for p in pics]
+    out = results.with_suffix(".md")
+    out.write_text("\n".join(lines) + "\n")
+    return out
