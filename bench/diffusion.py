@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Step caches for diffusion models, measured as DeepCache and Learning-to-Cache measure them.
 
-For a U-Net (DeepCache: uniform and non-uniform 1:N, N = 2..5, three skip
-branches) and a DiT (FORA, N = 2..5; L2C at several thresholds of its learned
+For a U-Net (DeepCache: uniform 1:N, N = 2..5, at skip branches 0 and 2; the
+non-uniform strategy at N = 2..5 and with its centre moved; the last steps full)
+and a DiT (FORA, N = 2..5; L2C at several thresholds of its learned
 router), each against the uncached DDIM sampler on the same model and against
 DDIM with fewer steps at the same multiply-adds:
 
@@ -14,16 +15,16 @@ DDIM with fewer steps at the same multiply-adds:
   (``--judge``; see :mod:`cachenet.diffusion.quality`), and its change relative to the
   uncached sampler;
 * **PSNR** against the uncached sampler's images from the same noise, and the
-  classifier's **agreement** with its labels on them.
+  classifier's **agreement** with its labels on them;
+* the uncached sampler from other noise, for how much FID moves by chance.
 
-Every configuration starts from the same noise. The steps:
+Every configuration starts from the same noise. The steps (the models as
+``bench/reference/README.md`` says, with ``cachenet diffusion train`` and ``router``):
 
-    python bench/diffusion.py train --dataset ../shared/data/cifar10-jpg.zip --arch unet \\
-        --out models/unet.pt --budget 150
-    python bench/diffusion.py router --model models/dit.pt --steps 50
     python bench/diffusion.py reference --dataset ../shared/data/cifar10-jpg.zip \\
         --out bench/results/diffusion-reference.npz
-    python bench/diffusion.py measure --unet models/unet.pt --dit models/dit.pt \\
+    python bench/diffusion.py measure --unet bench/reference/diffusion-unet-cifar10.pt \\
+        --dit bench/reference/diffusion-dit-cifar10.pt \\
         --reference bench/results/diffusion-reference.npz --out bench/results/diffusion.json
     python bench/diffusion.py report --results bench/results/diffusion.json
 
@@ -49,13 +50,9 @@ sys.path.insert(0, str(ROOT))
 from cachenet.diffusion.generate import GenerateRequest, noise, sample, to_uint8  # noqa: E402
 from cachenet.diffusion.nets import DiffusionModel, load_checkpoint  # noqa: E402
 from cachenet.diffusion.quality import Judge, frechet, psnr, stats  # noqa: E402
-from cachenet.diffusion.recipes import add_router, train_model, training_images  # noqa: E402
-from cachenet.diffusion.stepcache.l2c import RouterConfig  # noqa: E402
-from cachenet.diffusion.train import DiffusionTrainConfig  # noqa: E402
 
 log = logging.getLogger("bench.diffusion")
 JUDGE = ROOT / "bench" / "reference" / "full-resnet20-cifar10-jpg-7f7547829ab08e5f.pt"
-OPTIONS = {"unet": {}, "dit": {}}
 THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98)
 #: DDIM with fewer steps: the frontier a step cache has to beat at the same MACs.
 DDIM_STEPS = (10, 13, 17, 20, 25, 30, 35)
@@ -182,26 +179,6 @@ class Bench:
         Path(self.args.out).write_text(json.dumps(out, indent=1))
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    images, labels, classes = training_images(args.dataset)
-    if args.limit:
-        images, labels = images[:args.limit], labels[:args.limit]
-    cfg = DiffusionTrainConfig(steps=args.train_steps, batch_size=args.batch_size, lr=args.lr,
-                               time_budget_s=args.budget, seed=args.seed)
-    options = json.loads(args.options) if args.options else OPTIONS[args.arch]
-    _, history = train_model(args.arch, images, labels, classes, options=options, cfg=cfg,
-                             out=Path(args.out), progress=not args.no_progress)
-    print(json.dumps({k: v for k, v in history.items() if k != "losses"}))
-
-
-def cmd_router(args: argparse.Namespace) -> None:
-    cfg = RouterConfig(steps=args.steps, iters=args.iters, lam=args.lam, period=args.period,
-                       batch=args.batch, trajectories=args.trajectories)
-    router = add_router(Path(args.model), cfg, progress=not args.no_progress)
-    betas = np.array(router["betas"])
-    print(json.dumps({"elapsed_s": router["elapsed_s"], "mean_beta": float(betas.mean())}))
-
-
 def cmd_reference(args: argparse.Namespace) -> None:
     from cachenet.toolchain.data.imagefolder import load_imagefolder_arrays
 
@@ -248,25 +225,6 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-progress", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train")
-    t.add_argument("--dataset", required=True)
-    t.add_argument("--arch", choices=("unet", "dit"), required=True)
-    t.add_argument("--out", required=True)
-    t.add_argument("--budget", type=float, default=None, help="seconds")
-    t.add_argument("--train-steps", type=int, default=100_000)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=2e-4)
-    t.add_argument("--options", default="", help="JSON: the architecture's options")
-    t.add_argument("--limit", type=int, default=0)
-    t.add_argument("--seed", type=int, default=0)
-    r = sub.add_parser("router")
-    r.add_argument("--model", required=True)
-    r.add_argument("--steps", type=int, default=50)
-    r.add_argument("--iters", type=int, default=RouterConfig.iters)
-    r.add_argument("--lam", type=float, default=RouterConfig.lam)
-    r.add_argument("--period", type=int, default=2)
-    r.add_argument("--batch", type=int, default=64)
-    r.add_argument("--trajectories", type=int, default=256)
     f = sub.add_parser("reference")
     f.add_argument("--dataset", required=True)
     f.add_argument("--judge", default=str(JUDGE))
@@ -293,8 +251,7 @@ def main() -> None:
 
         report(Path(args.results))
         return
-    {"train": cmd_train, "router": cmd_router, "reference": cmd_reference,
-     "measure": cmd_measure}[args.cmd](args)
+    {"reference": cmd_reference, "measure": cmd_measure}[args.cmd](args)
 
 
 if __name__ == "__main__":

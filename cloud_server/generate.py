@@ -41,8 +41,8 @@ from cachenet.protocol.v1 import inference_pb2 as pb
 from cloud_server.service import (
     RequestError,
     Undecodable,
-    _reject_unknown_fields,
     lenient_parser,
+    reject_unknown_fields,
 )
 
 log = logging.getLogger(__name__)
@@ -71,10 +71,10 @@ def parse_request(request: gpb.GenerateRequest | Undecodable) -> GenerateRequest
     if isinstance(request, Undecodable):
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
     try:
-        _reject_unknown_fields(request, "GenerateRequest")
+        reject_unknown_fields(request, "GenerateRequest")
         params = {}
         for key, p in request.params.items():
-            _reject_unknown_fields(p, f"GenerateRequest.params['{key}']")
+            reject_unknown_fields(p, f"GenerateRequest.params['{key}']")
             if (value := from_param(p)) is None:
                 raise ProtocolError(f"params['{key}'] has no value")
             params[key] = value

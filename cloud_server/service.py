@@ -85,7 +85,7 @@ class RequestError(Exception):
         self.code = code
 
 
-def _reject_unknown_fields(msg: pb_message.Message, where: str) -> None:
+def reject_unknown_fields(msg: pb_message.Message, where: str) -> None:
     unknown = unknown_fields.UnknownFieldSet(msg)
     if len(unknown):
         numbers = sorted({f.field_number for f in unknown})
@@ -93,7 +93,7 @@ def _reject_unknown_fields(msg: pb_message.Message, where: str) -> None:
                             "speaks cachenet.v1")
     for fd, value in msg.ListFields():
         if isinstance(value, pb_message.Message):
-            _reject_unknown_fields(value, f"{where}.{fd.name}")
+            reject_unknown_fields(value, f"{where}.{fd.name}")
 
 
 class InferenceService(pb_grpc.InferenceServiceServicer):
@@ -111,7 +111,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         if isinstance(request, Undecodable):
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
         try:
-            _reject_unknown_fields(request, "InferRequest")
+            reject_unknown_fields(request, "InferRequest")
             if request.model_name not in ("", self.card.name):
                 raise RequestError(grpc.StatusCode.NOT_FOUND,
                                    f"unknown model '{request.model_name}'; this server runs "

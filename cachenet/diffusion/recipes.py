@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import numpy as np
 from cachenet.diffusion.nets import DiffusionModel, build, load_checkpoint, save_checkpoint
 from cachenet.diffusion.stepcache.l2c import RouterConfig, train_router
 from cachenet.diffusion.train import DiffusionTrainConfig, train_denoiser
-from cachenet.exceptions import DatasetError
+from cachenet.exceptions import DatasetError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +40,44 @@ def training_images(spec: str, cache_dir: Path | None = None) -> tuple[np.ndarra
     return arrays["x"], arrays["y"], [str(c) for c in arrays["classes"]]
 
 
+def training_key(arch: str, options: dict, cfg: DiffusionTrainConfig,
+                 images: np.ndarray) -> str:
+    """What a trained model depends on, hashed: the architecture and its options, the
+    training configuration, and the images (their shape and a sample of their bytes)."""
+    h = hashlib.sha256(json.dumps({"arch": arch, "options": options, "cfg": cfg.to_dict()},
+                                  sort_keys=True).encode())
+    h.update(repr(images.shape).encode())
+    h.update(np.ascontiguousarray(images[::max(1, len(images) // 256)]).tobytes())
+    return h.hexdigest()[:16]
+
+
 def train_model(arch: str, images: np.ndarray, labels: np.ndarray, classes: list[str], *,
                 options: dict, cfg: DiffusionTrainConfig, out: Path,
                 progress: bool = True) -> tuple[DiffusionModel, dict]:
-    """Train a fresh ``arch`` denoiser on the images and write its checkpoint to ``out``
-    (resuming from ``out``'s training state, kept beside it, when there is one)."""
+    """Train a fresh ``arch`` denoiser on the images and write its checkpoint to ``out``.
+
+    Trained models are cached: when ``out`` already holds the model this exact
+    training makes (:func:`training_key`), it is returned as it is. An interrupted
+    run resumes from its state file beside ``out`` (removed once the model is written).
+    """
+    key = training_key(arch, options, cfg, images)
+    if out.exists():
+        try:
+            cached = load_checkpoint(out)
+        except ModelError:
+            cached = None
+        if cached is not None and cached.meta.get("training_key") == key:
+            log.info("%s already holds this training's model (%s); not training", out, key)
+            return cached, dict(cached.meta.get("training", {}), cached=True)
     c, h = images.shape[1], images.shape[2]
     net = build(arch, in_channels=c, image_size=h, classes=len(classes), **options)
     model = DiffusionModel(net, classes=list(classes))
-    history = train_denoiser(model, images, labels, cfg,
-                             checkpoint=out.with_name(out.name + ".state"), progress=progress)
+    state = out.with_name(f"{out.name}.{key}.state")
+    history = train_denoiser(model, images, labels, cfg, checkpoint=state, progress=progress)
     model.meta = {"training": {k: v for k, v in history.items() if k != "losses"},
-                  "options": options, "images": len(images)}
+                  "training_key": key, "options": options, "images": len(images)}
     save_checkpoint(out, model)
+    state.unlink(missing_ok=True)
     log.info("wrote %s", out)
     return model, history
 

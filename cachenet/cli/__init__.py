@@ -1,4 +1,8 @@
-"""The ``cachenet`` command: a thin layer over keyword-only library functions."""
+"""The ``cachenet`` command: a thin layer over keyword-only library functions.
+
+The diffusion commands (``diffusion train``, ``diffusion router``, ``generate``) are in
+:mod:`cachenet.cli.diffusion`.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,10 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from cachenet.cli.diffusion import add_diffusion, add_generate
 from cachenet.core.gate import SCORES
 from cachenet.exceptions import CachenetError
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from cachenet.protocol.client import GenerateClient
 
 log = logging.getLogger("cachenet")
 
@@ -77,7 +76,7 @@ def _default_reference_dir() -> Path | None:
     configured = os.environ.get("CACHENET_REFERENCE_DIR")
     if configured is not None:
         return Path(configured) if configured else None
-    checkout = Path(__file__).resolve().parents[1] / "bench" / "reference"
+    checkout = Path(__file__).resolve().parents[2] / "bench" / "reference"
     return checkout if checkout.is_dir() else None
 
 
@@ -408,114 +407,6 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _param(text: str) -> tuple[str, int | float | str]:
-    """``KEY=VALUE``: the value an int if it reads as one, else a float, else a string."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
-    for kind in (int, float):
-        try:
-            return key, kind(raw)
-        except ValueError:
-            pass
-    return key, raw
-
-
-def _add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate images with the cloud's diffusion models",
-                       description="Ask a cloud server (cachenet-cloud --diffusion) for "
-                       "images, with a step cache, and write them as one PNG grid.")
-    p.add_argument("--cloud", required=True, metavar="HOST:PORT")
-    p.add_argument("--model", default="", help="diffusion model (default: the server's)")
-    p.add_argument("--label", help="class index or name (default: unconditional)")
-    p.add_argument("--count", type=int, default=4, help="images (default 4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
-    p.add_argument("--sampler", default="ddim", help="ddim or dpmpp-2m (default ddim)")
-    p.add_argument("--policy", default="none",
-                   help="step cache: none, deepcache, fora, l2c (default none)")
-    p.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE",
-                   help="a policy parameter, e.g. interval=3 (repeatable)")
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance scale (default 1: none)")
-    p.add_argument("--out", type=Path, default=Path("grid.png"), help="PNG grid to write")
-    p.add_argument("--scale", type=int, default=1, help="enlarge each pixel this many times")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress line")
-    p.set_defaults(func=_run_generate)
-
-
-def image_grid(images: np.ndarray, *, pad: int = 2, scale: int = 1) -> np.ndarray:
-    """uint8 N x C x H x W images as one H' x W' (x C) array, in rows of ceil(sqrt(N))."""
-    import numpy as np
-
-    n, c, h, w = images.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.zeros((c, rows * (h + pad) + pad, cols * (w + pad) + pad), np.uint8)
-    for i, img in enumerate(images):
-        r, col = divmod(i, cols)
-        top, left = pad + r * (h + pad), pad + col * (w + pad)
-        grid[:, top:top + h, left:left + w] = img
-    grid = grid.repeat(scale, 1).repeat(scale, 2)
-    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
-
-
-def _label(cloud: GenerateClient, text: str | None, model: str) -> int | None:
-    """``--label`` as an index: an integer, or a class name of the model's."""
-    if text is None:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    info = cloud.info(timeout=30)
-    name = model or info.default_model
-    classes = next((list(m.classes) for m in info.models if m.name == name), [])
-    if text not in classes:
-        raise CachenetError(f"--label: '{text}' is not a class of model '{name}' "
-                            f"({', '.join(classes) or 'none'})")
-    return classes.index(text)
-
-
-def _run_generate(args: argparse.Namespace) -> int:
-    from PIL import Image
-
-    from cachenet.protocol.client import GenerateClient
-
-    if args.scale < 1:
-        raise CachenetError(f"--scale must be at least 1, got {args.scale}")
-    progress = not args.no_progress and sys.stderr.isatty()
-
-    def show(done: int, total: int) -> None:
-        print(f"\rstep {done}/{total}", end="\n" if done == total else "", file=sys.stderr,
-              flush=True)
-
-    with GenerateClient(args.cloud) as cloud:
-        out = cloud.generate(model=args.model, label=_label(cloud, args.label, args.model),
-                             count=args.count, seed=args.seed, steps=args.steps,
-                             sampler=args.sampler, policy=args.policy,
-                             params=dict(args.param), guidance=args.guidance,
-                             timeout=args.timeout, on_progress=show if progress else None)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image_grid(out.images, scale=args.scale)).save(args.out, format="PNG")
-    t = out.timings
-    print(f"{len(out.images)} image(s) {'x'.join(map(str, out.images.shape[1:]))} from "
-          f"'{out.model_name}', {t['steps']} steps, {args.sampler}, policy {args.policy}")
-    print(f"  MACs per image  {t['macs_per_image'] / 1e9:.3f} G of "
-          f"{t['macs_full_per_image'] / 1e9:.3f} G without a step cache "
-          f"({t['macs_per_image'] / max(1, t['macs_full_per_image']):.1%})")
-    print(f"  layers skipped  {t['layers_skipped']:.1%}")
-    print(f"  compute         {t['compute_us'] / 1e6:.3f} s (queued {t['queue_us'] / 1e6:.3f} s, "
-          f"server total {t['total_us'] / 1e6:.3f} s)")
-    print(f"wrote {args.out}")
-    if args.json:
-        print(json.dumps({"out": str(args.out), "model": out.model_name,
-                          "shape": list(out.images.shape), **t}))
-    return 0
-
-
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cachenet", description=__doc__)
     parser.add_argument("-v", "--verbose", action="count", default=0)
@@ -523,7 +414,8 @@ def make_parser() -> argparse.ArgumentParser:
     _add_adapt(sub)
     _add_build(sub)
     _add_demo(sub)
-    _add_generate(sub)
+    add_diffusion(sub)
+    add_generate(sub)
     _add_layercache(sub)
     _add_models(sub)
     return parser
