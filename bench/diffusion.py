@@ -214,7 +214,9 @@ def cmd_measure(args: argparse.Namespace) -> None:
         out["models"][arch] = {"path": str(path), "meta": model.meta,
                                "gmacs_per_step": round(sum(model.unit_macs().values()) / 1e9, 4),
                                "params_m": round(sum(p.numel() for p in model.net.parameters())
-                                                 / 1e6, 2)}
+                                                 / 1e6, 2),
+                               "l2c": ({k: v for k, v in model.l2c.items() if k != "betas"}
+                                       if model.l2c else None)}
         bench.measure(arch, model, out)
     out["elapsed_s"] = round(time.monotonic() - bench.started, 1)
     bench._save(out)

@@ -93,6 +93,53 @@ def goals(rows: list[dict]) -> list[str]:
     return lines
 
 
+def why(rows: list[dict], models: dict) -> list[str]:
+    """The reading of the misses, with the figures it rests on."""
+    def fid(arch: str, policy: str, **params: object) -> dict | None:
+        return next((r for r in rows if r["arch"] == arch and r["policy"] == policy
+                     and all(r["params"].get(k) == v for k, v in params.items())), None)
+
+    u20, d20 = fid("unet", "ddim-steps", steps=20), fid("dit", "ddim-steps", steps=20)
+    dc3 = fid("unet", "deepcache", interval=3, branch=0)
+    l2c = [r for r in rows if r["policy"] == "l2c"]
+    if not (u20 and d20 and dc3 and l2c):
+        return []
+    centres = [(r["params"].get("center", 0.3), r) for r in rows if r["policy"] == "deepcache"
+               and r["params"].get("mode") == "nonuniform" and r["params"]["interval"] == 3]
+    centres = [("uniform", dc3), *sorted(centres, key=lambda cr: cr[0])]
+    spans = [r["layers_skipped"] for r in l2c]
+    router = (models.get("dit", {}).get("l2c") or {}).get("config", {})
+    return [
+        "- **The models are two minutes old.** Each was trained for 130 s (about 2,000 "
+        "optimizer steps; papers train for days), so the network's own error dominates the "
+        "sampler's: DDIM with 20 steps instead of 50 costs the U-Net only "
+        f"{100 * u20['fid_rel']:+.1f}% FID and changes the DiT's by "
+        f"{100 * d20['fid_rel']:+.1f}%. A step cache trades discretisation for staleness; "
+        "where fewer steps lose almost nothing, dropping steps is the better trade, and no "
+        "cache beats the fewer-step frontier. DeepCache's and L2C's comparisons are on "
+        "converged models, often with longer samplers, where fewer steps lose more. "
+        "Closing it: train the reference models for hours (the same `cachenet diffusion "
+        "train` with `--budget`), and measure at 100 steps too.",
+        "- **DeepCache's shallow path is cheap, its staleness is not.** At branch 0, "
+        f"`interval=3` already skips {100 * dc3['layers_skipped']:.0f}% of the layers' "
+        f"MACs at {100 * dc3['fid_rel']:+.1f}% FID: the quality is lost to the deep "
+        "features held for two steps, not to the cost of the shallow path. The non-uniform "
+        "schedule beats the uniform one only with its full steps late in sampling ("
+        + ", ".join(f"{c if c == 'uniform' else f'centre {c}'}: {100 * r['fid_rel']:+.1f}%"
+                    for c, r in centres)
+        + "); a centre search and a learned schedule per step (L2C's idea, on the U-Net) "
+        "are the next things to try.",
+        "- **One router, one lambda.** L2C's router was trained once (lambda "
+        f"{router.get('lam')}, {router.get('iters')} iterations, every "
+        f"{'other' if router.get('period') == 2 else str(router.get('period')) + 'th'} "
+        f"step a cache step); its thresholds span {100 * min(spans):.0f}-"
+        f"{100 * max(spans):.0f}% of the layers removed. A sweep of lambda, more "
+        "iterations, and cache steps that may follow each other (period 1) would move the "
+        "frontier. The FID noise between two draws of the same sampler (below) is of the "
+        "size of the differences between L2C and FORA here, so those are ties.",
+    ]
+
+
 def _grid(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
     c, h, w = images.shape[1:]
     out = np.full((c, rows * (h + 2), cols * (w + 2)), 255, np.uint8)
@@ -199,6 +246,7 @@ def report(results: Path) -> Path:
                      f" in {t.get('elapsed_s')} s on {t.get('device')} (budget "
                      f"{t.get('time_budget_s')} s).")
     lines += ["", "## Goals", "", *goals(rows)]
+    lines += ["", "### Why, and what would close it", "", *why(rows, models)]
     noise = {r["arch"]: r for r in rows if r["policy"] == "none-other-noise"}
     chance = ", ".join(f"{a} {100 * r['fid_rel']:+.1f}%" for a, r in noise.items())
     lines += ["", "FID moves by chance too: the uncached sampler from other noise scores "
