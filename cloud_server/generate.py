@@ -3,13 +3,18 @@
 A request is checked before it is queued (unknown fields, every field the
 :class:`~cachenet.diffusion.generate.Generator` checks): a bad one gets
 INVALID_ARGUMENT with the generator's message, which names the field. At most
-``max_pending`` generations are admitted at once (the one running included);
-one more gets RESOURCE_EXHAUSTED. Generations run one at a time on a worker
-thread of their own, so they never hold up the inference batcher; each step's
-progress crosses to the event loop through an :class:`asyncio.Queue` and goes
-out on the stream. Between steps the worker asks whether to stop: when the
-call's deadline has passed (DEADLINE_EXCEEDED), the caller left (CANCELLED) or
-the server is shutting down (UNAVAILABLE). Every request gets an answer.
+``max_pending`` generations are admitted at once (the ones running included);
+one more gets RESOURCE_EXHAUSTED. Generations run on a worker thread of their
+own, so they never hold up the inference batcher, and are batched as the
+inference batcher batches: when the worker is free it takes the oldest request
+and every queued one that can share its sampler run (same model, steps,
+sampler, policy, parameters and guidance: :meth:`GenerateRequest.batch_key`),
+up to ``max_batch_images`` images; each keeps its own seed and label, and gets
+its own images. Each step's progress crosses to the event loop through an
+:class:`asyncio.Queue` and goes out on every member's stream. Between steps the
+worker asks whether to stop: a member whose deadline passed (DEADLINE_EXCEEDED)
+or whose caller left (CANCELLED) drops out of the batch, which stops when all
+have, or when the server shuts down (UNAVAILABLE). Every request gets an answer.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from pathlib import Path
@@ -117,7 +123,8 @@ def result_message(request_id: str, gen: Generation, queue_s: float,
     timings = gpb.GenerateTimings(
         queue_us=int(queue_s * 1e6), compute_us=int(gen.compute_s * 1e6),
         total_us=int((time.perf_counter() - received) * 1e6), macs_per_image=gen.macs,
-        macs_full_per_image=gen.macs_full, layers_skipped=gen.skipped, steps=gen.steps)
+        macs_full_per_image=gen.macs_full, layers_skipped=gen.skipped, steps=gen.steps,
+        batch_images=gen.batch_images)
     return gpb.GenerateResponse(id=request_id, result=gpb.GenerateResult(
         images=pb.Tensor(dtype=dtype, shape=shape, raw_data=raw), model_name=gen.model,
         timings=timings))
@@ -146,19 +153,34 @@ class Stopper:
         return grpc.StatusCode.CANCELLED
 
 
+@dataclasses.dataclass
+class Job:
+    """One admitted request, waiting for (or in) a batch on the worker."""
+
+    req: GenerateRequest
+    stop: Stopper
+    on_step: Callable[[int, int], None]
+    future: cf.Future
+    queued: float = dataclasses.field(default_factory=time.perf_counter)
+
+
 class GenerationService(gpb_grpc.GenerationServiceServicer):
-    def __init__(self, generator: Generator, *, max_pending: int = MAX_PENDING) -> None:
+    def __init__(self, generator: Generator, *, max_pending: int = MAX_PENDING,
+                 max_batch_images: int | None = None) -> None:
         if max_pending < 1:
             raise ConfigError(f"max_pending must be at least 1, got {max_pending}")
         self.generator = generator
         self.max_pending = max_pending
-        self._pending = 0  # admitted, queued or running; the worker's callback lowers it
+        self.max_batch_images = max_batch_images or generator.max_count
+        self._pending = 0  # admitted, queued or running; a future's callback lowers it
         self._lock = threading.Lock()
         self._closing = threading.Event()
-        # One worker: generations queue here, not in the loop's default executor.
-        self._executor = cf.ThreadPoolExecutor(1, thread_name_prefix="generate")
+        self._jobs: deque[Job] = deque()
+        self._ready = threading.Condition()
+        self._worker = threading.Thread(target=self._work, name="generate", daemon=True)
+        self._worker.start()
         self.counts = {"received": 0, "ok": 0, "invalid": 0, "overloaded": 0, "deadline": 0,
-                       "cancelled": 0, "error": 0}
+                       "cancelled": 0, "error": 0, "batches": 0, "batched": 0}
         for m in generator.models.values():
             m.unit_macs()  # measured once, here: validation then never runs the model
 
@@ -189,24 +211,69 @@ class GenerationService(gpb_grpc.GenerationServiceServicer):
 
     def submit(self, req: GenerateRequest, stop: Stopper,
                on_step: Callable[[int, int], None]) -> cf.Future:
-        """Queue ``req`` on the worker; RESOURCE_EXHAUSTED when ``max_pending`` are in."""
+        """Queue ``req`` for the worker; RESOURCE_EXHAUSTED when ``max_pending`` are in.
+        The future ends with ``(Generation, seconds queued)``."""
         self._admit()
-        queued = time.perf_counter()
+        future: cf.Future = cf.Future()
+        future.add_done_callback(self._release)
+        with self._ready:
+            if self._closing.is_set():
+                future.cancel()
+                raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            self._jobs.append(Job(req, stop, on_step, future))
+            self._ready.notify()
+        return future
 
-        def work() -> tuple[Generation, float]:
-            waited = time.perf_counter() - queued
-            if stop():
-                raise GenerationStopped("stopped before it started")
-            return self.generator.run(req, on_step=on_step, should_stop=stop), waited
+    def _take(self) -> list[Job] | None:
+        """The oldest job and the queued ones that can share its run; None when closing."""
+        with self._ready:
+            while not self._jobs and not self._closing.is_set():
+                self._ready.wait()
+            if self._closing.is_set():
+                return None
+            first = self._jobs.popleft()
+            batch, images, key = [first], first.req.count, first.req.batch_key()
+            for job in list(self._jobs):
+                if job.req.batch_key() == key and images + job.req.count <= self.max_batch_images:
+                    self._jobs.remove(job)
+                    batch.append(job)
+                    images += job.req.count
+            return batch
+
+    def _work(self) -> None:
+        while (batch := self._take()) is not None:
+            live = [j for j in batch if j.future.set_running_or_notify_cancel()]
+            for j in [j for j in live if j.stop()]:
+                j.future.set_exception(GenerationStopped("stopped before it started"))
+            run = [j for j in live if not j.future.done()]
+            if run:
+                self._run(run)
+        with self._ready:  # closing: what is still queued never starts
+            while self._jobs:
+                self._jobs.popleft().future.cancel()
+
+    def _run(self, run: list[Job]) -> None:
+        started = time.perf_counter()
+
+        def on_step(done: int, total: int) -> None:
+            for j in run:
+                if not j.stop():
+                    j.on_step(done, total)
 
         try:
-            future = self._executor.submit(work)
-        except RuntimeError:  # the executor is shut down
-            self._release()
-            raise RequestError(grpc.StatusCode.UNAVAILABLE,
-                               "the server is shutting down") from None
-        future.add_done_callback(self._release)
-        return future
+            gens = self.generator.run_batch([j.req for j in run], on_step=on_step,
+                                            should_stop=lambda: all(j.stop() for j in run))
+        except Exception as exc:  # each member's call answers it (INTERNAL)
+            for j in run:
+                j.future.set_exception(exc)
+            return
+        self.counts["batches"] += 1
+        self.counts["batched"] += len(run)
+        for j, gen in zip(run, gens, strict=True):
+            if j.stop():
+                j.future.set_exception(GenerationStopped("stopped; its batch went on"))
+            else:
+                j.future.set_result((gen, started - j.queued))
 
     async def _generate(self, request: gpb.GenerateRequest | Undecodable, stop: Stopper
                         ) -> AsyncIterator[gpb.GenerateResponse]:
@@ -278,8 +345,10 @@ class GenerationService(gpb_grpc.GenerationServiceServicer):
 
     async def stop(self) -> None:
         """Stop what runs between two steps, drop what is queued, wait for the worker."""
-        self._closing.set()
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        with self._ready:
+            self._closing.set()
+            self._ready.notify_all()
+        await asyncio.to_thread(self._worker.join)
 
 
 def add_to_server(service: GenerationService, server: grpc.aio.Server) -> None:

@@ -15,6 +15,7 @@ conditional and unconditional passes as one batch.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -50,6 +51,13 @@ class GenerateRequest:
     guidance: float = 1.0
 
 
+    def batch_key(self) -> tuple:
+        """Requests with the same key can run as one batch: everything but the label,
+        the count and the seed (each row keeps its own noise and class)."""
+        return (self.model, self.steps, self.sampler, self.policy,
+                tuple(sorted((k, repr(v)) for k, v in self.params.items())), self.guidance)
+
+
 @dataclass
 class Generation:
     images: np.ndarray  # uint8, N x C x H x W
@@ -59,6 +67,7 @@ class Generation:
     macs_full: int  # what the same sampler spends per image without a step cache
     skipped: float  # share of the layers' computation the step cache saved
     compute_s: float
+    batch_images: int = 0  # images in the batch this generation ran in (its own included)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -153,7 +162,21 @@ class Generator:
     def run(self, request: GenerateRequest, *,
             on_step: Callable[[int, int], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> Generation:
-        model = self.validate(request)
+        return self.run_batch([request], on_step=on_step, should_stop=should_stop)[0]
+
+    def run_batch(self, requests: list[GenerateRequest], *,
+                  on_step: Callable[[int, int], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> list[Generation]:
+        """Requests with one :meth:`GenerateRequest.batch_key` as one batch through the
+        sampler: each keeps its seed's noise and its label, and gets its own images."""
+        if not requests or len({r.batch_key() for r in requests}) != 1:
+            raise ConfigError("a batch needs requests that differ only in label, count, seed")
+        model = self.validate(requests[0])
+        for r in requests[1:]:
+            self.validate(r)
+        x = torch.cat([noise((r.count, *model.image_shape), r.seed) for r in requests])
+        labels = torch.cat([torch.full((r.count,), model.num_classes if r.label is None
+                                       else r.label, dtype=torch.long) for r in requests])
 
         def step(done: int, total: int) -> None:
             if should_stop is not None and should_stop():
@@ -161,14 +184,18 @@ class Generator:
             if on_step is not None:
                 on_step(done, total)
 
+        first = requests[0]
         with self._lock:
             started = time.perf_counter()
-            out, session = sample(model, request, on_step=step)
+            out, session = sample(model, first, on_step=step, x=x, labels=labels)
             images = to_uint8(out)
             elapsed = time.perf_counter() - started
-        passes = 2 if request.guidance != 1.0 else 1
-        log.info("generated %d image(s) with %s/%s in %.2fs (%.0f%% of layers skipped)",
-                 request.count, request.policy, request.sampler, elapsed, 100 * session.skipped())
-        return Generation(images, request.model or self.default, request.steps,
-                          session.macs * passes, session.full_macs * request.steps * passes,
-                          session.skipped(), elapsed)
+        passes = 2 if first.guidance != 1.0 else 1
+        log.info("generated %d image(s) in %d request(s) with %s/%s in %.2fs (%.0f%% of "
+                 "layers skipped)", len(x), len(requests), first.policy, first.sampler, elapsed,
+                 100 * session.skipped())
+        bounds = np.cumsum([0] + [r.count for r in requests])
+        return [Generation(images[a:b], first.model or self.default, first.steps,
+                           session.macs * passes, session.full_macs * first.steps * passes,
+                           session.skipped(), elapsed, len(x))
+                for a, b in itertools.pairwise(bounds)]

@@ -214,7 +214,8 @@ class Generated:
     id: str
     images: np.ndarray  # uint8, N x C x H x W
     model_name: str
-    #: queue_us, compute_us, total_us, macs_per_image, macs_full_per_image, steps (ints)
+    #: queue_us, compute_us, total_us, macs_per_image, macs_full_per_image, steps,
+    #: batch_images (ints)
     #: and layers_skipped (the share of the layers' computation the step cache saved)
     timings: dict[str, float]
 
@@ -246,7 +247,8 @@ def parse_generated(resp: gpb.GenerateResponse) -> Generated:
     t = r.timings
     timings = {"queue_us": t.queue_us, "compute_us": t.compute_us, "total_us": t.total_us,
                "macs_per_image": t.macs_per_image, "macs_full_per_image": t.macs_full_per_image,
-               "layers_skipped": t.layers_skipped, "steps": t.steps}
+               "layers_skipped": t.layers_skipped, "steps": t.steps,
+               "batch_images": t.batch_images}
     return Generated(resp.id, images, r.model_name, timings)
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from cachenet.protocol.v1 import inference_pb2 as cachenet_dot_v1_dot_inference__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61\x63henet/v1/generate.proto\x12\x0b\x63\x61\x63henet.v1\x1a\x1b\x63\x61\x63henet/v1/inference.proto\"T\n\x05Param\x12\x13\n\tint_value\x18\x01 \x01(\x03H\x00\x12\x15\n\x0b\x66loat_value\x18\x02 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x42\x07\n\x05value\"\xbd\x02\n\x0fGenerateRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x12\n\x05label\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05\x63ount\x18\x04 \x01(\x05\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\r\n\x05steps\x18\x06 \x01(\x05\x12\x0f\n\x07sampler\x18\x07 \x01(\t\x12\x0e\n\x06policy\x18\x08 \x01(\t\x12\x38\n\x06params\x18\t \x03(\x0b\x32(.cachenet.v1.GenerateRequest.ParamsEntry\x12\x15\n\x08guidance\x18\n \x01(\x01H\x01\x88\x01\x01\x1a\x41\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.cachenet.v1.Param:\x02\x38\x01\x42\x08\n\x06_labelB\x0b\n\t_guidance\"/\n\x10GenerateProgress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05\"\xa5\x01\n\x0fGenerateTimings\x12\x10\n\x08queue_us\x18\x01 \x01(\x03\x12\x12\n\ncompute_us\x18\x02 \x01(\x03\x12\x10\n\x08total_us\x18\x03 \x01(\x03\x12\x16\n\x0emacs_per_image\x18\x04 \x01(\x03\x12\x1b\n\x13macs_full_per_image\x18\x05 \x01(\x03\x12\x16\n\x0elayers_skipped\x18\x06 \x01(\x01\x12\r\n\x05steps\x18\x07 \x01(\x05\"x\n\x0eGenerateResult\x12#\n\x06images\x18\x01 \x01(\x0b\x32\x13.cachenet.v1.Tensor\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12-\n\x07timings\x18\x03 \x01(\x0b\x32\x1c.cachenet.v1.GenerateTimings\"\x8b\x01\n\x10GenerateResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x31\n\x08progress\x18\x02 \x01(\x0b\x32\x1d.cachenet.v1.GenerateProgressH\x00\x12-\n\x06result\x18\x03 \x01(\x0b\x32\x1b.cachenet.v1.GenerateResultH\x00\x42\t\n\x07payload\"\x16\n\x14GeneratorInfoRequest\"\xa7\x01\n\nPolicyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61rchs\x18\x02 \x03(\t\x12\x37\n\x08\x64\x65\x66\x61ults\x18\x03 \x03(\x0b\x32%.cachenet.v1.PolicyInfo.DefaultsEntry\x1a\x43\n\rDefaultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.cachenet.v1.Param:\x02\x38\x01\"\xc7\x01\n\x12\x44iffusionModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x61rch\x18\x02 \x01(\t\x12\x13\n\x0bimage_shape\x18\x03 \x03(\x03\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\t\x12\x10\n\x08policies\x18\x05 \x03(\t\x12\x12\n\nl2c_router\x18\x06 \x01(\x08\x12\x11\n\tl2c_steps\x18\x07 \x01(\x05\x12\x13\n\x0bl2c_sampler\x18\x08 \x01(\t\x12\x11\n\tmax_steps\x18\t \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\n \x01(\t\"\xbd\x01\n\rGeneratorInfo\x12/\n\x06models\x18\x01 \x03(\x0b\x32\x1f.cachenet.v1.DiffusionModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\x12\x10\n\x08samplers\x18\x03 \x03(\t\x12)\n\x08policies\x18\x04 \x03(\x0b\x32\x17.cachenet.v1.PolicyInfo\x12\x11\n\tmax_count\x18\x05 \x01(\x05\x12\x14\n\x0cmax_guidance\x18\x06 \x01(\x01\x32\xb1\x01\n\x11GenerationService\x12I\n\x08Generate\x12\x1c.cachenet.v1.GenerateRequest\x1a\x1d.cachenet.v1.GenerateResponse0\x01\x12Q\n\x10GetGeneratorInfo\x12!.cachenet.v1.GeneratorInfoRequest\x1a\x1a.cachenet.v1.GeneratorInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61\x63henet/v1/generate.proto\x12\x0b\x63\x61\x63henet.v1\x1a\x1b\x63\x61\x63henet/v1/inference.proto\"T\n\x05Param\x12\x13\n\tint_value\x18\x01 \x01(\x03H\x00\x12\x15\n\x0b\x66loat_value\x18\x02 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x42\x07\n\x05value\"\xbd\x02\n\x0fGenerateRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x12\n\x05label\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05\x63ount\x18\x04 \x01(\x05\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\r\n\x05steps\x18\x06 \x01(\x05\x12\x0f\n\x07sampler\x18\x07 \x01(\t\x12\x0e\n\x06policy\x18\x08 \x01(\t\x12\x38\n\x06params\x18\t \x03(\x0b\x32(.cachenet.v1.GenerateRequest.ParamsEntry\x12\x15\n\x08guidance\x18\n \x01(\x01H\x01\x88\x01\x01\x1a\x41\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.cachenet.v1.Param:\x02\x38\x01\x42\x08\n\x06_labelB\x0b\n\t_guidance\"/\n\x10GenerateProgress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05\"\xbb\x01\n\x0fGenerateTimings\x12\x10\n\x08queue_us\x18\x01 \x01(\x03\x12\x12\n\ncompute_us\x18\x02 \x01(\x03\x12\x10\n\x08total_us\x18\x03 \x01(\x03\x12\x16\n\x0emacs_per_image\x18\x04 \x01(\x03\x12\x1b\n\x13macs_full_per_image\x18\x05 \x01(\x03\x12\x16\n\x0elayers_skipped\x18\x06 \x01(\x01\x12\r\n\x05steps\x18\x07 \x01(\x05\x12\x14\n\x0c\x62\x61tch_images\x18\x08 \x01(\x05\"x\n\x0eGenerateResult\x12#\n\x06images\x18\x01 \x01(\x0b\x32\x13.cachenet.v1.Tensor\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12-\n\x07timings\x18\x03 \x01(\x0b\x32\x1c.cachenet.v1.GenerateTimings\"\x8b\x01\n\x10GenerateResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x31\n\x08progress\x18\x02 \x01(\x0b\x32\x1d.cachenet.v1.GenerateProgressH\x00\x12-\n\x06result\x18\x03 \x01(\x0b\x32\x1b.cachenet.v1.GenerateResultH\x00\x42\t\n\x07payload\"\x16\n\x14GeneratorInfoRequest\"\xa7\x01\n\nPolicyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61rchs\x18\x02 \x03(\t\x12\x37\n\x08\x64\x65\x66\x61ults\x18\x03 \x03(\x0b\x32%.cachenet.v1.PolicyInfo.DefaultsEntry\x1a\x43\n\rDefaultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.cachenet.v1.Param:\x02\x38\x01\"\xc7\x01\n\x12\x44iffusionModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x61rch\x18\x02 \x01(\t\x12\x13\n\x0bimage_shape\x18\x03 \x03(\x03\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\t\x12\x10\n\x08policies\x18\x05 \x03(\t\x12\x12\n\nl2c_router\x18\x06 \x01(\x08\x12\x11\n\tl2c_steps\x18\x07 \x01(\x05\x12\x13\n\x0bl2c_sampler\x18\x08 \x01(\t\x12\x11\n\tmax_steps\x18\t \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\n \x01(\t\"\xbd\x01\n\rGeneratorInfo\x12/\n\x06models\x18\x01 \x03(\x0b\x32\x1f.cachenet.v1.DiffusionModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\x12\x10\n\x08samplers\x18\x03 \x03(\t\x12)\n\x08policies\x18\x04 \x03(\x0b\x32\x17.cachenet.v1.PolicyInfo\x12\x11\n\tmax_count\x18\x05 \x01(\x05\x12\x14\n\x0cmax_guidance\x18\x06 \x01(\x01\x32\xb1\x01\n\x11GenerationService\x12I\n\x08Generate\x12\x1c.cachenet.v1.GenerateRequest\x1a\x1d.cachenet.v1.GenerateResponse0\x01\x12Q\n\x10GetGeneratorInfo\x12!.cachenet.v1.GeneratorInfoRequest\x1a\x1a.cachenet.v1.GeneratorInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,21 +45,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEPROGRESS']._serialized_start=478
   _globals['_GENERATEPROGRESS']._serialized_end=525
   _globals['_GENERATETIMINGS']._serialized_start=528
-  _globals['_GENERATETIMINGS']._serialized_end=693
-  _globals['_GENERATERESULT']._serialized_start=695
-  _globals['_GENERATERESULT']._serialized_end=815
-  _globals['_GENERATERESPONSE']._serialized_start=818
-  _globals['_GENERATERESPONSE']._serialized_end=957
-  _globals['_GENERATORINFOREQUEST']._serialized_start=959
-  _globals['_GENERATORINFOREQUEST']._serialized_end=981
-  _globals['_POLICYINFO']._serialized_start=984
-  _globals['_POLICYINFO']._serialized_end=1151
-  _globals['_POLICYINFO_DEFAULTSENTRY']._serialized_start=1084
-  _globals['_POLICYINFO_DEFAULTSENTRY']._serialized_end=1151
-  _globals['_DIFFUSIONMODELINFO']._serialized_start=1154
-  _globals['_DIFFUSIONMODELINFO']._serialized_end=1353
-  _globals['_GENERATORINFO']._serialized_start=1356
-  _globals['_GENERATORINFO']._serialized_end=1545
-  _globals['_GENERATIONSERVICE']._serialized_start=1548
-  _globals['_GENERATIONSERVICE']._serialized_end=1725
+  _globals['_GENERATETIMINGS']._serialized_end=715
+  _globals['_GENERATERESULT']._serialized_start=717
+  _globals['_GENERATERESULT']._serialized_end=837
+  _globals['_GENERATERESPONSE']._serialized_start=840
+  _globals['_GENERATERESPONSE']._serialized_end=979
+  _globals['_GENERATORINFOREQUEST']._serialized_start=981
+  _globals['_GENERATORINFOREQUEST']._serialized_end=1003
+  _globals['_POLICYINFO']._serialized_start=1006
+  _globals['_POLICYINFO']._serialized_end=1173
+  _globals['_POLICYINFO_DEFAULTSENTRY']._serialized_start=1106
+  _globals['_POLICYINFO_DEFAULTSENTRY']._serialized_end=1173
+  _globals['_DIFFUSIONMODELINFO']._serialized_start=1176
+  _globals['_DIFFUSIONMODELINFO']._serialized_end=1375
+  _globals['_GENERATORINFO']._serialized_start=1378
+  _globals['_GENERATORINFO']._serialized_end=1567
+  _globals['_GENERATIONSERVICE']._serialized_start=1570
+  _globals['_GENERATIONSERVICE']._serialized_end=1747
 # @@protoc_insertion_point(module_scope)

@@ -57,7 +57,7 @@ class GenerateProgress(_message.Message):
     def __init__(self, done: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
 
 class GenerateTimings(_message.Message):
-    __slots__ = ("queue_us", "compute_us", "total_us", "macs_per_image", "macs_full_per_image", "layers_skipped", "steps")
+    __slots__ = ("queue_us", "compute_us", "total_us", "macs_per_image", "macs_full_per_image", "layers_skipped", "steps", "batch_images")
     QUEUE_US_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_US_FIELD_NUMBER: _ClassVar[int]
     TOTAL_US_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class GenerateTimings(_message.Message):
     MACS_FULL_PER_IMAGE_FIELD_NUMBER: _ClassVar[int]
     LAYERS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_IMAGES_FIELD_NUMBER: _ClassVar[int]
     queue_us: int
     compute_us: int
     total_us: int
@@ -72,7 +73,8 @@ class GenerateTimings(_message.Message):
     macs_full_per_image: int
     layers_skipped: float
     steps: int
-    def __init__(self, queue_us: _Optional[int] = ..., compute_us: _Optional[int] = ..., total_us: _Optional[int] = ..., macs_per_image: _Optional[int] = ..., macs_full_per_image: _Optional[int] = ..., layers_skipped: _Optional[float] = ..., steps: _Optional[int] = ...) -> None: ...
+    batch_images: int
+    def __init__(self, queue_us: _Optional[int] = ..., compute_us: _Optional[int] = ..., total_us: _Optional[int] = ..., macs_per_image: _Optional[int] = ..., macs_full_per_image: _Optional[int] = ..., layers_skipped: _Optional[float] = ..., steps: _Optional[int] = ..., batch_images: _Optional[int] = ...) -> None: ...
 
 class GenerateResult(_message.Message):
     __slots__ = ("images", "model_name", "timings")
