@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,8 +15,6 @@ from cachenet.exceptions import CachenetError
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from cachenet.protocol.client import GenerateClient
 
 
 def _param(text: str) -> tuple[str, int | float | str]:
@@ -32,10 +31,14 @@ def _param(text: str) -> tuple[str, int | float | str]:
 
 
 def add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate images with the cloud's diffusion models",
+    p = sub.add_parser("generate", help="generate images with a diffusion model",
                        description="Ask a cloud server (cachenet-cloud --diffusion) for "
-                       "images, with a step cache, and write them as one PNG grid.")
-    p.add_argument("--cloud", required=True, metavar="HOST:PORT")
+                       "images, or make them here from a checkpoint, with a step cache, "
+                       "and write them as one PNG grid.")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--cloud", metavar="HOST:PORT", help="a cloud server to ask")
+    where.add_argument("--checkpoint", type=Path,
+                       help="a diffusion checkpoint to generate with here (needs torch)")
     p.add_argument("--model", default="", help="diffusion model (default: the server's)")
     p.add_argument("--label", help="class index or name (default: unconditional)")
     p.add_argument("--count", type=int, default=4, help="images (default 4)")
@@ -72,27 +75,54 @@ def image_grid(images: np.ndarray, *, pad: int = 2, scale: int = 1) -> np.ndarra
     return grid[0] if c == 1 else grid.transpose(1, 2, 0)
 
 
-def _label(cloud: GenerateClient, text: str | None, model: str) -> int | None:
-    """``--label`` as an index: an integer, or a class name of the model's."""
+def _label_index(text: str | None, classes: list[str], model: str) -> int | None:
+    """``--label`` as an index: an integer, or one of ``classes`` by name."""
     if text is None:
         return None
     try:
         return int(text)
     except ValueError:
         pass
-    info = cloud.info(timeout=30)
-    name = model or info.default_model
-    classes = next((list(m.classes) for m in info.models if m.name == name), [])
     if text not in classes:
-        raise CachenetError(f"--label: '{text}' is not a class of model '{name}' "
+        raise CachenetError(f"--label: '{text}' is not a class of model '{model}' "
                             f"({', '.join(classes) or 'none'})")
     return classes.index(text)
 
 
+def _from_cloud(args: argparse.Namespace, fields: dict,
+                show: Callable[[int, int], None] | None) -> tuple[np.ndarray, str, dict]:
+    from cachenet.protocol.client import GenerateClient
+
+    with GenerateClient(args.cloud) as cloud:
+        label = args.label
+        if label is not None and not label.lstrip("-").isdigit():
+            info = cloud.info(timeout=30)
+            name = args.model or info.default_model
+            classes = next((list(m.classes) for m in info.models if m.name == name), [])
+            label = _label_index(label, classes, name)
+        out = cloud.generate(label=None if label is None else int(label), **fields,
+                             timeout=args.timeout, on_progress=show)
+    return out.images, out.model_name, out.timings
+
+
+def _here(args: argparse.Namespace, fields: dict,
+          show: Callable[[int, int], None] | None) -> tuple[np.ndarray, str, dict]:
+    from cachenet.diffusion.generate import GenerateRequest, Generator
+    from cachenet.diffusion.nets import load_checkpoint
+
+    name = args.model or args.checkpoint.stem
+    model = load_checkpoint(args.checkpoint)
+    label = _label_index(args.label, model.classes, name)
+    gen = Generator({name: model}).run(GenerateRequest(label=label, **fields), on_step=show)
+    us = int(gen.compute_s * 1e6)
+    return gen.images, gen.model, {
+        "queue_us": 0, "compute_us": us, "total_us": us, "macs_per_image": gen.macs,
+        "macs_full_per_image": gen.macs_full, "layers_skipped": gen.skipped,
+        "steps": gen.steps, "batch_images": gen.batch_images}
+
+
 def _run_generate(args: argparse.Namespace) -> int:
     from PIL import Image
-
-    from cachenet.protocol.client import GenerateClient
 
     if args.scale < 1:
         raise CachenetError(f"--scale must be at least 1, got {args.scale}")
@@ -102,17 +132,15 @@ def _run_generate(args: argparse.Namespace) -> int:
         print(f"\rstep {done}/{total}", end="\n" if done == total else "", file=sys.stderr,
               flush=True)
 
-    with GenerateClient(args.cloud) as cloud:
-        out = cloud.generate(model=args.model, label=_label(cloud, args.label, args.model),
-                             count=args.count, seed=args.seed, steps=args.steps,
-                             sampler=args.sampler, policy=args.policy,
-                             params=dict(args.param), guidance=args.guidance,
-                             timeout=args.timeout, on_progress=show if progress else None)
+    fields = {"model": args.model, "count": args.count, "seed": args.seed,
+              "steps": args.steps, "sampler": args.sampler, "policy": args.policy,
+              "params": dict(args.param), "guidance": args.guidance}
+    run = _from_cloud if args.cloud else _here
+    images, model_name, t = run(args, fields, show if progress else None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image_grid(out.images, scale=args.scale)).save(args.out, format="PNG")
-    t = out.timings
-    print(f"{len(out.images)} image(s) {'x'.join(map(str, out.images.shape[1:]))} from "
-          f"'{out.model_name}', {t['steps']} steps, {args.sampler}, policy {args.policy}")
+    Image.fromarray(image_grid(images, scale=args.scale)).save(args.out, format="PNG")
+    print(f"{len(images)} image(s) {'x'.join(map(str, images.shape[1:]))} from "
+          f"'{model_name}', {t['steps']} steps, {args.sampler}, policy {args.policy}")
     print(f"  MACs per image  {t['macs_per_image'] / 1e9:.3f} G of "
           f"{t['macs_full_per_image'] / 1e9:.3f} G without a step cache "
           f"({t['macs_per_image'] / max(1, t['macs_full_per_image']):.1%})")
@@ -121,8 +149,8 @@ def _run_generate(args: argparse.Namespace) -> int:
           f"server total {t['total_us'] / 1e6:.3f} s)")
     print(f"wrote {args.out}")
     if args.json:
-        print(json.dumps({"out": str(args.out), "model": out.model_name,
-                          "shape": list(out.images.shape), **t}))
+        print(json.dumps({"out": str(args.out), "model": model_name,
+                          "shape": list(images.shape), **t}))
     return 0
 
 

@@ -2,9 +2,10 @@
 sampler and a step-cache session, answered with uint8 images and what they cost.
 
 :class:`Generator` is the core the cloud's ``Generate`` RPC (and ``cachenet
-generate --local``, and the benchmark) share: ``validate`` names the field a
+generate --checkpoint``, and the benchmark) share: ``validate`` names the field a
 request gets wrong (:class:`~cachenet.exceptions.ConfigError`), ``run`` makes
-the images, calls ``on_step(done, total)`` after every step and stops with
+the images (``run_batch``: several requests in one sampler run), calls
+``on_step(done, total)`` after every step and stops with
 :class:`~cachenet.exceptions.GenerationStopped` when ``should_stop()`` says so.
 
 Noise comes from a CPU generator seeded by the request, so a seed gives the same

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from cachenet.cli import main
@@ -52,3 +54,25 @@ def test_bad_options_and_models_get_one_line(tmp_path, capsys):
                  *TINY_UNET]) == 0
     assert main(["diffusion", "router", "--model", str(unet), "--steps", "4"]) == 2
     assert "diffusion transformers" in capsys.readouterr().err
+
+
+def test_generate_here_from_a_checkpoint_writes_the_grid(tmp_path, capsys):
+    from PIL import Image
+
+    from cachenet.diffusion.nets import save_checkpoint
+    from tests.generating import tiny_models
+
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(ckpt, tiny_models()["unet"])
+    out = tmp_path / "grid.png"
+    assert main(["generate", "--checkpoint", str(ckpt), "--label", "class3", "--count", "2",
+                 "--steps", "3", "--policy", "deepcache", "--param", "interval=2", "--out",
+                 str(out), "--json"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(printed[-1])
+    assert summary["model"] == "tiny" and summary["shape"] == [2, 3, 16, 16]
+    assert 0 < summary["macs_per_image"] < summary["macs_full_per_image"]
+    assert Image.open(out).size == (2 + 2 * 18, 2 + 18)
+    assert main(["generate", "--checkpoint", str(ckpt), "--label", "zebra", "--out",
+                 str(out)]) == 2
+    assert "not a class of model 'tiny'" in capsys.readouterr().err
