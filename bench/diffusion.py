@@ -222,6 +222,53 @@ def cmd_measure(args: argparse.Namespace) -> None:
     bench._save(out)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    """A burst of concurrent one-image requests through the generation service's
+    queue (:class:`cloud_server.generate.GenerationService`, the code the RPC runs),
+    with batching (up to ``--batch-images``) and without (1), alternated."""
+    import asyncio
+    import statistics
+    import threading
+
+    from cachenet.diffusion.generate import Generator
+    from cloud_server.generate import GenerationService, Stopper
+
+    model = load_checkpoint(args.model).to(args.device)
+    generator = Generator({"m": model}, max_count=args.batch_images)
+
+    def burst(batch_images: int) -> tuple[float, int]:
+        svc = GenerationService(generator, max_pending=args.requests,
+                                max_batch_images=batch_images)
+        try:
+            t0 = time.perf_counter()
+            futures = [svc.submit(GenerateRequest(label=i % model.num_classes, seed=i,
+                                                  steps=args.steps, policy=args.policy),
+                                  Stopper(None, threading.Event()), lambda d, t: None)
+                       for i in range(args.requests)]
+            images = sum(len(f.result()[0].images) for f in futures)
+            elapsed = time.perf_counter() - t0
+        finally:
+            asyncio.run(svc.stop())
+        return images / elapsed, svc.counts["batches"]
+
+    burst(args.batch_images)  # warm-up
+    rates: dict[int, list[float]] = {1: [], args.batch_images: []}
+    batches: dict[int, int] = {}
+    for _ in range(args.rounds):
+        for b in (1, args.batch_images):
+            rate, batches[b] = burst(b)
+            rates[b].append(rate)
+    med = {b: statistics.median(r) for b, r in rates.items()}
+    out = {"command": " ".join(sys.argv), "device": args.device, "model": str(args.model),
+           "requests": args.requests, "steps": args.steps, "policy": args.policy,
+           "rounds": args.rounds, "images_per_s": {str(b): r for b, r in rates.items()},
+           "median_images_per_s": {str(b): round(v, 3) for b, v in med.items()},
+           "batches_per_burst": {str(b): n for b, n in batches.items()},
+           "speedup": round(med[args.batch_images] / med[1], 3)}
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps(out))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -244,6 +291,16 @@ def main() -> None:
                    help="seconds each model may take; configurations after it are skipped")
     m.add_argument("--quick", action="store_true")
     m.add_argument("--out", default=str(ROOT / "bench" / "results" / "diffusion.json"))
+    sv = sub.add_parser("serve", help="generation throughput with and without batching")
+    sv.add_argument("--model", default=str(ROOT / "bench" / "reference" /
+                                           "diffusion-unet-cifar10.pt"))
+    sv.add_argument("--requests", type=int, default=32)
+    sv.add_argument("--steps", type=int, default=10)
+    sv.add_argument("--policy", default="none")
+    sv.add_argument("--batch-images", type=int, default=16)
+    sv.add_argument("--rounds", type=int, default=3)
+    sv.add_argument("--out", default=str(ROOT / "bench" / "results" /
+                                         "diffusion-serving.json"))
     rep = sub.add_parser("report")
     rep.add_argument("--results", default=str(ROOT / "bench" / "results" / "diffusion.json"))
     args = p.parse_args()
@@ -253,7 +310,7 @@ def main() -> None:
 
         report(Path(args.results))
         return
-    {"reference": cmd_reference, "measure": cmd_measure}[args.cmd](args)
+    {"reference": cmd_reference, "measure": cmd_measure, "serve": cmd_serve}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -260,6 +260,18 @@ def report(results: Path) -> Path:
     if d.get("skipped"):
         lines += ["Not measured (deadline): " + ", ".join(
             f"{s['arch']} {s['policy']} {s.get('params', '')}" for s in d["skipped"]), ""]
+    serving = results.with_name("diffusion-serving.json")
+    if serving.exists():
+        sv = json.loads(serving.read_text())
+        b = max(sv["median_images_per_s"], key=int)
+        lines += ["## Serving: batching generations", "",
+                  f"`{sv['command']}` on the {sv['device']} of this repository's 2-core "
+                  f"machine: a burst of {sv['requests']} one-image requests ({sv['steps']} "
+                  f"steps, policy {sv['policy']}) through the generation service's queue, "
+                  f"{sv['rounds']} rounds alternated. One request per sampler run: "
+                  f"{sv['median_images_per_s']['1']} images/s; batched (up to {b} images, "
+                  f"{sv['batches_per_burst'][b]} runs a burst): "
+                  f"{sv['median_images_per_s'][b]} images/s, **{sv['speedup']}x**.", ""]
     plot = frontier(rows, results)
     pics = grids(results)
     if plot:
