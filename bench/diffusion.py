@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -222,6 +223,12 @@ def cmd_measure(args: argparse.Namespace) -> None:
     bench._save(out)
 
 
+def _shown(path: Path) -> str:
+    """A path relative to the checkout where it is in it."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     """A burst of concurrent one-image requests through the generation service's
     queue (:class:`cloud_server.generate.GenerationService`, the code the RPC runs),
@@ -259,8 +266,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
             rate, batches[b] = burst(b)
             rates[b].append(rate)
     med = {b: statistics.median(r) for b, r in rates.items()}
-    out = {"command": " ".join(sys.argv), "device": args.device, "model": str(args.model),
-           "requests": args.requests, "steps": args.steps, "policy": args.policy,
+    out = {"command": " ".join(sys.argv), "device": args.device, "cpus": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(),
+           "model": _shown(Path(args.model)), "requests": args.requests, "steps": args.steps,
+           "policy": args.policy,
            "rounds": args.rounds, "images_per_s": {str(b): r for b, r in rates.items()},
            "median_images_per_s": {str(b): round(v, 3) for b, v in med.items()},
            "batches_per_burst": {str(b): n for b, n in batches.items()},

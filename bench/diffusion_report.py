@@ -265,9 +265,10 @@ def report(results: Path) -> Path:
         sv = json.loads(serving.read_text())
         b = max(sv["median_images_per_s"], key=int)
         lines += ["## Serving: batching generations", "",
-                  f"`{sv['command']}` on the {sv['device']} of this repository's 2-core "
-                  f"machine: a burst of {sv['requests']} one-image requests ({sv['steps']} "
-                  f"steps, policy {sv['policy']}) through the generation service's queue, "
+                  f"`{sv['command']}` on the {sv['device']} ({sv.get('cpus')} cores, "
+                  f"{sv.get('torch_threads')} torch threads): a burst of {sv['requests']} "
+                  f"one-image requests ({sv['steps']} steps, policy {sv['policy']}) "
+                  "through the generation service's queue, "
                   f"{sv['rounds']} rounds alternated. One request per sampler run: "
                   f"{sv['median_images_per_s']['1']} images/s; batched (up to {b} images, "
                   f"{sv['batches_per_burst'][b]} runs a burst): "
