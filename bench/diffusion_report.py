@@ -236,7 +236,8 @@ def report(results: Path) -> Path:
              f"the CIFAR-10 ResNet-20 trained here (`{d['judge']}`) against the 10,000 test "
              "images; 2,000 training images score "
              f"{d['fid_floor_real_train_vs_test']:.3f} (the floor). Absolute values are not "
-             "comparable with Inception FIDs; differences between rows are.", "",
+             "comparable with Inception FIDs; differences between rows are."
+             + (f" {d['note']}" if d.get("note") else ""), "",
              "## Models", ""]
     for arch, m in models.items():
         t = m["meta"].get("training", {})
