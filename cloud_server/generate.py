@@ -35,7 +35,13 @@ import numpy as np
 import torch
 
 from cachenet.core import tensors
-from cachenet.diffusion.generate import MAX_GUIDANCE, GenerateRequest, Generation, Generator
+from cachenet.diffusion.generate import (
+    MAX_GUIDANCE,
+    GenerateRequest,
+    Generation,
+    Generator,
+    max_steps,
+)
 from cachenet.diffusion.nets import DiffusionModel, load_checkpoint
 from cachenet.diffusion.samplers import SAMPLERS
 from cachenet.diffusion.stepcache import POLICIES
@@ -56,10 +62,13 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = gpb.DESCRIPTOR.services_by_name["GenerationService"].full_name
 #: Generations admitted at once by default (the one running included).
 MAX_PENDING = 8
+#: Longest request id (echoed in every progress message), name, and params map.
+MAX_ID, MAX_NAME, MAX_PARAMS = 128, 64, 16
 
 
 def load_generator(paths: dict[str, Path], device: str | None = None, *,
-                   max_count: int | None = None) -> Generator:
+                   max_count: int | None = None, max_image_steps: int | None = None
+                   ) -> Generator:
     """A generator over the checkpoints ``paths`` (name -> file), on ``device`` (default:
     CUDA when available); the first name is the default model."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -68,8 +77,22 @@ def load_generator(paths: dict[str, Path], device: str | None = None, *,
         log.info("diffusion model %s on %s: %s, %s, %d classes, l2c router %s", name, dev,
                  m.arch, "x".join(map(str, m.image_shape)), m.num_classes,
                  f"for {m.l2c.get('steps')} steps" if m.l2c else "none")
-    kwargs = {} if max_count is None else {"max_count": max_count}
+    kwargs = {k: v for k, v in (("max_count", max_count), ("max_image_steps", max_image_steps))
+              if v is not None}
     return Generator(models, **kwargs)
+
+
+def _check_sizes(request: gpb.GenerateRequest) -> None:
+    """Strings and maps from the network are short before anything echoes or keeps them."""
+    for name, limit in (("id", MAX_ID), ("model_name", MAX_NAME), ("sampler", MAX_NAME),
+                        ("policy", MAX_NAME)):
+        if len(getattr(request, name)) > limit:
+            raise ProtocolError(f"{name} is longer than {limit} characters")
+    if len(request.params) > MAX_PARAMS:
+        raise ProtocolError(f"params has {len(request.params)} entries; at most {MAX_PARAMS}")
+    for key in request.params:
+        if len(key) > MAX_NAME:
+            raise ProtocolError(f"a params key is longer than {MAX_NAME} characters")
 
 
 def parse_request(request: gpb.GenerateRequest | Undecodable) -> GenerateRequest:
@@ -77,6 +100,7 @@ def parse_request(request: gpb.GenerateRequest | Undecodable) -> GenerateRequest
     if isinstance(request, Undecodable):
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
     try:
+        _check_sizes(request)
         reject_unknown_fields(request, "GenerateRequest")
         params = {}
         for key, p in request.params.items():
@@ -108,7 +132,7 @@ def model_info(name: str, m: DiffusionModel) -> gpb.DiffusionModelInfo:
         name=name, arch=m.arch, image_shape=list(m.image_shape), classes=m.classes,
         policies=policies_for(m), l2c_router=m.l2c is not None,
         l2c_steps=int(router.get("steps", 0)), l2c_sampler=str(router.get("sampler", "")),
-        max_steps=m.schedule.train_steps, device=str(device))
+        max_steps=max_steps(m), device=str(device))
 
 
 def policy_info(name: str) -> gpb.PolicyInfo:
@@ -180,7 +204,8 @@ class GenerationService(gpb_grpc.GenerationServiceServicer):
         self._worker = threading.Thread(target=self._work, name="generate", daemon=True)
         self._worker.start()
         self.counts = {"received": 0, "ok": 0, "invalid": 0, "overloaded": 0, "deadline": 0,
-                       "cancelled": 0, "error": 0, "batches": 0, "batched": 0}
+                       "cancelled": 0, "unavailable": 0, "error": 0, "batches": 0,
+                       "batched": 0}
         for m in generator.models.values():
             m.unit_macs()  # measured once, here: validation then never runs the model
 
@@ -216,13 +241,21 @@ class GenerationService(gpb_grpc.GenerationServiceServicer):
         self._admit()
         future: cf.Future = cf.Future()
         future.add_done_callback(self._release)
+        job = Job(req, stop, on_step, future)
+        future.add_done_callback(lambda f: self._discard(job) if f.cancelled() else None)
         with self._ready:
             if self._closing.is_set():
                 future.cancel()
                 raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-            self._jobs.append(Job(req, stop, on_step, future))
+            self._jobs.append(job)
             self._ready.notify()
         return future
+
+    def _discard(self, job: Job) -> None:
+        """A cancelled job leaves the queue at once (its caller is gone)."""
+        with self._ready:
+            if job in self._jobs:
+                self._jobs.remove(job)
 
     def _take(self) -> list[Job] | None:
         """The oldest job and the queued ones that can share its run; None when closing."""
@@ -234,7 +267,10 @@ class GenerationService(gpb_grpc.GenerationServiceServicer):
             first = self._jobs.popleft()
             batch, images, key = [first], first.req.count, first.req.batch_key()
             for job in list(self._jobs):
-                if job.req.batch_key() == key and images + job.req.count <= self.max_batch_images:
+                if job.future.done():
+                    self._jobs.remove(job)
+                elif (job.req.batch_key() == key
+                      and images + job.req.count <= self.max_batch_images):
                     self._jobs.remove(job)
                     batch.append(job)
                     images += job.req.count
@@ -331,7 +367,8 @@ class GenerationService(gpb_grpc.GenerationServiceServicer):
         key = {grpc.StatusCode.INVALID_ARGUMENT: "invalid",
                grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded",
                grpc.StatusCode.DEADLINE_EXCEEDED: "deadline",
-               grpc.StatusCode.CANCELLED: "cancelled"}.get(code, "error")
+               grpc.StatusCode.CANCELLED: "cancelled",
+               grpc.StatusCode.UNAVAILABLE: "unavailable"}.get(code, "error")
         self.counts[key] += 1
 
     async def GetGeneratorInfo(self, request: gpb.GeneratorInfoRequest,
@@ -341,13 +378,18 @@ class GenerationService(gpb_grpc.GenerationServiceServicer):
             models=[model_info(name, m) for name, m in g.models.items()],
             default_model=g.default, samplers=sorted(SAMPLERS),
             policies=[policy_info(name) for name in sorted(POLICIES)], max_count=g.max_count,
-            max_guidance=MAX_GUIDANCE)
+            max_guidance=MAX_GUIDANCE, max_image_steps=g.max_image_steps)
 
-    async def stop(self) -> None:
-        """Stop what runs between two steps, drop what is queued, wait for the worker."""
+    def close(self) -> None:
+        """Refuse new generations, stop the running one at its next step (UNAVAILABLE:
+        the caller may retry elsewhere), and drop the queued ones."""
         with self._ready:
             self._closing.set()
             self._ready.notify_all()
+
+    async def stop(self) -> None:
+        """:meth:`close`, then wait for the worker."""
+        self.close()
         await asyncio.to_thread(self._worker.join)
 
 

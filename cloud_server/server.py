@@ -91,6 +91,7 @@ class ServerConfig:
     #: diffusion checkpoints to generate with, by name (the first is the default)
     diffusion: dict[str, Path] = field(default_factory=dict)
     max_generations: int = MAX_PENDING  # generations queued or running at once
+    max_image_steps: int | None = None  # the work one generation may ask for (None: default)
 
 
 def load_card_and_runner(bundle: Path, device: str | None, *, layer_cache: bool = False,
@@ -169,7 +170,8 @@ class CloudServer:
         card, runner = load_card_and_runner(c.bundle, c.device, layer_cache=c.layer_cache,
                                             refresh_rate=c.layer_cache_refresh,
                                             stats=self.layered)
-        generator = load_generator(c.diffusion, c.device) if c.diffusion else None
+        generator = (load_generator(c.diffusion, c.device, max_image_steps=c.max_image_steps)
+                     if c.diffusion else None)
         self.server, self.port = await create_server(
             card, runner, host=c.host, port=c.port, max_batch_size=c.max_batch_size,
             max_queue_delay_us=c.max_queue_delay_us, max_queue_size=c.max_queue_size,
@@ -240,6 +242,8 @@ class CloudServer:
             await asyncio.gather(self.specializer_task, return_exceptions=True)
         log.info("shutting down: draining in-flight requests (grace %.1f s)",
                  self.config.grace_s)
+        if parts.generation is not None:
+            parts.generation.close()  # generations take minutes: they end UNAVAILABLE
         await self.server.stop(self.config.grace_s)
         await parts.batcher.stop()
         if parts.generation is not None:

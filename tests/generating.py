@@ -68,6 +68,7 @@ def serve(generator: Generator, **kwargs: object) -> Iterator[Served]:
                    service=server.cachenet.generation)
         ready.set()
         await stop.wait()
+        server.cachenet.generation.close()  # as CloudServer.shutdown does
         await server.stop(0)
         await server.cachenet.batcher.stop()
         await server.cachenet.generation.stop()

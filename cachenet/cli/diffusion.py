@@ -107,11 +107,13 @@ def _from_cloud(args: argparse.Namespace, fields: dict,
 
 def _here(args: argparse.Namespace, fields: dict,
           show: Callable[[int, int], None] | None) -> tuple[np.ndarray, str, dict]:
+    import torch
+
     from cachenet.diffusion.generate import GenerateRequest, Generator
     from cachenet.diffusion.nets import load_checkpoint
 
     name = args.model or args.checkpoint.stem
-    model = load_checkpoint(args.checkpoint)
+    model = load_checkpoint(args.checkpoint).to("cuda" if torch.cuda.is_available() else "cpu")
     label = _label_index(args.label, model.classes, name)
     gen = Generator({name: model}).run(GenerateRequest(label=label, **fields), on_step=show)
     us = int(gen.compute_s * 1e6)
@@ -200,8 +202,6 @@ def add_diffusion(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--iters", type=int, default=1500)
     r.add_argument("--lam", type=float, default=1.0,
                    help="weight of the cost of computing against the error (default 1)")
-    r.add_argument("--period", type=int, default=2,
-                   help="every period-th step is a full one (default 2: they alternate)")
     r.add_argument("--device", help="default: CUDA when present")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=_run_router)
@@ -229,7 +229,7 @@ def _run_router(args: argparse.Namespace) -> int:
     from cachenet.diffusion.recipes import add_router
     from cachenet.diffusion.stepcache.l2c import RouterConfig
 
-    cfg = RouterConfig(steps=args.steps, iters=args.iters, lam=args.lam, period=args.period)
+    cfg = RouterConfig(steps=args.steps, iters=args.iters, lam=args.lam)
     router = add_router(args.model, cfg, device=args.device, progress=not args.no_progress)
     betas = np.array(router["betas"])
     cache = betas[[i for i in range(len(betas)) if i % router["period"]]]

@@ -30,6 +30,7 @@ import torch
 from cachenet.diffusion.nets import DiffusionModel
 from cachenet.diffusion.samplers import SAMPLERS, get_sampler
 from cachenet.diffusion.stepcache import POLICIES, open_session
+from cachenet.diffusion.stepcache.base import shown
 from cachenet.exceptions import ConfigError, GenerationStopped
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,12 @@ log = logging.getLogger(__name__)
 MAX_COUNT = 64
 MAX_STEPS = 1000
 MAX_GUIDANCE = 20.0
+#: The work one request may ask for: images x steps (x 2 with guidance).
+MAX_IMAGE_STEPS = 64 * 250
+
+
+def max_steps(model: DiffusionModel) -> int:
+    return min(MAX_STEPS, model.schedule.train_steps)
 
 
 @dataclass(frozen=True)
@@ -118,7 +125,7 @@ class Generator:
     """The models a server generates with, by name, and the one rule for a request."""
 
     def __init__(self, models: dict[str, DiffusionModel], default: str | None = None,
-                 max_count: int = MAX_COUNT) -> None:
+                 max_count: int = MAX_COUNT, max_image_steps: int = MAX_IMAGE_STEPS) -> None:
         if not models:
             raise ConfigError("a generator needs at least one diffusion model")
         self.models = models
@@ -126,12 +133,13 @@ class Generator:
         if self.default not in models:
             raise ConfigError(f"default model '{self.default}' is not among {sorted(models)}")
         self.max_count = max_count
+        self.max_image_steps = max_image_steps
         self._lock = threading.Lock()  # one generation at a time on the accelerator
 
     def model(self, name: str) -> DiffusionModel:
         key = name or self.default
         if key not in self.models:
-            raise ConfigError(f"model: unknown diffusion model '{name}'; "
+            raise ConfigError(f"model: unknown diffusion model {shown(name)}; "
                               f"served: {sorted(self.models)}")
         return self.models[key]
 
@@ -145,15 +153,20 @@ class Generator:
             raise ConfigError(f"count must be in [1, {self.max_count}], got {r.count}")
         if not 0 <= r.seed < 2**63:
             raise ConfigError(f"seed must be in [0, 2^63), got {r.seed}")
-        if not 1 <= r.steps <= min(MAX_STEPS, model.schedule.train_steps):
-            raise ConfigError(f"steps must be in [1, {model.schedule.train_steps}], "
-                              f"got {r.steps}")
+        if not 1 <= r.steps <= max_steps(model):
+            raise ConfigError(f"steps must be in [1, {max_steps(model)}], got {r.steps}")
         if r.sampler not in SAMPLERS:
-            raise ConfigError(f"sampler must be one of {sorted(SAMPLERS)}, got {r.sampler!r}")
+            raise ConfigError(f"sampler must be one of {sorted(SAMPLERS)}, "
+                              f"got {shown(r.sampler)}")
         if r.policy not in POLICIES:
-            raise ConfigError(f"policy must be one of {sorted(POLICIES)}, got {r.policy!r}")
+            raise ConfigError(f"policy must be one of {sorted(POLICIES)}, "
+                              f"got {shown(r.policy)}")
         if not (0.0 <= r.guidance <= MAX_GUIDANCE):  # also refuses NaN
             raise ConfigError(f"guidance must be in [0, {MAX_GUIDANCE}], got {r.guidance}")
+        work = r.count * r.steps * (2 if r.guidance != 1.0 else 1)
+        if work > self.max_image_steps:
+            raise ConfigError(f"count x steps (x2 with guidance) is {work}, more than the "
+                              f"{self.max_image_steps} image-steps one request may ask for")
         open_session(model, r.policy, r.params, r.steps)  # checks the policy's parameters
         if r.policy == "l2c" and model.l2c and r.sampler != model.l2c.get("sampler", "ddim"):
             raise ConfigError(f"sampler: the l2c router was trained for "

@@ -22,7 +22,9 @@ from cachenet.toolchain.models import load_checkpoint
 
 @dataclass
 class Judge:
-    """A classifier read for its logits and its penultimate features."""
+    """A classifier read for its labels and its penultimate features: the input of its
+    last linear layer (the head of every classifier here, ``nn.Linear`` last among its
+    modules)."""
 
     model: nn.Module
 

@@ -8,7 +8,9 @@ Predicted clean images are clipped to [-1, 1] at every step.
 
 * ``ddim`` (Song et al., 2021), deterministic;
 * ``dpmpp-2m`` (Lu et al., 2022): second-order multistep in the data
-  prediction, first-order at its first and last step.
+  prediction; first-order at its first step and at its last solver step (the
+  large jump in log-SNR to t = 0, where extrapolating from the step before is
+  unstable), then the prediction of the clean image at t = 0.
 """
 
 from __future__ import annotations
@@ -35,14 +37,20 @@ def _x0(x: torch.Tensor, eps: torch.Tensor, a: float) -> torch.Tensor:
     return ((x - math.sqrt(1 - a) * eps) / math.sqrt(a)).clamp(-1, 1)
 
 
+def ddim_step(x: torch.Tensor, eps: torch.Tensor, a: float, a_next: float) -> torch.Tensor:
+    """One DDIM (eta = 0) step from ``abar = a`` to ``a_next``, the clean image clipped
+    and the noise recomputed from it."""
+    x0 = _x0(x, eps, a)
+    eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
+    return math.sqrt(a_next) * x0 + math.sqrt(1 - a_next) * eps
+
+
 def ddim(denoise: Denoise, x: torch.Tensor, schedule: NoiseSchedule, steps: int,
          on_step: OnStep | None = None) -> torch.Tensor:
     ts, abar = _abar(schedule, steps)
     for i, t in enumerate(ts):
         eps = denoise(i, x, torch.full((len(x),), t, device=x.device, dtype=torch.long)).float()
-        x0 = _x0(x, eps, abar[i])
-        eps = (x - math.sqrt(abar[i]) * x0) / math.sqrt(1 - abar[i])
-        x = math.sqrt(abar[i + 1]) * x0 + math.sqrt(1 - abar[i + 1]) * eps
+        x = ddim_step(x, eps, abar[i], abar[i + 1])
         if on_step is not None:
             on_step(i + 1, steps)
     return x.clamp(-1, 1)
@@ -63,7 +71,7 @@ def dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: NoiseSchedule, steps: 
         else:
             h = lam[i + 1] - lam[i]
             d = x0
-            if prev is not None and i < steps - 2:
+            if prev is not None and i < steps - 2:  # the last solver step: first order
                 r = (lam[i] - lam[i - 1]) / h
                 d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev
             x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * math.expm1(-h) * d

@@ -79,13 +79,17 @@ def train_denoiser(model: DiffusionModel, images: np.ndarray, labels: np.ndarray
     net = model.net.to(device).train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = {"step": 0, "elapsed": 0.0, "losses": []}
+    state = {"step": 0, "elapsed": 0.0, "losses": [], "running": 0.0}
     if checkpoint is not None and checkpoint.exists():
         blob = torch.load(checkpoint, map_location="cpu", weights_only=False)
         net.load_state_dict(blob["model"])
         ema.load_state_dict(blob["ema"])
         opt.load_state_dict(blob["optimizer"])
-        state, _ = blob["state"], gen.set_state(blob["gen"])
+        state = blob["state"]
+        gen.set_state(blob["gen"])
+        torch.set_rng_state(blob["torch_rng"])  # dropout's
+        if device.type == "cuda" and blob.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(blob["cuda_rng"])
         log.info("resuming from %s at step %d", checkpoint, state["step"])
     x = torch.from_numpy(images)
     y = torch.from_numpy(labels.astype(np.int64))
@@ -103,11 +107,13 @@ def train_denoiser(model: DiffusionModel, images: np.ndarray, labels: np.ndarray
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         tmp = checkpoint.with_name(checkpoint.name + ".tmp")
         torch.save({"model": net.state_dict(), "ema": ema.state_dict(),
-                    "optimizer": opt.state_dict(), "state": state, "gen": gen.get_state()}, tmp)
+                    "optimizer": opt.state_dict(), "state": state, "gen": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None},
+                   tmp)
         tmp.replace(checkpoint)
 
     bar = tqdm(total=cfg.steps, initial=state["step"], disable=not progress, desc="denoiser")
-    running = 0.0
     while progress_now() < 1.0:
         p = progress_now()
         for g in opt.param_groups:
@@ -115,8 +121,10 @@ def train_denoiser(model: DiffusionModel, images: np.ndarray, labels: np.ndarray
         idx = torch.randint(0, len(x), (cfg.batch_size,), generator=gen)
         xb, yb = _batch(x, y, idx, cfg, model.num_classes, gen)
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-        t = torch.randint(0, model.schedule.train_steps, (len(xb),), device=device)
-        eps = torch.randn_like(xb)
+        # Timesteps and noise from the run's own generator: a resumed run draws what the
+        # uninterrupted one would have.
+        t = torch.randint(0, model.schedule.train_steps, (len(xb),), generator=gen).to(device)
+        eps = torch.randn(xb.shape, generator=gen).to(device, non_blocking=True)
         a = acp[t].view(-1, 1, 1, 1)
         with autocast:
             loss = F.mse_loss(net(a.sqrt() * xb + (1 - a).sqrt() * eps, t, yb).float(), eps)
@@ -126,12 +134,12 @@ def train_denoiser(model: DiffusionModel, images: np.ndarray, labels: np.ndarray
         opt.step()
         state["step"] += 1
         _ema_update(ema, net, min(cfg.ema, (1 + state["step"]) / (10 + state["step"])))
-        running = 0.98 * running + 0.02 * float(loss.detach()) if state["step"] > 1 \
-            else float(loss.detach())
+        value = float(loss.detach())
+        state["running"] = value if state["step"] == 1 else 0.98 * state["running"] + 0.02 * value
         bar.update(1)
         if state["step"] % 50 == 0:
-            bar.set_postfix(loss=f"{running:.4f}")
-            state["losses"].append(round(running, 5))
+            bar.set_postfix(loss=f"{state['running']:.4f}")
+            state["losses"].append(round(state["running"], 5))
         state["elapsed"] = time.monotonic() - started
         if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
             save()
@@ -139,6 +147,7 @@ def train_denoiser(model: DiffusionModel, images: np.ndarray, labels: np.ndarray
     save()
     model.net = ema.cpu().eval()
     elapsed = time.monotonic() - started
+    running = state["running"]
     log.info("trained %d steps in %.0fs on %s, loss %.4f", state["step"], elapsed, device.type,
              running)
     return {"device": device.type, "steps": state["step"], "elapsed_s": round(elapsed, 1),

@@ -35,7 +35,8 @@ MAX_PENDING = 2
 
 @pytest.fixture(scope="module")
 def served():
-    with serve(Generator(tiny_models(), max_count=4), max_generations=MAX_PENDING) as s:
+    with serve(Generator(tiny_models(), max_count=4, max_image_steps=4000),
+               max_generations=MAX_PENDING) as s:
         yield s
 
 
@@ -120,6 +121,22 @@ def bad_requests() -> dict[str, tuple[gpb.GenerateRequest | bytes, str]]:
         "l2c without router": (req(model="dit", policy="l2c"), "no trained router"),
         "l2c for other steps": (req(model="routed", policy="l2c", steps=5),
                                 "router was trained for 4 steps, not 5"),
+        "infinite power": (req(policy="deepcache", params={"mode": "nonuniform",
+                                                           "power": math.inf}),
+                           "parameter 'power' must be finite"),
+        "huge power": (req(policy="deepcache", params={"mode": "nonuniform", "power": 1e300}),
+                       "power must be in [1, 4.0]"),
+        "NaN center": (req(policy="deepcache", params={"center": math.nan}),
+                       "parameter 'center' must be finite"),
+        "long mode": (req(policy="deepcache", params={"mode": "x" * 10_000}),
+                      "parameter 'mode' is longer than 64 characters"),
+        "long id": (gpb.GenerateRequest(id="i" * 1000, count=1, steps=2),
+                    "id is longer than 128 characters"),
+        "long model name": (req(model="m" * 10_000), "model_name is longer than 64"),
+        "many params": (req(policy="deepcache", params={f"k{i}": 1 for i in range(100)}),
+                        "params has 100 entries; at most 16"),
+        "too much work": (req(count=4, steps=1000, guidance=2.0),
+                          "count x steps (x2 with guidance) is 8000, more than the 4000"),
         "unknown field": (good + b"\xa0\x06\x01", "unknown field number(s) [100]"),
         "undecodable": (b"\xff\xff\xff garbage",
                         "does not decode as cachenet.v1.GenerateRequest"),
@@ -145,9 +162,11 @@ def test_bad_requests_get_invalid_argument_naming_the_field(client, stub):
 
 def test_a_deadline_stops_the_generation_and_the_server_goes_on(client, served):
     deadlines = served.service.counts["deadline"]
-    with pytest.raises(CloudTimeout, match="DEADLINE_EXCEEDED"):
-        client.generate(count=4, steps=1000, timeout=0.5)  # about 10 s if it ran through
-    wait_until(lambda: served.service.pending == 0, timeout=5)  # stopped between two steps
+    # The accelerator is busy: the worker waits on it while the deadline passes.
+    with served.generator._lock, pytest.raises(CloudTimeout, match="DEADLINE_EXCEEDED"):
+        client.generate(count=4, steps=1000, timeout=0.5)
+    # Free again, the worker starts the generation and stops it at its first step.
+    wait_until(lambda: served.service.pending == 0, timeout=30)
     wait_until(lambda: served.service.counts["deadline"] == deadlines + 1, timeout=5)
     out = client.generate(count=1, steps=2, timeout=10)
     assert out.images.shape == (1, 3, 16, 16)
@@ -155,17 +174,17 @@ def test_a_deadline_stops_the_generation_and_the_server_goes_on(client, served):
 
 def test_a_full_queue_gets_resource_exhausted_and_leaving_callers_free_it(served, stub,
                                                                           client):
-    long = make_generate_request(count=4, steps=1000)
-    calls = [stub.Generate(long, timeout=60) for _ in range(MAX_PENDING)]
-    # One runs, the other waits behind it (which is which is the server's to say).
-    wait_until(lambda: served.service.pending == MAX_PENDING, timeout=10)
     counts = dict(served.service.counts)
-    with pytest.raises(CloudOverloaded, match="RESOURCE_EXHAUSTED"):
-        client.generate(steps=1, timeout=10)
-    for call in calls:
-        call.cancel()
-    wait_until(lambda: served.service.pending == 0, timeout=5)
-    wait_until(lambda: served.service.counts["cancelled"] == counts["cancelled"] + 2)
+    with served.generator._lock:  # nothing finishes while the queue is full
+        calls = [stub.Generate(make_generate_request(count=1, steps=2), timeout=60)
+                 for _ in range(MAX_PENDING)]
+        wait_until(lambda: served.service.pending == MAX_PENDING, timeout=10)
+        with pytest.raises(CloudOverloaded, match="RESOURCE_EXHAUSTED"):
+            client.generate(steps=1, timeout=10)
+        for call in calls:
+            call.cancel()
+        wait_until(lambda: served.service.counts["cancelled"] == counts["cancelled"] + 2)
+    wait_until(lambda: served.service.pending == 0, timeout=30)
     assert served.service.counts["overloaded"] == counts["overloaded"] + 1
     assert client.generate(steps=1, timeout=10).images.shape[0] == 1
 
@@ -183,6 +202,7 @@ def test_generator_info_lists_the_models(client):
     assert (routed.l2c_router, routed.l2c_steps, routed.l2c_sampler) == (True, 4, "ddim")
     assert unet.max_steps == 1000 and unet.device == "cpu"
     assert list(info.samplers) == ["ddim", "dpmpp-2m"] and info.max_count == 4
+    assert info.max_image_steps == 4000
     policies = {p.name: p for p in info.policies}
     assert policies["deepcache"].defaults["interval"].WhichOneof("value") == "int_value"
     assert policies["deepcache"].defaults["mode"].string_value == "uniform"
@@ -216,7 +236,7 @@ def test_shutdown_stops_a_running_generation():
     def long(target: str) -> None:
         with GenerateClient(target) as c:
             try:
-                c.generate(count=64, steps=1000, timeout=600)  # minutes if it ran through
+                c.generate(count=16, steps=1000, timeout=600)  # a minute if it ran through
             except CloudError as exc:
                 errors.append(exc)
 
@@ -226,9 +246,10 @@ def test_shutdown_stops_a_running_generation():
         wait_until(lambda: s.service.pending == 1, timeout=10)
         time.sleep(0.1)
         started = time.monotonic()
-    assert time.monotonic() - started < 60  # the worker stopped between two steps
+    assert time.monotonic() - started < 30  # the worker stopped between two steps
     caller.join(10)
     assert len(errors) == 1 and s.service.pending == 0
+    assert errors[0].code == "UNAVAILABLE"
 
 
 def test_concurrent_requests_all_get_answers(client, served):
@@ -295,21 +316,22 @@ def test_compatible_requests_queued_together_run_as_one_batch():
     results: dict[str, object] = {}
     with serve(generator, max_generations=8) as s, GenerateClient(s.target) as c:
         stub = gpb_grpc.GenerationServiceStub(c.channel)
-        blocker = stub.Generate(make_generate_request(model="dit", steps=1000), timeout=120)
-        wait_until(lambda: s.service.pending == 1, timeout=10)  # the worker is busy
 
         def one(name: str) -> None:
             results[name] = c.generate(**{"model": "unet", "steps": 3, **fields[name]},
                                        timeout=120)
 
         threads = [threading.Thread(target=one, args=(n,)) for n in fields]
-        for t in threads:
-            t.start()
-        wait_until(lambda: s.service.pending == 1 + len(fields), timeout=10)
-        blocker.cancel()  # the worker is free: it takes the queued requests
+        with generator._lock:  # the worker takes a first request and waits on the lock
+            blocker = stub.Generate(make_generate_request(model="dit", steps=2), timeout=120)
+            wait_until(lambda: s.service.pending == 1 and not s.service._jobs, timeout=10)
+            for t in threads:
+                t.start()
+            wait_until(lambda: s.service.pending == 1 + len(fields), timeout=10)
         for t in threads:
             t.join(120)
-        assert s.service.counts["batches"] >= 2
+        assert len(list(blocker)) == 3  # its two steps and its images
+        assert s.service.counts["batches"] == 3  # the blocker, a + b + c, other
     for name in ("a", "b", "c"):
         got = results[name]
         assert got.timings["batch_images"] == 6  # 2 + 1 + 3
@@ -317,3 +339,37 @@ def test_compatible_requests_queued_together_run_as_one_batch():
         assert got.images.shape == alone.images.shape
         assert np.abs(got.images.astype(int) - alone.images.astype(int)).max() <= 2
     assert results["other"].timings["batch_images"] == 1
+
+
+def test_a_cancelled_request_leaves_the_queue_at_once():
+    generator = Generator(tiny_models())
+    with serve(generator, max_generations=8) as s, GenerateClient(s.target) as c:
+        stub = gpb_grpc.GenerationServiceStub(c.channel)
+        with generator._lock:
+            first = stub.Generate(make_generate_request(steps=2), timeout=60)
+            wait_until(lambda: s.service.pending == 1 and not s.service._jobs, timeout=10)
+            queued = stub.Generate(make_generate_request(steps=2, seed=1), timeout=60)
+            wait_until(lambda: len(s.service._jobs) == 1, timeout=10)
+            queued.cancel()
+            wait_until(lambda: not s.service._jobs and s.service.pending == 1, timeout=10)
+        assert len(list(first)) == 3
+
+
+def test_shutdown_answers_unavailable():
+    """Closing ends a running generation at its next step, and one queued behind it,
+    each with UNAVAILABLE (retry elsewhere), not with silence."""
+    generator = Generator(tiny_models())
+    with serve(generator, max_generations=8) as s, GenerateClient(s.target) as c:
+        stub = gpb_grpc.GenerationServiceStub(c.channel)
+        with generator._lock:
+            calls = [stub.Generate(make_generate_request(steps=50, seed=i), timeout=60)
+                     for i in range(2)]
+            wait_until(lambda: s.service.pending == 2, timeout=10)
+            s.service.close()
+        codes = []
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as err:
+                list(call)
+            codes.append(err.value.code())
+        assert codes == [grpc.StatusCode.UNAVAILABLE] * 2
+        assert s.service.counts["unavailable"] == 2

@@ -23,12 +23,23 @@ computation (the cacheable units') that the cache saved.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar
 
 import torch
 
 from cachenet.diffusion.nets import DiffusionModel
 from cachenet.exceptions import ConfigError
+
+#: The longest string parameter a policy takes (its names are short words).
+MAX_STRING = 64
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: what an error may echo of a request."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
 
 #: policy name -> class; each has ``Config`` and ``supports`` (the archs it works on).
 POLICIES: dict[str, type[StepCache]] = {}
@@ -64,12 +75,13 @@ class StepCache:
     # --- configuration -------------------------------------------------------------
     @classmethod
     def configure(cls, params: dict[str, Any]) -> Any:
-        """``Config`` from request parameters, each checked by name and type."""
+        """``Config`` from request parameters, each checked by name and type (numbers
+        finite, strings short); what a policy bounds further, its :meth:`check` does."""
         fields = {f.name: f for f in dataclasses.fields(cls.Config)}
         values: dict[str, Any] = {}
         for key, value in params.items():
             if key not in fields:
-                raise ConfigError(f"policy '{cls.name}' has no parameter '{key}'; "
+                raise ConfigError(f"policy '{cls.name}' has no parameter {shown(key)}; "
                                   f"parameters: {sorted(fields)}")
             default = fields[key].default
             want = type(default)
@@ -77,7 +89,13 @@ class StepCache:
                 value = float(value)
             if not isinstance(value, want) or isinstance(value, bool) != isinstance(default, bool):
                 raise ConfigError(f"policy '{cls.name}' parameter '{key}' must be a "
-                                  f"{want.__name__}, got {value!r}")
+                                  f"{want.__name__}, got {shown(value)}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"policy '{cls.name}' parameter '{key}' must be finite, "
+                                  f"got {value}")
+            if isinstance(value, str) and len(value) > MAX_STRING:
+                raise ConfigError(f"policy '{cls.name}' parameter '{key}' is longer than "
+                                  f"{MAX_STRING} characters")
             values[key] = value
         config = cls.Config(**values)
         if config.full_first < 1 or config.full_last < 0:
@@ -134,7 +152,7 @@ def open_session(model: DiffusionModel, policy: str, params: dict[str, Any],
                  steps: int) -> StepCache:
     """A fresh session of ``policy`` for one generation of ``steps`` steps."""
     if policy not in POLICIES:
-        raise ConfigError(f"unknown cache policy '{policy}'; known: {sorted(POLICIES)}")
+        raise ConfigError(f"unknown cache policy {shown(policy)}; known: {sorted(POLICIES)}")
     cls = POLICIES[policy]
     session = cls(model, cls.configure(params), steps)
     session.check_model()

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from cachenet.diffusion.nets import DiffusionModel
-from cachenet.diffusion.stepcache.base import StepCache, StepConfig, register
+from cachenet.diffusion.stepcache.base import StepCache, StepConfig, register, shown
 from cachenet.exceptions import ConfigError
 
 MODES = ("uniform", "nonuniform")
+MAX_POWER = 4.0
 
 
 @dataclass(frozen=True)
@@ -36,16 +37,17 @@ class DeepCacheConfig(StepConfig):
 def nonuniform_steps(steps: int, count: int, center: int, power: float) -> list[int]:
     """``count`` full steps in [0, steps), step 0 among them, spaced as
     ``center + sign(u) |u| ** power`` for ``u`` evenly spaced: dense around
-    ``center``. The power is lowered until the points are distinct, as in the paper."""
+    ``center``. The power is lowered (by 0.02, down to 1) until the points are
+    distinct, as in the paper's code."""
     count = max(1, min(count, steps))
-    p = power
-    while True:
+    pts: set[int] = {0}
+    for p in np.arange(power, 1.0 - 1e-9, -0.02):
         u = np.linspace(-(center ** (1 / p)), (steps - 1 - center) ** (1 / p), count)
-        pts = {round(center + math.copysign(abs(v) ** p, v)) for v in u}
-        pts = {min(steps - 1, max(0, s)) for s in pts} | {0}
-        if len(pts) >= count or p <= 1.0:
-            return sorted(pts)[:count] if len(pts) > count else sorted(pts)
-        p = max(1.0, p - 0.02)
+        pts = {min(steps - 1, max(0, round(center + math.copysign(abs(v) ** p, v))))
+               for v in u} | {0}
+        if len(pts) >= count:
+            break
+    return sorted(pts)[:count]
 
 
 @register
@@ -70,9 +72,13 @@ class DeepCache(StepCache):
         if config.interval < 1:
             raise ConfigError(f"deepcache: interval must be >= 1, got {config.interval}")
         if config.mode not in MODES:
-            raise ConfigError(f"deepcache: mode must be one of {list(MODES)}, got {config.mode!r}")
-        if not 0.0 <= config.center <= 1.0 or config.power < 1.0:
-            raise ConfigError("deepcache: center must be in [0, 1] and power >= 1")
+            raise ConfigError(f"deepcache: mode must be one of {list(MODES)}, "
+                              f"got {shown(config.mode)}")
+        if not 0.0 <= config.center <= 1.0:
+            raise ConfigError(f"deepcache: center must be in [0, 1], got {config.center}")
+        if not 1.0 <= config.power <= MAX_POWER:
+            raise ConfigError(f"deepcache: power must be in [1, {MAX_POWER}], "
+                              f"got {config.power}")
 
     def check_model(self) -> None:
         super().check_model()

@@ -8,8 +8,9 @@ each branch's fresh output with the one computed at step ``i - 1``,
 ``beta * fresh + (1 - beta) * kept``, and the loss is the paper's: the error
 between the full and the routed sampler output at the next step, plus
 ``lam`` times the mean of the betas (an L1 cost on computing). Cache steps are
-every step not a multiple of ``period`` (the paper alternates: ``period = 2``),
-so the previous step is always a full one during training and inference alike.
+the odd steps (the paper alternates full and cache steps; ``period = 2`` is the
+only one trained), so the previous step is always a full one, during training
+and inference alike.
 
 For inference the router is thresholded into a static schedule
 (:meth:`L2C.reuse`): at cache step ``i`` the branches with ``beta < threshold``
@@ -21,15 +22,15 @@ trained for, and only those are accepted.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cachenet.diffusion.nets import DiffusionModel
-from cachenet.diffusion.samplers import ddim
+from cachenet.diffusion.samplers import ddim, ddim_step
 from cachenet.diffusion.stepcache.base import StepConfig, register
 from cachenet.diffusion.stepcache.fora import BranchCache
 from cachenet.exceptions import ConfigError
@@ -55,6 +56,35 @@ class RouterConfig:
     seed: int = 0
 
 
+def check_router_config(cfg: RouterConfig) -> None:
+    """ConfigError naming a router setting that cannot be trained as the paper does."""
+    if cfg.period != 2:
+        raise ConfigError(f"l2c: period must be 2 (full and cache steps alternate, so a cache "
+                          f"step's previous step is always a full one), got {cfg.period}")
+    if cfg.steps < 2:
+        raise ConfigError(f"l2c: steps must be at least 2, got {cfg.steps}")
+    for name in ("iters", "batch", "trajectories"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"l2c: {name} must be at least 1, got {getattr(cfg, name)}")
+    if not (cfg.lam >= 0 and cfg.lr > 0):
+        raise ConfigError("l2c: lam must be >= 0 and lr > 0")
+
+
+def check_router(router: dict, depth: int) -> None:
+    """ConfigError unless ``router`` (as a checkpoint stores it) fits a DiT of ``depth``
+    blocks: ``steps``, ``period`` and a steps x depth x 2 table of betas in [0, 1]."""
+    steps, period = router.get("steps"), router.get("period")
+    if not (isinstance(steps, int) and isinstance(period, int) and steps >= 1 and period >= 1):
+        raise ConfigError("l2c: the model's router has no valid steps and period")
+    try:
+        betas = np.asarray(router.get("betas"), dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError("l2c: the model's router betas are not a table of numbers") from None
+    if betas.shape != (steps, depth, 2) or not ((betas >= 0) & (betas <= 1)).all():
+        raise ConfigError(f"l2c: the model's router betas must be {steps} x {depth} x 2 in "
+                          f"[0, 1], got shape {betas.shape}")
+
+
 def cache_step(i: int, period: int) -> bool:
     return i % period != 0
 
@@ -75,6 +105,7 @@ class L2C(BranchCache):
         if router is None:
             raise ConfigError("l2c: this model has no trained router (train one with "
                               "`cachenet diffusion router`)")
+        check_router(router, len(self.model.net.blocks))
         if router["steps"] != self.steps:
             raise ConfigError(f"l2c: the router was trained for {router['steps']} steps, "
                               f"not {self.steps}")
@@ -110,12 +141,6 @@ def _routed(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, y: torch.Te
     return net.end(h, c)
 
 
-def _ddim_next(x: torch.Tensor, eps: torch.Tensor, a: float, a_next: float) -> torch.Tensor:
-    x0 = ((x - math.sqrt(1 - a) * eps) / math.sqrt(a)).clamp(-1, 1)
-    eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
-    return math.sqrt(a_next) * x0 + math.sqrt(1 - a_next) * eps
-
-
 def train_router(model: DiffusionModel, cfg: RouterConfig, device: torch.device | None = None,
                  progress: bool = True) -> dict:
     """Train an L2C router for ``model`` (a DiT, frozen) and return it as stored."""
@@ -123,6 +148,7 @@ def train_router(model: DiffusionModel, cfg: RouterConfig, device: torch.device 
 
     if model.arch != "dit":
         raise ConfigError("l2c routers are learned for diffusion transformers (dit)")
+    check_router_config(cfg)
     device = device or next(model.net.parameters()).device
     net = model.net.to(device).eval()
     for p in net.parameters():
@@ -156,7 +182,7 @@ def train_router(model: DiffusionModel, cfg: RouterConfig, device: torch.device 
             tp = torch.full((len(idx),), ts[i - 1], device=device, dtype=torch.long)
             _routed(model, xs[i - 1][idx], tp, labels[idx], None, kept)
             t = torch.full((len(idx),), ts[i], device=device, dtype=torch.long)
-            target = _ddim_next(xs[i][idx], net(xs[i][idx], t, labels[idx]), abar[i], abar[i + 1])
+            target = ddim_step(xs[i][idx], net(xs[i][idx], t, labels[idx]), abar[i], abar[i + 1])
         return kept, t, target
 
     # The error of reusing everything, averaged over cache steps: the loss's unit.
@@ -167,7 +193,7 @@ def train_router(model: DiffusionModel, cfg: RouterConfig, device: torch.device 
             kept, t, target = pair(i, probe)
             zero = torch.zeros(len(net.blocks), 2, device=device)
             eps = _routed(model, xs[i][probe], t, labels[probe], zero, kept)
-            errs.append(F.mse_loss(_ddim_next(xs[i][probe], eps, abar[i], abar[i + 1]), target))
+            errs.append(F.mse_loss(ddim_step(xs[i][probe], eps, abar[i], abar[i + 1]), target))
         unit = float(torch.stack(errs).mean()) + 1e-12
     bar = tqdm(range(cfg.iters), disable=not progress, desc="l2c router", leave=False)
     for it in bar:
@@ -176,7 +202,7 @@ def train_router(model: DiffusionModel, cfg: RouterConfig, device: torch.device 
         kept, t, target = pair(i, idx)
         beta = torch.sigmoid(logits[i])
         eps = _routed(model, xs[i][idx], t, labels[idx], beta, kept)
-        err = F.mse_loss(_ddim_next(xs[i][idx], eps, abar[i], abar[i + 1]), target) / unit
+        err = F.mse_loss(ddim_step(xs[i][idx], eps, abar[i], abar[i + 1]), target) / unit
         loss = err + cfg.lam * beta.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -142,17 +142,19 @@ class DiffusionModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., arch: _Optional[str] = ..., image_shape: _Optional[_Iterable[int]] = ..., classes: _Optional[_Iterable[str]] = ..., policies: _Optional[_Iterable[str]] = ..., l2c_router: _Optional[bool] = ..., l2c_steps: _Optional[int] = ..., l2c_sampler: _Optional[str] = ..., max_steps: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
 
 class GeneratorInfo(_message.Message):
-    __slots__ = ("models", "default_model", "samplers", "policies", "max_count", "max_guidance")
+    __slots__ = ("models", "default_model", "samplers", "policies", "max_count", "max_guidance", "max_image_steps")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
     SAMPLERS_FIELD_NUMBER: _ClassVar[int]
     POLICIES_FIELD_NUMBER: _ClassVar[int]
     MAX_COUNT_FIELD_NUMBER: _ClassVar[int]
     MAX_GUIDANCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGE_STEPS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[DiffusionModelInfo]
     default_model: str
     samplers: _containers.RepeatedScalarFieldContainer[str]
     policies: _containers.RepeatedCompositeFieldContainer[PolicyInfo]
     max_count: int
     max_guidance: float
-    def __init__(self, models: _Optional[_Iterable[_Union[DiffusionModelInfo, _Mapping]]] = ..., default_model: _Optional[str] = ..., samplers: _Optional[_Iterable[str]] = ..., policies: _Optional[_Iterable[_Union[PolicyInfo, _Mapping]]] = ..., max_count: _Optional[int] = ..., max_guidance: _Optional[float] = ...) -> None: ...
+    max_image_steps: int
+    def __init__(self, models: _Optional[_Iterable[_Union[DiffusionModelInfo, _Mapping]]] = ..., default_model: _Optional[str] = ..., samplers: _Optional[_Iterable[str]] = ..., policies: _Optional[_Iterable[_Union[PolicyInfo, _Mapping]]] = ..., max_count: _Optional[int] = ..., max_guidance: _Optional[float] = ..., max_image_steps: _Optional[int] = ...) -> None: ...

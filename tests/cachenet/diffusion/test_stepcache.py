@@ -81,13 +81,18 @@ def test_deepcache_reuses_between_full_steps_and_counts_what_it_ran(models):
 
 
 def test_no_state_carries_over_between_generations(models):
-    """A second generation through the same policy gives what a first one gives."""
+    """Every generation opens its own session, and no policy may skip its first step
+    (where a stale cache from another request would be read)."""
     model = models["unet"]
     req = GenerateRequest(steps=6, policy="deepcache", params={"interval": 3}, label=4)
-    first, _ = sample(model, req, x=noise((2, *model.image_shape), 11))
-    sample(model, req, x=noise((2, *model.image_shape), 12))  # leaves nothing behind
-    again, _ = sample(model, req, x=noise((2, *model.image_shape), 11))
+    first, one = sample(model, req, x=noise((2, *model.image_shape), 11))
+    sample(model, req, x=noise((2, *model.image_shape), 12))
+    again, two = sample(model, req, x=noise((2, *model.image_shape), 11))
+    assert one is not two and one.calls == two.calls == 6
     assert torch.equal(first, again)
+    for name in POLICIES:
+        with pytest.raises(ConfigError, match="full_first"):
+            POLICIES[name].configure({"full_first": 0})
 
 
 def test_full_first_and_last_steps_are_computed(models):
@@ -163,3 +168,29 @@ def test_l2c_refuses_a_step_count_its_router_was_not_trained_for(models):
 def test_every_registered_policy_has_a_config_and_archs():
     for name, cls in POLICIES.items():
         assert cls.name == name and cls.supports and cls.Config
+
+
+@pytest.mark.parametrize(("router", "message"), [
+    ({"steps": 4, "period": 2, "betas": [[[0.5, 0.5]]] * 4}, "must be 4 x 2 x 2"),
+    ({"steps": 4, "period": 2, "betas": [[[2.0, 0.5]] * 2] * 4}, "in \\[0, 1\\]"),
+    ({"steps": "4", "period": 2, "betas": []}, "no valid steps"),
+    ({"steps": 4, "period": 2, "betas": "nope"}, "not a table"),
+])
+def test_a_malformed_router_is_refused_by_name(models, router, message):
+    model = models["routed"]
+    saved, model.l2c = model.l2c, router
+    try:
+        with pytest.raises(ConfigError, match=message):
+            open_session(model, "l2c", {}, 4)
+    finally:
+        model.l2c = saved
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"period": 3}, "period must be 2"), ({"steps": 1}, "steps must be at least 2"),
+    ({"iters": 0}, "iters must be at least 1"), ({"lr": 0.0}, "lr > 0")])
+def test_router_settings_that_cannot_be_trained_are_refused(models, fields, message):
+    from cachenet.diffusion.stepcache.l2c import RouterConfig, train_router
+
+    with pytest.raises(ConfigError, match=message):
+        train_router(models["dit"], RouterConfig(**{"steps": 4, **fields}), progress=False)

@@ -14,24 +14,48 @@ from cachenet.diffusion.train import DiffusionTrainConfig, train_denoiser
 
 
 def tiny_digits_unet() -> DiffusionModel:
+    """Dropout on: a resumed run must restore the generator it draws from too."""
     return DiffusionModel(build("unet", in_channels=1, image_size=8, channels=8, mults=[1, 2],
-                                blocks=1, attn_at=[]))
+                                blocks=1, attn_at=[], dropout=0.3))
 
 
-def test_training_on_the_digits_runs_and_resumes(tmp_path):
+def test_training_on_the_digits_runs(tmp_path):
     x, y, classes = training_images("digits")
     assert x.shape[1:] == (1, 8, 8) and len(classes) == 10
     model = tiny_digits_unet()
-    ckpt = tmp_path / "state.pt"
     before = [p.clone() for p in model.net.parameters()]
     h = train_denoiser(model, x, y, DiffusionTrainConfig(steps=6, batch_size=16),
-                       checkpoint=ckpt, progress=False)
-    assert h["steps"] == 6 and math.isfinite(h["loss"]) and ckpt.exists()
+                       checkpoint=tmp_path / "state.pt", progress=False)
+    assert h["steps"] == 6 and math.isfinite(h["loss"]) and (tmp_path / "state.pt").exists()
     assert any(not torch.equal(a, b) for a, b in zip(before, model.net.parameters(), strict=True))
-    again = tiny_digits_unet()
-    h2 = train_denoiser(again, x, y, DiffusionTrainConfig(steps=8, batch_size=16),
-                        checkpoint=ckpt, progress=False)
-    assert h2["steps"] == 8  # two more, not eight
+
+
+def test_a_resumed_run_ends_where_the_uninterrupted_one_does(tmp_path, monkeypatch):
+    """Stopped after 4 of 7 steps and resumed, training gives bit for bit the weights
+    (EMA, dropout and all) that 7 steps in one go give."""
+    x, y, _ = training_images("digits")
+    cfg = DiffusionTrainConfig(steps=7, batch_size=8, checkpoint_every=4)
+    save = torch.save
+    midway = tmp_path / "midway.pt"
+
+    def keep_midway(blob: object, path: object) -> None:  # the state an interruption leaves
+        save(blob, path)
+        if isinstance(blob, dict) and blob.get("state", {}).get("step") == 4:
+            save(blob, midway)
+
+    monkeypatch.setattr(torch, "save", keep_midway)
+    torch.manual_seed(0)
+    whole = tiny_digits_unet()
+    train_denoiser(whole, x, y, cfg, checkpoint=tmp_path / "whole.pt", progress=False)
+    monkeypatch.setattr(torch, "save", save)
+    torch.manual_seed(0)
+    resumed = tiny_digits_unet()
+    torch.manual_seed(123)  # whatever the global generator holds, the run restores its own
+    h = train_denoiser(resumed, x, y, cfg, checkpoint=midway, progress=False)
+    assert h["steps"] == 7
+    for a, b in zip(whole.net.state_dict().values(), resumed.net.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
 
 
 def test_a_time_budget_ends_training(tmp_path):
