@@ -75,7 +75,8 @@ def train_denoiser(model: DiffusionModel, images: np.ndarray, labels: np.ndarray
 
     device = train_device()
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # batches, flips, dropped labels
+    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # timesteps, noise
     net = model.net.to(device).train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -87,6 +88,7 @@ def train_denoiser(model: DiffusionModel, images: np.ndarray, labels: np.ndarray
         opt.load_state_dict(blob["optimizer"])
         state = blob["state"]
         gen.set_state(blob["gen"])
+        noise_gen.set_state(blob["noise_gen"])
         torch.set_rng_state(blob["torch_rng"])  # dropout's
         if device.type == "cuda" and blob.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(blob["cuda_rng"])
@@ -108,6 +110,7 @@ def train_denoiser(model: DiffusionModel, images: np.ndarray, labels: np.ndarray
         tmp = checkpoint.with_name(checkpoint.name + ".tmp")
         torch.save({"model": net.state_dict(), "ema": ema.state_dict(),
                     "optimizer": opt.state_dict(), "state": state, "gen": gen.get_state(),
+                    "noise_gen": noise_gen.get_state(),
                     "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None},
                    tmp)
@@ -121,10 +124,11 @@ def train_denoiser(model: DiffusionModel, images: np.ndarray, labels: np.ndarray
         idx = torch.randint(0, len(x), (cfg.batch_size,), generator=gen)
         xb, yb = _batch(x, y, idx, cfg, model.num_classes, gen)
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-        # Timesteps and noise from the run's own generator: a resumed run draws what the
-        # uninterrupted one would have.
-        t = torch.randint(0, model.schedule.train_steps, (len(xb),), generator=gen).to(device)
-        eps = torch.randn(xb.shape, generator=gen).to(device, non_blocking=True)
+        # Timesteps and noise from the run's own generator, on the device: a resumed run
+        # draws what the uninterrupted one would have.
+        t = torch.randint(0, model.schedule.train_steps, (len(xb),), generator=noise_gen,
+                          device=device)
+        eps = torch.randn(xb.shape, generator=noise_gen, device=device)
         a = acp[t].view(-1, 1, 1, 1)
         with autocast:
             loss = F.mse_loss(net(a.sqrt() * xb + (1 - a).sqrt() * eps, t, yb).float(), eps)
