@@ -18,13 +18,13 @@ DDIM with fewer steps at the same multiply-adds:
   classifier's **agreement** with its labels on them;
 * the uncached sampler from other noise, for how much FID moves by chance.
 
-Every configuration starts from the same noise. The steps (the models as
+Every configuration starts from the same noise. The steps (the models made as
 ``bench/reference/README.md`` says, with ``cachenet diffusion train`` and ``router``):
 
     python bench/diffusion.py reference --dataset ../shared/data/cifar10-jpg.zip \\
         --out bench/results/diffusion-reference.npz
-    python bench/diffusion.py measure --unet bench/reference/diffusion-unet-cifar10.pt \\
-        --dit bench/reference/diffusion-dit-cifar10.pt \\
+    python bench/diffusion.py measure --unet models/diffusion-unet-cifar10.pt \\
+        --dit models/diffusion-dit-cifar10.pt \\
         --reference bench/results/diffusion-reference.npz --out bench/results/diffusion.json
     python bench/diffusion.py report --results bench/results/diffusion.json
 
@@ -301,8 +301,7 @@ def main() -> None:
     m.add_argument("--quick", action="store_true")
     m.add_argument("--out", default=str(ROOT / "bench" / "results" / "diffusion.json"))
     sv = sub.add_parser("serve", help="generation throughput with and without batching")
-    sv.add_argument("--model", default=str(ROOT / "bench" / "reference" /
-                                           "diffusion-unet-cifar10.pt"))
+    sv.add_argument("--model", required=True, help="a diffusion checkpoint")
     sv.add_argument("--requests", type=int, default=32)
     sv.add_argument("--steps", type=int, default=10)
     sv.add_argument("--policy", default="none")
