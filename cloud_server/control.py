@@ -13,13 +13,15 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from cachenet.fleet.store import ModelStore
+from cachenet.exceptions import ConfigError
+from cachenet.fleet.store import ModelStore, check_agent_id
 from cachenet.protocol.push import iter_push
 from cachenet.protocol.v1 import control_pb2 as pb
 from cachenet.protocol.v1 import control_pb2_grpc as pb_grpc
@@ -29,29 +31,56 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Agents the cloud keeps state for (registrations, reports); a new one beyond is refused.
+MAX_AGENTS = 10_000
+#: Acks kept (the latest); entries of a map an agent sends, and their keys' length.
+MAX_ACKS, MAX_ENTRIES, MAX_KEY = 10_000, 1024, 128
+
 
 class ControlService(pb_grpc.ControlServiceServicer):
     def __init__(self, store: ModelStore, *, tokens: set[str] | None = None,
-                 poll_s: float = 0.5, stats_interval_s: int = 30) -> None:
+                 poll_s: float = 0.5, stats_interval_s: int = 30,
+                 max_agents: int = MAX_AGENTS) -> None:
         self.store = store
         self.tokens = tokens
         self.poll_s = poll_s
         self.stats_interval_s = stats_interval_s
+        self.max_agents = max_agents
         self.agents: dict[str, dict[str, Any]] = {}
-        self.acks: list[dict[str, Any]] = []
+        self.acks: deque[dict[str, Any]] = deque(maxlen=MAX_ACKS)  # the latest, for the log
         self.reports: dict[str, dict[str, Any]] = {}
         self._push_ids = itertools.count(1)
         self.specializer: Specializer | None = None  # set once it has loaded
 
     async def _check(self, agent_id: str, token: str, context: grpc.aio.ServicerContext) -> None:
+        """A valid agent id, the right token, and room for the agent: else the call ends
+        with INVALID_ARGUMENT, UNAUTHENTICATED or RESOURCE_EXHAUSTED."""
         if not agent_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "agent_id is required")
+        try:
+            check_agent_id(agent_id)
+        except ConfigError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if self.tokens is not None and token not in self.tokens:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"bad token for {agent_id}")
+        known = agent_id in self.agents or agent_id in self.reports
+        if not known and len(self.agents.keys() | self.reports.keys()) >= self.max_agents:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"the cloud keeps state for at most {self.max_agents} agents")
+
+    @staticmethod
+    async def _bounded(fields: dict[str, Any], context: grpc.aio.ServicerContext) -> None:
+        """Maps an agent sends are kept: each at most MAX_ENTRIES entries of short keys."""
+        for name, value in fields.items():
+            if len(value) > MAX_ENTRIES or any(len(str(k)) > MAX_KEY for k in value):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"{name} has more than {MAX_ENTRIES} entries or a key "
+                                    f"longer than {MAX_KEY} characters")
 
     async def Register(self, request: pb.RegisterRequest,
                        context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
         await self._check(request.agent_id, request.token, context)
+        await self._bounded({"device": request.device}, context)
         self.agents[request.agent_id] = {
             "device": dict(request.device), "onnxruntime": request.onnxruntime_version,
             "bundle": f"{request.bundle_name}:{request.bundle_version}", "since": time.time()}
@@ -94,6 +123,8 @@ class ControlService(pb_grpc.ControlServiceServicer):
     async def ReportStats(self, request: pb.StatsReport,
                           context: grpc.aio.ServicerContext) -> pb.StatsAck:
         await self._check(request.agent_id, request.token, context)
+        await self._bounded({"class_histogram": request.class_histogram,
+                             "telemetry": request.telemetry}, context)
         self.reports[request.agent_id] = {
             "version": request.bundle_version, "requests": request.requests,
             "hits": request.hits, "escalations": request.escalations,

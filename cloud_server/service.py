@@ -161,9 +161,15 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         except Exception as exc:
             self.counts["error"] += 1
             raise RequestError(grpc.StatusCode.INTERNAL, f"model failed: {exc}") from None
-        self.counts["ok"] += 1
         rows = result.logits  # an array, or the layer caches' rows (cloud_server.layered)
         logits = getattr(rows, "logits", rows).astype(np.float32, copy=False)
+        unfit = np.flatnonzero(~np.isfinite(logits).all(1))
+        if len(unfit):  # finite inputs can still overflow the model (3e38, say)
+            self.counts["invalid"] += 1
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"the model's output for input(s) {unfit[:8].tolist()} is not "
+                               "finite: their values lie outside what the model takes")
+        self.counts["ok"] += 1
         layered = {"answered_by": rows.by} if hasattr(rows, "by") else {}
         macs = {"macs": int(rows.macs.sum()), "full_macs": rows.full_macs * len(rows)} \
             if hasattr(rows, "macs") else {}

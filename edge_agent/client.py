@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from typing import Any
@@ -60,7 +59,7 @@ class EdgeClient:
         deadline = time.monotonic() + timeout
         wait_ms = max(0, round(timeout * 1e3))
         while True:
-            reply = json.loads(self._recv(wait_ms, timeout)[-1])
+            reply = wire.decode_reply(self._recv(wait_ms, timeout)[-1])
             if reply.get("id") == request_id:
                 return reply
             # A late reply to an earlier, timed-out call: skip it, and wait what is left.
@@ -82,7 +81,7 @@ class EdgeClient:
     def send_raw(self, frames: list[bytes], *, timeout: float = 5.0) -> dict[str, Any]:
         """Send arbitrary frames (for tests of malformed input) and return the reply."""
         self.sock.send_multipart(frames)
-        return json.loads(self._recv(max(0, round(timeout * 1e3)), timeout)[-1])
+        return wire.decode_reply(self._recv(max(0, round(timeout * 1e3)), timeout)[-1])
 
     def close(self) -> None:
         self.sock.close(linger=0)

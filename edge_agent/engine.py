@@ -24,6 +24,7 @@ calls it from one thread. numpy only.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ from cachenet.core.gate import Gate
 from cachenet.core.prior import SECTION as PRIOR_SECTION
 from cachenet.core.prior import StreamPrior, from_manifest
 from cachenet.core.runtime import CacheModel
+from cachenet.exceptions import InputSpecError
 from cachenet.layercache.edge import load_edge_layers
 from edge_agent.partitions import ModelSet
 
@@ -145,6 +147,9 @@ class Engine:
             self._stage(general, None) if general is not None else None,
             (lambda: general.session.run(None, {general.input_name: x})[0][0])
             if general is not None else None, adjust)
+        if not math.isfinite(verdict.confidence):
+            raise InputSpecError("the cache model's output is not finite: the input's values "
+                                 "lie outside what the model takes (pixels scaled to [0, 1])")
         versions = {"cache": model.version}
         if general is not None and verdict.by != cascade.ACTIVE:
             versions["cache_general"] = general.version

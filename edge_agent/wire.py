@@ -13,13 +13,15 @@ Request headers::
 ``infer`` takes one input (C x H x W or 1 x C x H x W); its bytes are read in
 place, without a copy. ``deadline_ms`` (optional) shortens the escalation
 deadline; ``gate`` replaces the model's calibrated gate for this request (for
-baselines such as a fixed threshold). Replies always carry ``id`` and ``ok``; an error reply has
-``error: {"type", "message"}``. Unknown header fields are an error.
+baselines such as a fixed threshold). Replies always carry ``id`` and ``ok``; an error
+reply has ``error: {"type", "message"}``, the message quoting at most an excerpt of what
+was sent. Unknown header fields are an error. Replies are strict JSON: no NaN or Infinity.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +31,8 @@ import numpy as np
 from cachenet.core import tensors
 from cachenet.core.gate import SCORES, Gate
 from cachenet.exceptions import ProtocolError
+
+log = logging.getLogger(__name__)
 
 OPS = ("infer", "stats", "ping")
 POLICIES = ("auto", "edge", "cloud")
@@ -89,21 +93,30 @@ def _parse_gate(gate: Any) -> Gate:
     t = gate["threshold"]
     if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
         raise ProtocolError(f"gate threshold must be a number, got {t!r}")
-    if gate["score"] not in SCORES:
+    if not isinstance(gate["score"], str) or gate["score"] not in SCORES:
         raise ProtocolError(f"gate score must be one of {', '.join(SCORES)}, got "
-                            f"{gate['score']!r}")
+                            f"{tensors.excerpt(gate['score'])}")
     return Gate(gate["score"], float(t))
 
 
 def parse_request(body: Sequence[Any]) -> tuple[dict[str, Any], np.ndarray | None]:
-    """Header and (for ``infer``) the input tensor, viewing the frame's buffer."""
+    """Header and (for ``infer``) the input tensor, viewing the frame's buffer. A
+    ProtocolError carries the request's id (``request_id``) once the header has one."""
     if not body:
         raise ProtocolError("empty message: expected a header frame")
     header = parse_header(body[0])
+    try:
+        return header, _parse_data(header, body)
+    except ProtocolError as exc:
+        exc.request_id = header.get("id")  # type: ignore[attr-defined]
+        raise
+
+
+def _parse_data(header: dict[str, Any], body: Sequence[Any]) -> np.ndarray | None:
     if header["op"] != "infer":
         if len(body) != 1:
             raise ProtocolError(f"op '{header['op']}' takes no data frames, got {len(body) - 1}")
-        return header, None
+        return None
     if len(body) != 2:
         raise ProtocolError(f"infer takes exactly one data frame, got {len(body) - 1}")
     if header.get("policy", "auto") not in POLICIES:
@@ -113,8 +126,7 @@ def parse_request(body: Sequence[Any]) -> tuple[dict[str, Any], np.ndarray | Non
             raise ProtocolError(f"infer header lacks '{key}'")
     frame = body[1]
     data = frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
-    x = tensors.decode(str(header["dtype"]), header["shape"], data)
-    return header, x
+    return tensors.decode(header["dtype"], header["shape"], data)
 
 
 def encode_request(op: str, request_id: str, x: np.ndarray | None = None,
@@ -128,7 +140,27 @@ def encode_request(op: str, request_id: str, x: np.ndarray | None = None,
 
 
 def encode_reply(envelope: list[Any], reply: dict[str, Any]) -> list[Any]:
-    return [*envelope, json.dumps(reply, separators=(",", ":")).encode()]
+    """The reply as strict JSON (no NaN or Infinity tokens, which strict parsers
+    refuse); a reply that holds one becomes an error reply, so the caller still gets an
+    answer."""
+    try:
+        body = json.dumps(reply, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        log.error("reply to %r held a non-finite number; answered as an error",
+                  reply.get("id"))
+        body = json.dumps(error_reply(reply.get("id"), "InternalError",
+                                      "the answer held a non-finite number"),
+                          separators=(",", ":"), allow_nan=False)
+    return [*envelope, body.encode()]
+
+
+def _no_constant(token: str) -> Any:
+    raise ProtocolError(f"reply is not strict JSON: it holds {token}")
+
+
+def decode_reply(frame: bytes) -> dict[str, Any]:
+    """A reply, parsed as strict JSON (what :func:`encode_reply` writes)."""
+    return json.loads(frame, parse_constant=_no_constant)
 
 
 def error_reply(request_id: Any, kind: str, message: str) -> dict[str, Any]:

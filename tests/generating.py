@@ -44,8 +44,9 @@ def classifier() -> tuple[ModelCard, object]:
 @dataclass
 class Served:
     port: int
-    service: GenerationService
-    generator: Generator
+    service: GenerationService | None
+    generator: Generator | None
+    parts: object = None  # the server's ServerParts (control plane and all)
 
     @property
     def target(self) -> str:
@@ -53,7 +54,7 @@ class Served:
 
 
 @contextmanager
-def serve(generator: Generator, **kwargs: object) -> Iterator[Served]:
+def serve(generator: Generator | None, **kwargs: object) -> Iterator[Served]:
     """``create_server`` with ``generator`` running in a thread's event loop."""
     ready = threading.Event()
     box: dict[str, object] = {}
@@ -65,19 +66,22 @@ def serve(generator: Generator, **kwargs: object) -> Iterator[Served]:
         await server.start()
         stop = asyncio.Event()
         box.update(port=port, loop=asyncio.get_running_loop(), stop=stop,
-                   service=server.cachenet.generation)
+                   service=server.cachenet.generation, parts=server.cachenet)
         ready.set()
         await stop.wait()
-        server.cachenet.generation.close()  # as CloudServer.shutdown does
+        if server.cachenet.generation is not None:
+            server.cachenet.generation.close()  # as CloudServer.shutdown does
         await server.stop(0)
         await server.cachenet.batcher.stop()
-        await server.cachenet.generation.stop()
+        if server.cachenet.generation is not None:
+            await server.cachenet.generation.stop()
 
     thread = threading.Thread(target=lambda: asyncio.run(main()), name="cloud", daemon=True)
     thread.start()
     assert ready.wait(30), "the server did not start"
     try:
-        yield Served(box["port"], box["service"], generator)  # type: ignore[arg-type]
+        yield Served(box["port"], box["service"], generator,  # type: ignore[arg-type]
+                     box["parts"])
     finally:
         box["loop"].call_soon_threadsafe(box["stop"].set)  # type: ignore[attr-defined]
         thread.join(30)

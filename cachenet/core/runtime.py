@@ -77,6 +77,8 @@ class CacheModel:
         if x.ndim != len(self.input_shape) + 1 or x.shape[1:] != self.input_shape:
             raise InputSpecError(f"input shape is {tuple(x.shape)}, the model takes "
                                  f"{self.input_shape} or N x {self.input_shape}")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise InputSpecError("input contains NaN or infinite values")
         return np.ascontiguousarray(x)
 
     def logits(self, x: np.ndarray) -> np.ndarray:

@@ -22,6 +22,12 @@ MAX_DIMS = 8
 _WIRE_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in DTYPES}
 
 
+def excerpt(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: what an error may echo of a request."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def encode(arr: np.ndarray) -> tuple[str, list[int], bytes]:
     """(dtype name, shape, little-endian bytes) of ``arr``."""
     arr = np.asarray(arr)
@@ -36,12 +42,16 @@ def decode(dtype: str, shape: Sequence[int], data: bytes | memoryview, *,
     """Rebuild a tensor from its wire form, without copying ``data``."""
     wire_dtype = _WIRE_DTYPES.get(dtype) if isinstance(dtype, str) else None
     if wire_dtype is None:
-        raise ProtocolError(f"unsupported dtype '{dtype}'; supported: {', '.join(DTYPES)}")
-    if isinstance(shape, str | bytes) or not all(
-            type(d) is int or (isinstance(d, np.integer) and not isinstance(d, bool))
-            for d in shape):
-        raise ProtocolError(f"shape must be a list of integers, got {shape!r}")
-    dims = [int(d) for d in shape]
+        raise ProtocolError(f"unsupported dtype {excerpt(dtype)}; supported: "
+                            f"{', '.join(DTYPES)}")
+    try:
+        items = None if isinstance(shape, str | bytes | dict) else list(shape)
+    except TypeError:  # a number, None: not a list at all
+        items = None
+    if items is None or not all(type(d) is int or (isinstance(d, np.integer)
+                                                   and not isinstance(d, bool)) for d in items):
+        raise ProtocolError(f"shape must be a list of integers, got {excerpt(shape)}")
+    dims = [int(d) for d in items]
     if not 1 <= len(dims) <= MAX_DIMS:
         raise ProtocolError(f"shape must have 1 to {MAX_DIMS} dimensions, got {len(dims)}")
     if any(d < 1 for d in dims):

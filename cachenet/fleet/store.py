@@ -58,6 +58,15 @@ def default_store_dir() -> Path:
     return Path(os.environ.get("CACHENET_STORE", ".cachenet-store"))
 
 
+def check_agent_id(agent: object) -> None:
+    """ConfigError unless ``agent`` is an agent id: the one rule, for the store's paths and
+    for every call that names an agent."""
+    if not isinstance(agent, str) or not _AGENT_RE.match(agent):
+        shown = repr(agent) if len(repr(agent)) <= 80 else repr(agent)[:80] + "..."
+        raise ConfigError(f"agent id {shown} must be 1-128 letters, digits, '.', '_' "
+                          "or '-', starting with a letter or digit")
+
+
 class ModelStore:
     def __init__(self, root: Path, *, keep: int = 5) -> None:
         if keep < 1:
@@ -66,9 +75,7 @@ class ModelStore:
         self.keep = keep
 
     def _agent_dir(self, agent: str) -> Path:
-        if not _AGENT_RE.match(agent):
-            raise ConfigError(f"agent id '{agent}' must be 1-128 letters, digits, '.', '_' "
-                              "or '-', starting with a letter or digit")
+        check_agent_id(agent)
         return self.root / "agents" / agent
 
     @contextlib.contextmanager

@@ -90,6 +90,8 @@ def bad_requests(x: np.ndarray) -> dict[str, tuple[pb.InferRequest | bytes, str]
     f64 = make_request(x[:1].astype(np.float64))
     shape = make_request(np.zeros((1, 3, 8, 8), np.float32))
     nan = make_request(np.full((1, 1, 8, 8), np.nan, np.float32))
+    overflow = make_request(np.full((1, 1, 8, 8), 3e38, np.float32))
+    long_dtype = variant(good, lambda r: setattr(r.input, "dtype", "f" * 100_000))
     big = make_request(np.zeros((33, 1, 8, 8), np.float32))
     huge = variant(good, lambda r: r.input.shape.__setitem__(slice(None), [1 << 20, 1, 64, 64]))
     named = variant(good, lambda r: setattr(r, "model_name", "gpt"))
@@ -102,6 +104,8 @@ def bad_requests(x: np.ndarray) -> dict[str, tuple[pb.InferRequest | bytes, str]
         "oversize batch": (big, "batch of 33 inputs"),
         "oversize tensor": (huge, "over the limit"),
         "NaN": (nan, "NaN"),
+        "overflowing values": (overflow, "output for input(s) [0] is not finite"),
+        "long dtype": (long_dtype, "unsupported dtype 'ffff"),
         "unknown model": (named, "unknown model 'gpt'"),
         "no input": (empty, "no input tensor"),
         "unsupported dtype": (dtype, "unsupported dtype 'complex64'"),
@@ -125,6 +129,7 @@ def test_malformed_requests_get_invalid_argument_and_the_server_keeps_serving(
                     else grpc.StatusCode.INVALID_ARGUMENT)
         assert err.value.code() == expected, name
         assert message in err.value.details(), (name, err.value.details())
+        assert len(err.value.details()) < 400, (name, "errors quote an excerpt only")
     with pytest.raises(grpc.RpcError) as err:  # garbage bytes that do not parse at all
         raw_infer(b"\xff\xff\xff garbage", timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -141,6 +141,17 @@ def malformed() -> dict[str, tuple[list[bytes], str]]:
         "too many dims": ([b"", h(shape=[1] * 65), x[:4]], "1 to 8 dimensions"),
         "huge dimension": ([b"", h(shape=[1, 10**30]), x], "over the limit"),
         "bool id": ([b"", json.dumps({"op": "ping", "id": True}).encode()], "id must be"),
+        "NaN input": ([b"", h(), np.full((1, 1, 8, 8), np.nan, np.float32).tobytes()],
+                      "NaN or infinite"),
+        "infinite input": ([b"", h(), np.full((1, 1, 8, 8), np.inf, np.float32).tobytes()],
+                           "NaN or infinite"),
+        "huge input": ([b"", h(), np.full((1, 1, 8, 8), 3e38, np.float32).tobytes()],
+                       "output is not finite"),
+        "number as shape": ([b"", h(shape=64), x], "shape must be a list of integers"),
+        "null shape": ([b"", h(shape=None), x], "shape must be a list of integers"),
+        "list as score": ([b"", h(gate={"score": ["max_softmax"], "threshold": 0.5}), x],
+                          "gate score must be one of"),
+        "long dtype": ([b"", h(dtype="f" * 3000), x], "unsupported dtype 'ffff"),
     }
 
 
@@ -151,6 +162,10 @@ def test_malformed_requests_get_clear_errors_and_the_agent_keeps_serving(client,
     reply = client.send_raw(frames, timeout=5)
     assert reply["ok"] is False
     assert message in reply["error"]["message"], reply
+    assert reply["error"]["type"] != "InternalError", reply
+    assert len(reply["error"]["message"]) < 400, "an error echoes at most a bounded excerpt"
+    if len(frames) > 1 and b'"id": "m"' in frames[1]:
+        assert reply["id"] == "m", "the reply names the request"
     assert client.infer(sure_and_unsure[0][0], timeout=5)["source"] == "edge"
 
 
