@@ -371,8 +371,10 @@ class GenerationService(gpb_grpc.GenerationServiceServicer):
                grpc.StatusCode.UNAVAILABLE: "unavailable"}.get(code, "error")
         self.counts[key] += 1
 
-    async def GetGeneratorInfo(self, request: gpb.GeneratorInfoRequest,
+    async def GetGeneratorInfo(self, request: gpb.GeneratorInfoRequest | Undecodable,
                                context: grpc.aio.ServicerContext) -> gpb.GeneratorInfo:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
         g = self.generator
         return gpb.GeneratorInfo(
             models=[model_info(name, m) for name, m in g.models.items()],
@@ -400,7 +402,8 @@ def add_to_server(service: GenerationService, server: grpc.aio.Server) -> None:
             service.Generate, request_deserializer=lenient_parser(gpb.GenerateRequest),
             response_serializer=gpb.GenerateResponse.SerializeToString),
         "GetGeneratorInfo": grpc.unary_unary_rpc_method_handler(
-            service.GetGeneratorInfo, request_deserializer=gpb.GeneratorInfoRequest.FromString,
+            service.GetGeneratorInfo,
+            request_deserializer=lenient_parser(gpb.GeneratorInfoRequest),
             response_serializer=gpb.GeneratorInfo.SerializeToString),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME,

@@ -70,7 +70,7 @@ def add_to_server(service: InferenceService, server: grpc.aio.Server) -> None:
             service.StreamInfer, request_deserializer=lenient_parser(pb.InferRequest),
             response_serializer=pb.StreamInferResponse.SerializeToString),
         "GetModelInfo": grpc.unary_unary_rpc_method_handler(
-            service.GetModelInfo, request_deserializer=pb.ModelInfoRequest.FromString,
+            service.GetModelInfo, request_deserializer=lenient_parser(pb.ModelInfoRequest),
             response_serializer=pb.ModelInfo.SerializeToString),
     }
     name = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
@@ -232,8 +232,10 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             for task in list(pending):
                 task.cancel()
 
-    async def GetModelInfo(self, request: pb.ModelInfoRequest,
+    async def GetModelInfo(self, request: pb.ModelInfoRequest | Undecodable,
                            context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
         c = self.card
         return pb.ModelInfo(name=c.name, version=c.version, input_dtype=c.input_dtype,
                             input_shape=[-1, *c.input_shape], classes=c.classes,

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cachenet.core.bundle import verify_bundle
-from cachenet.core.manifest import read_manifest
+from cachenet.core.manifest import MANIFEST, read_manifest, safe_relpath
 from cachenet.exceptions import BundleError, ConfigError
 
 DEFAULT_AGENT = "default"
@@ -65,6 +65,15 @@ def check_agent_id(agent: object) -> None:
         shown = repr(agent) if len(repr(agent)) <= 80 else repr(agent)[:80] + "..."
         raise ConfigError(f"agent id {shown} must be 1-128 letters, digits, '.', '_' "
                           "or '-', starting with a letter or digit")
+
+
+def _copy_listed(src: Path, dst: Path, names: list[str]) -> None:
+    """The manifest and the files it lists, nothing else: a bundle folder may hold
+    anything beside them (links to elsewhere included), and none of it is the bundle's."""
+    for name in [MANIFEST, *names]:
+        target = dst / safe_relpath(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / safe_relpath(name), target, follow_symlinks=False)
 
 
 class ModelStore:
@@ -115,7 +124,7 @@ class ModelStore:
             name = f"{seq:06d}-{manifest.version}"
             staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=d / "versions"))
             try:
-                shutil.copytree(bundle, staging / "b", symlinks=False)
+                _copy_listed(Path(bundle), staging / "b", list(manifest.files))
                 verify_bundle(staging / "b")  # what was written, not what was read
                 (staging / "b").rename(d / "versions" / name)
             finally:

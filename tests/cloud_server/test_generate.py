@@ -209,6 +209,16 @@ def test_generator_info_lists_the_models(client):
     assert policies["l2c"].defaults["threshold"].float_value == 0.5
 
 
+def test_garbage_info_requests_get_invalid_argument(client):
+    raw = client.channel.unary_unary("/cachenet.v1.GenerationService/GetGeneratorInfo",
+                                     request_serializer=lambda b: b,
+                                     response_deserializer=gpb.GeneratorInfo.FromString)
+    with pytest.raises(grpc.RpcError) as err:
+        raw(b"\xff\xff\xff garbage", timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "does not decode as cachenet.v1.GeneratorInfoRequest" in err.value.details()
+
+
 def test_reflection_names_the_service(client):
     refl = reflection_pb2_grpc.ServerReflectionStub(client.channel)
     replies = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(

@@ -134,6 +134,13 @@ def test_malformed_requests_get_invalid_argument_and_the_server_keeps_serving(
         raw_infer(b"\xff\xff\xff garbage", timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "does not decode as cachenet.v1.InferRequest" in err.value.details()
+    raw_info = channel.unary_unary("/cachenet.v1.InferenceService/GetModelInfo",
+                                   request_serializer=lambda b: b,
+                                   response_deserializer=pb.ModelInfo.FromString)
+    with pytest.raises(grpc.RpcError) as err:
+        raw_info(b"\xff\xff\xff garbage", timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "does not decode as cachenet.v1.ModelInfoRequest" in err.value.details()
     assert client.infer(digits_splits.test.x[:1], timeout=5).labels.shape == (1,)
 
 

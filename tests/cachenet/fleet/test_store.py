@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +76,19 @@ def test_models_cli(digits_bundle, tmp_path):
     assert back.returncode == 0 and back.stdout.startswith("*    1")
     bad = cli("rollback", "--to", "99")
     assert bad.returncode == 2 and "no stored version '99'" in bad.stderr
+
+
+def test_push_copies_only_what_the_manifest_lists(bundle_copy, tmp_path):
+    """A link inside the bundle folder to a folder elsewhere, and files the manifest does
+    not list, stay behind: the store holds the bundle, not the folder it came in."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.bin").write_bytes(b"\0" * 4096)
+    (bundle_copy / "elsewhere").symlink_to(outside, target_is_directory=True)
+    (bundle_copy / "notes.txt").write_text("not part of the bundle")
+    stored = ModelStore(tmp_path / "store").push(bundle_copy)
+    listed = set(json.loads((bundle_copy / "manifest.json").read_text())["files"])
+    held = {p.relative_to(stored.path).as_posix()
+            for p in Path(stored.path).rglob("*") if p.is_file()}
+    assert held == listed | {"manifest.json"}
+    verify_bundle(Path(stored.path))
