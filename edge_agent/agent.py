@@ -113,6 +113,10 @@ class EdgeAgent:
         if c.bind:  # an in-process front end (edge_agent.local) binds nothing
             self.sock = self.ctx.socket(zmq.ROUTER)
             self.sock.setsockopt(zmq.LINGER, 0)
+            # A bigger frame is refused (its sender disconnected) before it is buffered:
+            # one request is one input, far below this.
+            self.sock.setsockopt(zmq.MAXMSGSIZE, max(c.max_message_bytes,
+                                                     4 * self._model.input_bytes + 65536))
             self.endpoint = _bind(self.sock, c.bind)
         if c.cloud:
             self._start_escalation_loop(c.cloud)

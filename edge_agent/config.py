@@ -31,6 +31,9 @@ class AgentConfig:
     latency_window: int = 10_000
     #: most escalations in flight at once; beyond it, unsure inputs fall back at once.
     max_inflight: int = 256
+    #: the largest message the local socket accepts (ZMQ_MAXMSGSIZE); a peer that sends a
+    #: bigger one is disconnected before the frame is buffered
+    max_message_bytes: int = 8 << 20
     ready_file: Path | None = None
     log_level: str = "INFO"
     #: subscribe to the cloud's control plane for pushed bundles (needs ``cloud``).
@@ -72,6 +75,9 @@ class AgentConfig:
         if min(self.threads, self.max_inflight, self.latency_window, self.partition_models) < 1:
             raise ConfigError("threads, max_inflight, latency_window and partition_models must "
                               "be >= 1")
+        if self.max_message_bytes < 4096:
+            raise ConfigError(f"max_message_bytes must be at least 4096 (a header), got "
+                              f"{self.max_message_bytes}")
         AuditConfig(rate=self.audit_rate, alpha=self.audit_alpha, cooldown=self.audit_cooldown,
                     burst_rate=self.audit_burst_rate)
         if self.precision not in ("fp32", "int8"):

@@ -66,6 +66,11 @@ class CacheModel:
     def version(self) -> str:
         return self.manifest.version
 
+    @property
+    def input_bytes(self) -> int:
+        """Bytes of one input."""
+        return int(np.prod(self.input_shape)) * self.dtype.itemsize
+
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """Return ``x`` as a batch (N x C x H x W) or raise :class:`InputSpecError`."""
         if not isinstance(x, np.ndarray):

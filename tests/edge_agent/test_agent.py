@@ -276,3 +276,26 @@ def test_config_layers(tmp_path, digits_bundle):
         load_config(environ={"CACHENET_DEADLINE_MS": "soon"})
     with pytest.raises(ConfigError, match="deadline_ms must be > 0"):
         load_config(environ={}, deadline_ms=-1)
+
+
+def test_a_frame_over_the_message_cap_is_refused_and_the_agent_keeps_serving(
+        digits_bundle, tmp, sure_and_unsure):
+    """ZMQ_MAXMSGSIZE: a 16 MiB frame against the 8 MiB cap drops its sender's connection
+    before the frame is buffered, so it gets no answer; other clients are served."""
+    from cachenet.exceptions import EdgeTimeout
+
+    daemon = start_edge(digits_bundle[0], tmp)
+    try:
+        endpoint = daemon.info["endpoint"]
+        with EdgeClient(endpoint) as good, EdgeClient(endpoint) as bad:
+            before = good.stats()["stats"]["requests"]
+            head = {"op": "infer", "id": "big", "dtype": "float32", "shape": [1, 1, 8, 8]}
+            for _ in range(3):
+                bad.sock.send_multipart([b"", json.dumps(head).encode(), bytes(16 << 20)],
+                                        copy=False)
+                with pytest.raises(EdgeTimeout):  # uncapped, it answers "tensor data is ..."
+                    bad._recv(1000, 1.0)
+                assert good.infer(sure_and_unsure[0][0], timeout=5)["ok"]
+            assert good.stats()["stats"]["requests"] == before + 3  # the big frames never came
+    finally:
+        assert daemon.stop() == 0
