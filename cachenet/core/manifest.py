@@ -41,6 +41,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cachenet.core.gate import SCORES
+from cachenet.core.prior import SECTION as PRIOR_SECTION
+from cachenet.core.prior import from_manifest as prior_from_manifest
 from cachenet.core.tensors import DTYPES
 from cachenet.exceptions import ManifestError
 
@@ -192,6 +194,14 @@ def _check_io(data: dict) -> None:
     if not isinstance(inp.get("dtype"), str) or inp["dtype"] not in DTYPES:
         raise ManifestError(f"'input.dtype' must be one of {', '.join(DTYPES)}, got "
                             f"{inp.get('dtype')!r:.80}")
+    norm = inp.get("normalization")
+    if norm is not None:
+        scale = norm.get("scale") if isinstance(norm, dict) else None
+        if not isinstance(norm, dict) or (scale is not None and not (
+                isinstance(scale, int | float) and not isinstance(scale, bool)
+                and math.isfinite(scale) and scale > 0)):
+            raise ManifestError(f"'input.normalization' must be an object whose 'scale' is a "
+                                f"positive number, got {norm!r:.80}")
     out = _obj(data, "output")
     shape = out.get("shape")
     if not isinstance(shape, list) or not shape or not _is_int(shape[-1]) or shape[-1] < 1:
@@ -288,6 +298,8 @@ def validate(data: object) -> dict[str, Any]:
     if width != expected:
         raise ManifestError(f"'output.shape' says {width} outputs, but the manifest answers "
                             f"{expected} ({'partition classes + other' if part else 'classes'})")
+    if data.get(PRIOR_SECTION) is not None:  # what an agent reads when it loads the bundle
+        prior_from_manifest(data[PRIOR_SECTION], len(data["classes"]))
     if data.get("signature") is not None and not isinstance(data["signature"], str):
         raise ManifestError("'signature' must be a string or null")
     return data

@@ -60,6 +60,14 @@ BAD = {
     "threshold huge": (lambda d: d["gate"].update(threshold=10**400), "'gate.threshold'"),
     "canary n negative": (lambda d: d["canary"].update(n=-1), "'canary.n'"),
     "name empty": (lambda d: d.update(name=""), "'name'"),
+    # sections an agent reads at load: refused when stored, not when the agent meets them
+    "label shift a list": (lambda d: d.update(label_shift=[1]), "label_shift must be an object"),
+    "label shift window text": (lambda d: d["label_shift"].update(window="x"),
+                                "label_shift.window"),
+    "normalization text": (lambda d: d["input"].update(normalization="x"),
+                           "'input.normalization'"),
+    "scale negative": (lambda d: d["input"]["normalization"].update(scale=-1),
+                       "'input.normalization'"),
 }
 
 
@@ -102,6 +110,8 @@ def test_a_manifest_that_disagrees_with_its_model_is_refused_at_load(bundle_copy
     data = json.loads(path.read_text())
     data["classes"] = data["classes"][:9]
     data["output"]["shape"] = [-1, 9]
+    if "label_shift" in data:  # its prior is one number a class
+        data["label_shift"]["prior"] = data["label_shift"]["prior"][:9]
     path.write_text(json.dumps(data))
     with pytest.raises(IntegrityError, match=r"shape \(1, 10\); the manifest needs \(1, 9\)"):
         load_cache_model(bundle_copy)
