@@ -29,6 +29,9 @@ from cloud_server.batcher import DynamicBatcher
 
 log = logging.getLogger(__name__)
 
+#: Requests one StreamInfer call may have read and not yet written back.
+STREAM_WINDOW = 256
+
 
 @dataclass
 class ModelCard:
@@ -106,6 +109,10 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         self.observer: Callable[[str, np.ndarray, np.ndarray], None] | None = None
         self.counts = {"received": 0, "ok": 0, "invalid": 0, "overloaded": 0, "deadline": 0,
                        "error": 0}
+        #: requests a stream may have read and not yet answered on the wire
+        self.stream_window = STREAM_WINDOW
+        self.stream_held = 0  # across streams, now
+        self.stream_held_max = 0  # the most one stream held
 
     def validate(self, request: pb.InferRequest | Undecodable) -> np.ndarray:
         if isinstance(request, Undecodable):
@@ -198,6 +205,11 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
                           ) -> AsyncIterator[pb.StreamInferResponse]:
         out: asyncio.Queue[pb.StreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task] = set()
+        # Backpressure: at most ``stream_window`` requests of this stream are read and not
+        # yet written back. A client that stops reading its answers stops the writes
+        # (gRPC flow control), then the reads: memory stays bounded.
+        window = asyncio.Semaphore(self.stream_window)
+        held = [0]  # this stream's share of ``stream_held``
 
         async def one(req: pb.InferRequest | Undecodable) -> None:
             request_id = "" if isinstance(req, Undecodable) else req.id
@@ -216,6 +228,10 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
 
         async def reader() -> None:
             async for req in request_iterator:
+                await window.acquire()
+                held[0] += 1
+                self.stream_held += 1
+                self.stream_held_max = max(self.stream_held_max, held[0])
                 task = asyncio.create_task(one(req))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
@@ -226,8 +242,12 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         read_task = asyncio.create_task(reader())
         try:
             while (item := await out.get()) is not None:
-                yield item
+                yield item  # returns once gRPC has taken it (flow control permitting)
+                held[0] -= 1
+                self.stream_held -= 1
+                window.release()
         finally:
+            self.stream_held -= held[0]
             read_task.cancel()
             for task in list(pending):
                 task.cancel()
