@@ -74,7 +74,7 @@ def from_manifest(section: object, num_classes: int) -> tuple[PriorConfig, np.nd
     field; :class:`ManifestError` names the field that is wrong."""
     if not isinstance(section, Mapping):
         raise ManifestError(f"label_shift must be an object, got {type(section).__name__}")
-    if section.get("score") not in SCORES:
+    if not isinstance(section.get("score"), str) or section["score"] not in SCORES:
         raise ManifestError(f"label_shift.score must be one of {sorted(SCORES)}, got "
                             f"{section.get('score')!r:.40}")
     prior = section.get("prior")

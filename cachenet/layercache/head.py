@@ -25,7 +25,8 @@ class HeadConfig:
     score: str = "max_softmax"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.hidden <= 4096 or self.score not in SCORES:
+        if not 0 <= self.hidden <= 4096 or not isinstance(self.score, str) \
+                or self.score not in SCORES:
             raise ManifestError(f"head config out of range: {asdict(self)}")
 
 
