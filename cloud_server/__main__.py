@@ -93,6 +93,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-image-steps", type=int, default=_env("MAX_IMAGE_STEPS"),
                    help="the most work one generation may ask for: count x steps "
                    "(x2 with guidance; default 16000)")
+    p.add_argument("--signing-key", type=Path, default=_env("SIGNING_KEY"),
+                   help="Ed25519 private key (cachenet keys) that signs every bundle stored "
+                   "and pushed, for agents that pin the fleet's public key")
     p.add_argument("--report-interval", type=int, default=30,
                    help="seconds between agents' stats reports (control plane)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds to drain on shutdown")
@@ -123,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_library=args.library_size, trainer=args.partition_trainer),
             diffusion=_diffusion_models(args.diffusion), max_generations=args.max_generations,
             max_image_steps=None if args.max_image_steps is None else int(args.max_image_steps),
+            signing_key=args.signing_key,
             grace_s=args.grace, stats_interval_s=args.stats_interval,
             ready_file=args.ready_file)
         asyncio.run(CloudServer(config).serve())

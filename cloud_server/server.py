@@ -25,6 +25,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import torch
@@ -92,6 +93,7 @@ class ServerConfig:
     diffusion: dict[str, Path] = field(default_factory=dict)
     max_generations: int = MAX_PENDING  # generations queued or running at once
     max_image_steps: int | None = None  # the work one generation may ask for (None: default)
+    signing_key: Path | None = None  # sign every version stored (agents that pin the key)
 
 
 def load_card_and_runner(bundle: Path, device: str | None, *, layer_cache: bool = False,
@@ -117,7 +119,8 @@ def load_card_and_runner(bundle: Path, device: str | None, *, layer_cache: bool 
 async def create_server(card: ModelCard, run_batch, *, host: str = "127.0.0.1", port: int = 0,
                         max_batch_size: int = 32, max_queue_delay_us: int = 0,
                         max_queue_size: int = 1024, store: Path | None = None,
-                        report_interval_s: int = 30, generator: Generator | None = None,
+                        report_interval_s: int = 30, signing_key: Any = None,
+                        generator: Generator | None = None,
                         max_generations: int = MAX_PENDING) -> tuple[grpc.aio.Server, int]:
     """A started batcher and a bound (not yet started) gRPC server; call in a running loop.
     With ``generator``, the server also generates images (``GenerationService``)."""
@@ -133,7 +136,8 @@ async def create_server(card: ModelCard, run_batch, *, host: str = "127.0.0.1", 
              reflection.SERVICE_NAME]
     control = None
     if store is not None:
-        control = ControlService(ModelStore(store), stats_interval_s=report_interval_s)
+        control = ControlService(ModelStore(store, signing_key=signing_key),
+                                 stats_interval_s=report_interval_s)
         control_pb2_grpc.add_ControlServiceServicer_to_server(control, server)
         names.append(control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name)
     generation = None
@@ -161,6 +165,15 @@ class CloudServer:
         self.port = 0
         self.specializer_task: asyncio.Task | None = None
         self.layered: LayeredStats | None = None
+        self._signing_key: Any = None
+
+    def signing_key(self) -> Any:
+        """The fleet's signing key (``--signing-key``), read once; None when unset."""
+        if self._signing_key is None and self.config.signing_key is not None:
+            from cachenet.core.signing import load_private_key
+
+            self._signing_key = load_private_key(self.config.signing_key)
+        return self._signing_key
 
     async def startup(self) -> None:
         c = self.config
@@ -175,7 +188,8 @@ class CloudServer:
         self.server, self.port = await create_server(
             card, runner, host=c.host, port=c.port, max_batch_size=c.max_batch_size,
             max_queue_delay_us=c.max_queue_delay_us, max_queue_size=c.max_queue_size,
-            store=c.store, report_interval_s=c.report_interval_s, generator=generator,
+            store=c.store, report_interval_s=c.report_interval_s,
+            signing_key=self.signing_key(), generator=generator,
             max_generations=c.max_generations)
         await self.server.start()
         health_ = self.server.cachenet.health
@@ -200,7 +214,8 @@ class CloudServer:
         c = self.config
         parts: ServerParts = self.server.cachenet  # type: ignore[union-attr]
         try:
-            spec = await asyncio.to_thread(build_specializer, c.bundle, ModelStore(c.store),
+            spec = await asyncio.to_thread(build_specializer, c.bundle,
+                                           ModelStore(c.store, signing_key=self.signing_key()),
                                            replay=c.replay, device=c.device,
                                            config=c.specializer, library_dir=c.library)
         except CachenetError as exc:

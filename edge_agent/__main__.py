@@ -34,6 +34,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help="do not re-weight the cache model by the stream's class prior")
     p.add_argument("--audit-rate", type=float,
                    help="share of edge answers also checked by the cloud (default 0.02)")
+    p.add_argument("--trusted-key", type=Path,
+                   help="the fleet's public key (signing.pub): refuse bundles it does not verify")
+    p.add_argument("--allow-rollback", action="store_true", default=None,
+                   help="accept a pushed bundle older than the running one")
     p.add_argument("--log-level")
     return p
 
@@ -49,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              threads=args.threads, precision=args.precision,
                              agent_id=args.agent_id, ready_file=args.ready_file,
                              log_level=args.log_level, layer_cache=args.layer_cache,
-                             label_shift=args.label_shift, audit_rate=args.audit_rate)
+                             label_shift=args.label_shift, audit_rate=args.audit_rate,
+                             trusted_key=args.trusted_key, allow_rollback=args.allow_rollback)
         logging.basicConfig(level=config.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         EdgeAgent(config).serve()

@@ -57,6 +57,7 @@ from edge_agent.engine import Decision, Engine, equip
 from edge_agent.partitions import ModelSet
 from edge_agent.reload import Reloader
 from edge_agent.stats import AgentStats, telemetry
+from edge_agent.trust import Trust
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ class EdgeAgent:
                 raise CachenetError("no bundle configured (--bundle or CACHENET_BUNDLE)")
             self._model = equip(load_cache_model(c.bundle, precision=c.precision,
                                                  threads=c.threads), c.threads)
+        self.trust = Trust(c.trusted_key, c.allow_rollback)
+        self.trust.check_bundle(self._model.manifest.data)  # the one it starts on, too
         self.models = ModelSet(self._model, k=c.partition_models)
         calibrated = self._model.manifest.gate.get("calibration")
         target = (calibrated.get("target") if isinstance(calibrated, dict)  # not a budget

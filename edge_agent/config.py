@@ -39,6 +39,11 @@ class AgentConfig:
     #: subscribe to the cloud's control plane for pushed bundles (needs ``cloud``).
     control: bool = True
     token: str = ""
+    #: the fleet's public key (``cachenet keys``' signing.pub): bundles it does not verify
+    #: are refused, at start and when pushed
+    trusted_key: Path | None = None
+    #: accept a pushed bundle created before the running one
+    allow_rollback: bool = False
     #: where pushed bundles are installed; default: ``.pushed`` beside the bundle.
     state_dir: Path | None = None
     keep_bundles: int = 3
@@ -68,6 +73,8 @@ class AgentConfig:
             self.ready_file = Path(self.ready_file)
         if self.state_dir is not None:
             self.state_dir = Path(self.state_dir)
+        if self.trusted_key is not None:
+            self.trusted_key = Path(self.trusted_key)
         if isinstance(self.control, str):
             self.control = self.control.lower() not in ("0", "false", "no", "off")
         if not math.isfinite(self.deadline_ms) or self.deadline_ms <= 0:

@@ -97,6 +97,7 @@ class ControlClient:
         """Install and swap in a push; the reason it was rejected, or None. Never raises:
         whatever goes wrong (the disk, the bundle, a bug) is the push's rejection."""
         try:
+            self.agent.trust.check_push(header.manifest_json, self.agent.model.manifest.data)
             protect = self._in_use()
             path = await asyncio.to_thread(install, self.root, header.version, files,
                                            header.manifest_json,

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from cachenet.cli.diffusion import add_diffusion, add_generate
+from cachenet.cli.signing import add_signing
 from cachenet.core.gate import SCORES
 from cachenet.exceptions import CachenetError
 
@@ -382,6 +383,8 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     actions.add_parser("list", help="stored versions, newest last")
     push = actions.add_parser("push", help="verify a bundle and make it current")
     push.add_argument("bundle", type=Path)
+    push.add_argument("--signing-key", type=Path,
+                      help="sign the stored version with this key (cachenet keys)")
     back = actions.add_parser("rollback", help="make an older version current")
     back.add_argument("--to", help="bundle version or sequence number (default: the previous)")
     p.set_defaults(func=_run_models)
@@ -390,7 +393,12 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 def _run_models(args: argparse.Namespace) -> int:
     from cachenet.fleet.store import ModelStore, default_store_dir
 
-    store = ModelStore(args.store or default_store_dir(), keep=args.keep)
+    key = None
+    if getattr(args, "signing_key", None) is not None:
+        from cachenet.core.signing import load_private_key
+
+        key = load_private_key(args.signing_key)
+    store = ModelStore(args.store or default_store_dir(), keep=args.keep, signing_key=key)
     if args.action == "push":
         rows = [store.push(args.bundle, agent=args.agent)]
     elif args.action == "rollback":
@@ -416,6 +424,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     add_diffusion(sub)
     add_generate(sub)
+    add_signing(sub)
     _add_layercache(sub)
     _add_models(sub)
     return parser

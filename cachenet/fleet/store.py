@@ -26,9 +26,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from cachenet.core.bundle import verify_bundle
 from cachenet.core.manifest import MANIFEST, read_manifest, safe_relpath
+from cachenet.core.signing import sign_bundle
 from cachenet.exceptions import BundleError, ConfigError
 
 DEFAULT_AGENT = "default"
@@ -77,11 +79,14 @@ def _copy_listed(src: Path, dst: Path, names: list[str]) -> None:
 
 
 class ModelStore:
-    def __init__(self, root: Path, *, keep: int = 5) -> None:
+    def __init__(self, root: Path, *, keep: int = 5, signing_key: Any = None) -> None:
+        """``signing_key`` (an Ed25519 private key, :mod:`cachenet.core.signing`): every
+        version stored is signed with it, as agents that pin the fleet's key require."""
         if keep < 1:
             raise ConfigError(f"keep must be >= 1, got {keep}")
         self.root = Path(root)
         self.keep = keep
+        self.signing_key = signing_key
 
     def _agent_dir(self, agent: str) -> Path:
         check_agent_id(agent)
@@ -125,6 +130,8 @@ class ModelStore:
             staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=d / "versions"))
             try:
                 _copy_listed(Path(bundle), staging / "b", list(manifest.files))
+                if self.signing_key is not None:
+                    sign_bundle(staging / "b", self.signing_key)
                 verify_bundle(staging / "b")  # what was written, not what was read
                 (staging / "b").rename(d / "versions" / name)
             finally:

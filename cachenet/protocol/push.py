@@ -13,11 +13,13 @@ edge runs it.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from cachenet.core.bundle import verify_bundle
 from cachenet.core.manifest import check_version, safe_relpath
+from cachenet.core.signing import device_view
 from cachenet.exceptions import IntegrityError, ManifestError
 from cachenet.protocol.v1 import control_pb2 as pb
 
@@ -28,16 +30,18 @@ MAX_FILES = 256
 
 def iter_push(bundle: Path, push_id: str, *, chunk_bytes: int = CHUNK_BYTES
               ) -> Iterator[pb.PushMessage]:
-    """The messages that carry ``bundle`` (verified first) to an agent."""
+    """The messages that carry ``bundle`` (verified first) to an agent: its device view
+    (:func:`cachenet.core.signing.device_view`), the files under ``full/`` left behind."""
     manifest = verify_bundle(bundle)
-    names = sorted(manifest.files)
+    view = device_view(manifest.data)  # never the cloud's full model
+    names = sorted(view["files"])
     blobs = {name: (bundle / name).read_bytes() for name in names}
     whole = hashlib.sha256()
     for name in names:
         whole.update(blobs[name])
     yield pb.PushMessage(header=pb.BundleHeader(
         push_id=push_id, version=manifest.version,
-        manifest_json=(bundle / "manifest.json").read_bytes(),
+        manifest_json=json.dumps(view, indent=2).encode(),
         files=[pb.FileEntry(name=n, size=len(blobs[n]), sha256=manifest.files[n]["sha256"])
                for n in names],
         sha256=whole.hexdigest()))

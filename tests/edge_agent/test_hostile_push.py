@@ -90,8 +90,10 @@ def both_file_and_folder(bundle):
 
 def hostile_pushes(bundle):
     """(messages, what the rejection must say), one per defect."""
-    def wrong_classes(m):
+    def wrong_classes(m):  # consistent in itself (a prior a class): only the model disagrees
         m["classes"], m["output"]["shape"] = m["classes"][:9], [-1, 9]
+        if m.get("label_shift"):
+            m["label_shift"]["prior"] = m["label_shift"]["prior"][:9]
 
     return [
         (hostile(bundle, "p-dotdot", version=".."), "is not a bundle version"),

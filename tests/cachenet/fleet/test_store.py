@@ -92,3 +92,39 @@ def test_push_copies_only_what_the_manifest_lists(bundle_copy, tmp_path):
             for p in Path(stored.path).rglob("*") if p.is_file()}
     assert held == listed | {"manifest.json"}
     verify_bundle(Path(stored.path))
+
+
+def test_a_store_with_a_signing_key_signs_every_version(bundle_copy, tmp_path):
+    from cachenet.core.signing import (
+        check_signature,
+        generate_keys,
+        load_private_key,
+        load_public_key,
+    )
+
+    private, public = generate_keys(tmp_path / "keys")
+    store = ModelStore(tmp_path / "store", signing_key=load_private_key(private))
+    stored = store.push(bundle_copy)
+    manifest = verify_bundle(Path(stored.path))
+    check_signature(manifest.data, load_public_key(public))
+    assert json.loads((bundle_copy / "manifest.json").read_text())["signature"] is None
+
+
+def test_keys_sign_and_signed_push_on_the_command_line(bundle_copy, tmp_path):
+    from cachenet.core.signing import check_signature, load_public_key
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cachenet", *args], capture_output=True,
+                              text=True, timeout=120)
+
+    made = cli("keys", "--out", str(tmp_path / "k"))
+    assert made.returncode == 0 and "signing.pub" in made.stdout
+    assert cli("keys", "--out", str(tmp_path / "k")).returncode == 2  # never replaced
+    public = load_public_key(tmp_path / "k" / "signing.pub")
+    pushed = cli("models", "--store", str(tmp_path / "s"), "--json", "push", str(bundle_copy),
+                 "--signing-key", str(tmp_path / "k" / "signing.key"))
+    assert pushed.returncode == 0, pushed.stderr
+    check_signature(verify_bundle(Path(json.loads(pushed.stdout)[0]["path"])).data, public)
+    assert cli("sign", str(bundle_copy), "--key", str(tmp_path / "k" / "signing.key")
+               ).returncode == 0
+    check_signature(verify_bundle(bundle_copy).data, public)

@@ -75,3 +75,26 @@ def test_chunks_past_a_files_declared_size_are_refused_as_they_arrive(digits_bun
         for message in big:
             assembler.feed(message)
     assert sum(len(p) for p in assembler.parts.values()) <= 1
+
+
+def test_a_push_never_carries_the_full_model(digits_bundle):
+    """full/ is the cloud's: neither its files nor the manifest section naming them go out,
+    and what arrives is a bundle that verifies on its own."""
+    import json
+
+    from cachenet.protocol.push import PushAssembler, iter_push
+
+    messages = list(iter_push(digits_bundle[0], "p-device"))
+    header = messages[0].header
+    assert [f.name for f in header.files] and not [f.name for f in header.files
+                                                   if f.name.startswith("full/")]
+    assert not [m for m in messages if m.WhichOneof("kind") == "chunk"
+                and m.chunk.file.startswith("full/")]
+    manifest = json.loads(header.manifest_json)
+    assert manifest["full_model"] is None
+    assert set(manifest["files"]) == {f.name for f in header.files}
+    assembler = PushAssembler()
+    done = None
+    for m in messages:
+        done = assembler.feed(m) or done
+    assert done is not None and set(done[1]) == set(manifest["files"])
