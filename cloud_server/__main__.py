@@ -96,6 +96,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--signing-key", type=Path, default=_env("SIGNING_KEY"),
                    help="Ed25519 private key (cachenet keys) that signs every bundle stored "
                    "and pushed, for agents that pin the fleet's public key")
+    for side, what in (("ca", "the fleet's CA (clients must show a certificate it signed)"),
+                       ("cert", "the cloud's certificate"), ("key", "the cloud's private key")):
+        p.add_argument(f"--tls-{side}", type=Path, default=_env(f"TLS_{side.upper()}"),
+                       help=f"TLS: {what} (PEM; cachenet certs)")
+    p.add_argument("--tls-no-client-cert", dest="tls_client_cert", action="store_false",
+                   help="TLS without client certificates (agents then prove nothing)")
     p.add_argument("--report-interval", type=int, default=30,
                    help="seconds between agents' stats reports (control plane)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds to drain on shutdown")
@@ -126,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_library=args.library_size, trainer=args.partition_trainer),
             diffusion=_diffusion_models(args.diffusion), max_generations=args.max_generations,
             max_image_steps=None if args.max_image_steps is None else int(args.max_image_steps),
-            signing_key=args.signing_key,
+            signing_key=args.signing_key, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+            tls_key=args.tls_key, tls_client_cert=args.tls_client_cert,
             grace_s=args.grace, stats_interval_s=args.stats_interval,
             ready_file=args.ready_file)
         asyncio.run(CloudServer(config).serve())

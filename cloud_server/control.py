@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from cachenet.core.ids import check_agent_id
 from cachenet.exceptions import ConfigError
-from cachenet.fleet.store import ModelStore, check_agent_id
+from cachenet.fleet.store import ModelStore
 from cachenet.protocol.push import iter_push
+from cachenet.protocol.tls import peer_identity
 from cachenet.protocol.v1 import control_pb2 as pb
 from cachenet.protocol.v1 import control_pb2_grpc as pb_grpc
 
@@ -63,6 +65,10 @@ class ControlService(pb_grpc.ControlServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if self.tokens is not None and token not in self.tokens:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"bad token for {agent_id}")
+        identity = peer_identity(context)
+        if identity is not None and identity != agent_id:  # mutual TLS: only as itself
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"this certificate is agent '{identity}', not '{agent_id}'")
         known = agent_id in self.agents or agent_id in self.reports
         if not known and len(self.agents.keys() | self.reports.keys()) >= self.max_agents:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -37,6 +37,7 @@ from cachenet.diffusion.generate import Generator
 from cachenet.exceptions import CachenetError, ConfigError
 from cachenet.fleet.store import ModelStore
 from cachenet.protocol.client import CHANNEL_OPTIONS
+from cachenet.protocol.tls import TLSFiles, server_credentials
 from cachenet.protocol.v1 import control_pb2, control_pb2_grpc
 from cachenet.protocol.v1 import inference_pb2 as pb
 from cloud_server.batcher import DynamicBatcher
@@ -94,6 +95,18 @@ class ServerConfig:
     max_generations: int = MAX_PENDING  # generations queued or running at once
     max_image_steps: int | None = None  # the work one generation may ask for (None: default)
     signing_key: Path | None = None  # sign every version stored (agents that pin the key)
+    #: TLS: the fleet's CA and the cloud's certificate and key; mutual unless told not to
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_cert: bool = True
+
+    def tls(self) -> TLSFiles | None:
+        if self.tls_cert is None and self.tls_key is None:
+            return None
+        if self.tls_cert is None or self.tls_key is None or self.tls_ca is None:
+            raise ConfigError("TLS needs --tls-ca, --tls-cert and --tls-key together")
+        return TLSFiles(self.tls_ca, self.tls_cert, self.tls_key)
 
 
 def load_card_and_runner(bundle: Path, device: str | None, *, layer_cache: bool = False,
@@ -120,6 +133,7 @@ async def create_server(card: ModelCard, run_batch, *, host: str = "127.0.0.1", 
                         max_batch_size: int = 32, max_queue_delay_us: int = 0,
                         max_queue_size: int = 1024, store: Path | None = None,
                         report_interval_s: int = 30, signing_key: Any = None,
+                        tls: TLSFiles | None = None, require_client_cert: bool = True,
                         generator: Generator | None = None,
                         max_generations: int = MAX_PENDING) -> tuple[grpc.aio.Server, int]:
     """A started batcher and a bound (not yet started) gRPC server; call in a running loop.
@@ -146,7 +160,14 @@ async def create_server(card: ModelCard, run_batch, *, host: str = "127.0.0.1", 
         add_generation_to_server(generation, server)
         names.append(GENERATION_SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is not None:
+        bound = server.add_secure_port(f"{host}:{port}", server_credentials(
+            tls, require_client_cert=require_client_cert))
+    else:
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("serving PLAINTEXT on %s: inputs travel in the clear and agents are "
+                        "not authenticated (set --tls-ca, --tls-cert, --tls-key)", host)
+        bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     batcher.start()
@@ -189,7 +210,8 @@ class CloudServer:
             card, runner, host=c.host, port=c.port, max_batch_size=c.max_batch_size,
             max_queue_delay_us=c.max_queue_delay_us, max_queue_size=c.max_queue_size,
             store=c.store, report_interval_s=c.report_interval_s,
-            signing_key=self.signing_key(), generator=generator,
+            signing_key=self.signing_key(), tls=c.tls(),
+            require_client_cert=c.tls_client_cert, generator=generator,
             max_generations=c.max_generations)
         await self.server.start()
         health_ = self.server.cachenet.health

@@ -23,6 +23,7 @@ from google.protobuf import unknown_fields
 from cachenet.core import tensors
 from cachenet.core.gate import softmax
 from cachenet.exceptions import ProtocolError, QueueFullError
+from cachenet.protocol.tls import peer_identity
 from cachenet.protocol.v1 import inference_pb2 as pb
 from cachenet.protocol.v1 import inference_pb2_grpc as pb_grpc  # the servicer base class
 from cloud_server.batcher import DynamicBatcher
@@ -78,6 +79,16 @@ def add_to_server(service: InferenceService, server: grpc.aio.Server) -> None:
     }
     name = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+
+
+def check_identity(request: pb.InferRequest | Undecodable, identity: str | None) -> None:
+    """With mutual TLS, an agent escalates only as itself: PERMISSION_DENIED when the
+    request names another agent than its certificate does."""
+    if (identity is not None and not isinstance(request, Undecodable) and request.agent_id
+            and request.agent_id != identity):
+        raise RequestError(grpc.StatusCode.PERMISSION_DENIED,
+                           f"this certificate is agent '{identity}'; the request says "
+                           f"'{request.agent_id[:128]}'")
 
 
 class RequestError(Exception):
@@ -195,6 +206,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
     async def Infer(self, request: pb.InferRequest,
                     context: grpc.aio.ServicerContext) -> pb.InferResponse:
         try:
+            check_identity(request, peer_identity(context))
             return await self._answer(request, context.time_remaining())
         except RequestError as exc:
             await context.abort(exc.code, str(exc))
@@ -208,12 +220,14 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         # Backpressure: at most ``stream_window`` requests of this stream are read and not
         # yet written back. A client that stops reading its answers stops the writes
         # (gRPC flow control), then the reads: memory stays bounded.
+        identity = peer_identity(context)
         window = asyncio.Semaphore(self.stream_window)
         held = [0]  # this stream's share of ``stream_held``
 
         async def one(req: pb.InferRequest | Undecodable) -> None:
             request_id = "" if isinstance(req, Undecodable) else req.id
             try:
+                check_identity(req, identity)
                 resp = await self._answer(req, context.time_remaining())
                 await out.put(pb.StreamInferResponse(id=request_id, response=resp))
             except RequestError as exc:

@@ -38,6 +38,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="the fleet's public key (signing.pub): refuse bundles it does not verify")
     p.add_argument("--allow-rollback", action="store_true", default=None,
                    help="accept a pushed bundle older than the running one")
+    for side, what in (("ca", "the fleet's CA"), ("cert", "this agent's certificate"),
+                       ("key", "this agent's private key")):
+        p.add_argument(f"--tls-{side}", type=Path, help=f"TLS to the cloud: {what} (PEM)")
     p.add_argument("--log-level")
     return p
 
@@ -54,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              agent_id=args.agent_id, ready_file=args.ready_file,
                              log_level=args.log_level, layer_cache=args.layer_cache,
                              label_shift=args.label_shift, audit_rate=args.audit_rate,
-                             trusted_key=args.trusted_key, allow_rollback=args.allow_rollback)
+                             trusted_key=args.trusted_key, allow_rollback=args.allow_rollback,
+                             tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
         logging.basicConfig(level=config.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         EdgeAgent(config).serve()

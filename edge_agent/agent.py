@@ -106,6 +106,10 @@ class EdgeAgent:
             self._model = equip(load_cache_model(c.bundle, precision=c.precision,
                                                  threads=c.threads), c.threads)
         self.trust = Trust(c.trusted_key, c.allow_rollback)
+        self.credentials = c.channel_credentials()
+        if c.cloud and self.credentials is None:
+            log.warning("the links to the cloud are PLAINTEXT: anyone on the path reads the "
+                        "inputs and can impersonate the cloud (set tls_ca, tls_cert, tls_key)")
         self.trust.check_bundle(self._model.manifest.data)  # the one it starts on, too
         self.models = ModelSet(self._model, k=c.partition_models)
         calibrated = self._model.manifest.gate.get("calibration")
@@ -148,7 +152,7 @@ class EdgeAgent:
             try:
                 self._wake_tx.setsockopt(zmq.SNDHWM, 0)
                 self._wake_tx.connect(address)
-                self.cloud = AsyncCloudClient(target)
+                self.cloud = AsyncCloudClient(target, credentials=self.credentials)
                 if self.config.control:
                     self.control = ControlClient(self, target)
                     control_task = self.loop.create_task(self.control.run(), name="control")

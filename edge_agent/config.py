@@ -44,6 +44,11 @@ class AgentConfig:
     trusted_key: Path | None = None
     #: accept a pushed bundle created before the running one
     allow_rollback: bool = False
+    #: TLS to the cloud: the fleet's CA, and this agent's certificate and key (mutual TLS,
+    #: ``cachenet certs``); unset, the links are plaintext (logged loudly)
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     #: where pushed bundles are installed; default: ``.pushed`` beside the bundle.
     state_dir: Path | None = None
     keep_bundles: int = 3
@@ -73,8 +78,12 @@ class AgentConfig:
             self.ready_file = Path(self.ready_file)
         if self.state_dir is not None:
             self.state_dir = Path(self.state_dir)
-        if self.trusted_key is not None:
-            self.trusted_key = Path(self.trusted_key)
+        for name in ("trusted_key", "tls_ca", "tls_cert", "tls_key"):
+            if getattr(self, name) is not None:
+                setattr(self, name, Path(getattr(self, name)))
+        if (self.tls_cert is None) != (self.tls_key is None) or (
+                self.tls_cert is not None and self.tls_ca is None):
+            raise ConfigError("tls_cert and tls_key go together, with tls_ca")
         if isinstance(self.control, str):
             self.control = self.control.lower() not in ("0", "false", "no", "off")
         if not math.isfinite(self.deadline_ms) or self.deadline_ms <= 0:
@@ -89,6 +98,14 @@ class AgentConfig:
                     burst_rate=self.audit_burst_rate)
         if self.precision not in ("fp32", "int8"):
             raise ConfigError(f"precision must be fp32 or int8, got '{self.precision}'")
+
+    def channel_credentials(self) -> Any:
+        """gRPC credentials for the links to the cloud, or None for plaintext."""
+        if self.tls_ca is None:
+            return None
+        from cachenet.protocol.tls import TLSFiles, channel_credentials
+
+        return channel_credentials(TLSFiles(self.tls_ca, self.tls_cert, self.tls_key))
 
     def audit_config(self, target: float | None) -> AuditConfig:
         """The audit's settings; ``target``: the agreement the bundle was calibrated to."""

@@ -31,7 +31,7 @@ import grpc
 
 from cachenet.core.install import clean_staging, discard, install
 from cachenet.exceptions import CachenetError
-from cachenet.protocol.client import CHANNEL_OPTIONS
+from cachenet.protocol.client import CHANNEL_OPTIONS, open_channel
 from cachenet.protocol.push import PushAssembler
 from cachenet.protocol.v1 import control_pb2 as pb
 from cachenet.protocol.v1 import control_pb2_grpc as pb_grpc
@@ -54,7 +54,7 @@ class ControlClient:
     def __init__(self, agent: EdgeAgent, target: str) -> None:
         self.agent = agent
         self.config = agent.config
-        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.channel = open_channel(target, CHANNEL_OPTIONS, agent.credentials, aio=True)
         self.stub = pb_grpc.ControlServiceStub(self.channel)
         bundle = self.config.bundle
         self.root = Path(self.config.state_dir or (Path(bundle).parent / ".pushed" if bundle

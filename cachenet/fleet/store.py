@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from cachenet.core.bundle import verify_bundle
+from cachenet.core.ids import check_agent_id
 from cachenet.core.manifest import MANIFEST, read_manifest, safe_relpath
 from cachenet.core.signing import sign_bundle
 from cachenet.exceptions import BundleError, ConfigError
 
 DEFAULT_AGENT = "default"
-_AGENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass
@@ -58,15 +58,6 @@ def _names(path: Path, wanted: str) -> bool:
 
 def default_store_dir() -> Path:
     return Path(os.environ.get("CACHENET_STORE", ".cachenet-store"))
-
-
-def check_agent_id(agent: object) -> None:
-    """ConfigError unless ``agent`` is an agent id: the one rule, for the store's paths and
-    for every call that names an agent."""
-    if not isinstance(agent, str) or not _AGENT_RE.match(agent):
-        shown = repr(agent) if len(repr(agent)) <= 80 else repr(agent)[:80] + "..."
-        raise ConfigError(f"agent id {shown} must be 1-128 letters, digits, '.', '_' "
-                          "or '-', starting with a letter or digit")
 
 
 def _copy_listed(src: Path, dst: Path, names: list[str]) -> None:

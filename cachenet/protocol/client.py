@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import numpy as np
@@ -115,11 +116,24 @@ def parse_response(resp: pb.InferResponse) -> CloudAnswer:
                        resp.model_version, timings, list(resp.answered_by))
 
 
+def open_channel(target: str, options: list | None = None,
+                 credentials: grpc.ChannelCredentials | None = None, *, aio: bool = False
+                 ) -> Any:
+    """A channel to ``target``: TLS with ``credentials`` (:mod:`cachenet.protocol.tls`),
+    else plaintext."""
+    kind = grpc.aio if aio else grpc
+    opts = options or CHANNEL_OPTIONS
+    if credentials is not None:
+        return kind.secure_channel(target, credentials, options=opts)
+    return kind.insecure_channel(target, options=opts)
+
+
 class CloudClient:
     """Blocking client for applications that call the cloud directly."""
 
-    def __init__(self, target: str, *, options: list | None = None) -> None:
-        self.channel = grpc.insecure_channel(target, options=options or CHANNEL_OPTIONS)
+    def __init__(self, target: str, *, options: list | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        self.channel = open_channel(target, options, credentials)
         self.stub = pb_grpc.InferenceServiceStub(self.channel)
 
     def infer(self, x: np.ndarray, *, timeout: float | None = None, **fields: str) -> CloudAnswer:
@@ -166,9 +180,10 @@ class CloudClient:
 class AsyncCloudClient:
     """asyncio client; create it inside the running event loop."""
 
-    def __init__(self, target: str, *, options: list | None = None) -> None:
+    def __init__(self, target: str, *, options: list | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self.target = target
-        self.channel = grpc.aio.insecure_channel(target, options=options or CHANNEL_OPTIONS)
+        self.channel = open_channel(target, options, credentials, aio=True)
         self.stub = pb_grpc.InferenceServiceStub(self.channel)
 
     async def infer(self, x: np.ndarray, *, timeout: float | None = None,
