@@ -119,7 +119,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         #: called with (agent id, inputs, full-model labels) for each answered escalation
         self.observer: Callable[[str, np.ndarray, np.ndarray], None] | None = None
         self.counts = {"received": 0, "ok": 0, "invalid": 0, "overloaded": 0, "deadline": 0,
-                       "error": 0}
+                       "error": 0, "spooled": 0}
         #: requests a stream may have read and not yet answered on the wire
         self.stream_window = STREAM_WINDOW
         self.stream_held = 0  # across streams, now
@@ -188,6 +188,8 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
                                f"the model's output for input(s) {unfit[:8].tolist()} is not "
                                "finite: their values lie outside what the model takes")
         self.counts["ok"] += 1
+        if request.spooled:
+            self.counts["spooled"] += 1  # answered by the agent while we were away
         layered = {"answered_by": rows.by} if hasattr(rows, "by") else {}
         macs = {"macs": int(rows.macs.sum()), "full_macs": rows.full_macs * len(rows)} \
             if hasattr(rows, "macs") else {}

@@ -41,6 +41,11 @@ def make_parser() -> argparse.ArgumentParser:
     for side, what in (("ca", "the fleet's CA"), ("cert", "this agent's certificate"),
                        ("key", "this agent's private key")):
         p.add_argument(f"--tls-{side}", type=Path, help=f"TLS to the cloud: {what} (PEM)")
+    p.add_argument("--spool-dir", type=Path,
+                   help="where inputs answered while the cloud was away wait to be uploaded "
+                   "(default .spool beside the bundle)")
+    p.add_argument("--no-spool", dest="spool", action="store_false", default=None,
+                   help="drop them instead")
     p.add_argument("--log-level")
     return p
 
@@ -58,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              log_level=args.log_level, layer_cache=args.layer_cache,
                              label_shift=args.label_shift, audit_rate=args.audit_rate,
                              trusted_key=args.trusted_key, allow_rollback=args.allow_rollback,
-                             tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
+                             tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                             spool_dir=args.spool_dir, spool=args.spool)
         logging.basicConfig(level=config.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         EdgeAgent(config).serve()

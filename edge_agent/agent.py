@@ -34,6 +34,7 @@ import queue
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,10 +57,14 @@ from edge_agent.control import ControlClient
 from edge_agent.engine import Decision, Engine, equip
 from edge_agent.partitions import ModelSet
 from edge_agent.reload import Reloader
+from edge_agent.spool import Spool
 from edge_agent.stats import AgentStats, telemetry
 from edge_agent.trust import Trust
 
 log = logging.getLogger(__name__)
+
+#: How long one spooled input's upload may take (not on any request's path).
+UPLOAD_TIMEOUT_S = 10.0
 
 POLL_MS = 100  # how often the loop looks at the exit flag when idle
 
@@ -95,6 +100,7 @@ class EdgeAgent:
         self._wake_tx: zmq.Socket | None = None  # used only on the loop's thread
         self._thread: threading.Thread | None = None
         self.reloader = Reloader(self._swap)
+        self.spool: Spool | None = None
         self.reload_requested = threading.Event()
 
     # -- lifecycle ------------------------------------------------------
@@ -107,6 +113,10 @@ class EdgeAgent:
                                                  threads=c.threads), c.threads)
         self.trust = Trust(c.trusted_key, c.allow_rollback)
         self.credentials = c.channel_credentials()
+        if c.cloud and c.spool:
+            root = c.spool_dir or Path(c.bundle or ".").resolve().parent / ".spool"
+            self.spool = Spool(root, max_items=c.spool_max_items, max_bytes=c.spool_max_bytes,
+                               max_age_s=c.spool_max_age_s)
         if c.cloud and self.credentials is None:
             log.warning("the links to the cloud are PLAINTEXT: anyone on the path reads the "
                         "inputs and can impersonate the cloud (set tls_ca, tls_cert, tls_key)")
@@ -148,6 +158,7 @@ class EdgeAgent:
         def run() -> None:
             asyncio.set_event_loop(self.loop)
             control_task: asyncio.Task | None = None
+            upload_task: asyncio.Task | None = None
             self._wake_tx = self.ctx.socket(zmq.PAIR)
             try:
                 self._wake_tx.setsockopt(zmq.SNDHWM, 0)
@@ -156,6 +167,8 @@ class EdgeAgent:
                 if self.config.control:
                     self.control = ControlClient(self, target)
                     control_task = self.loop.create_task(self.control.run(), name="control")
+                if self.spool is not None:
+                    upload_task = self.loop.create_task(self.upload_spool(), name="spool")
             except BaseException as exc:
                 failure.append(exc)
                 self._wake_tx.close(linger=0)
@@ -164,6 +177,10 @@ class EdgeAgent:
                 ready.set()
             try:
                 self.loop.run_forever()
+                if upload_task is not None:
+                    upload_task.cancel()
+                    self.loop.run_until_complete(asyncio.gather(upload_task,
+                                                                return_exceptions=True))
                 if self.control is not None and control_task is not None:
                     control_task.cancel()
                     self.loop.run_until_complete(asyncio.gather(control_task,
@@ -314,6 +331,7 @@ class EdgeAgent:
             self.finish(envelope, decision, "edge-fallback", t0, "no cloud configured")
         elif self.inflight >= self.config.max_inflight:
             self.finish(envelope, decision, "edge-fallback", t0, "too many escalations")
+            self.keep(x, decision)
         else:
             deadline = self.config.deadline_ms
             if "deadline_ms" in header:
@@ -322,7 +340,8 @@ class EdgeAgent:
             asyncio.run_coroutine_threadsafe(
                 self.escalate(envelope, decision, x, deadline / 1e3, t0), self.loop)
 
-    async def ask_cloud(self, x: np.ndarray, timeout: float, version: str) -> Any:
+    async def ask_cloud(self, x: np.ndarray, timeout: float, version: str, *,
+                        spooled: bool = False) -> Any:
         """The cloud's answer for one input (raises :class:`CloudError`). A camera frame
         travels as its uint8 pixel levels where that loses nothing (4x fewer bytes up);
         a cloud that refuses them gets float32 from then on."""
@@ -333,7 +352,7 @@ class EdgeAgent:
         try:
             cloud = await self.cloud.infer(x if levels is None else levels, timeout=timeout,
                                            agent_id=self.config.agent_id,
-                                           cache_model_version=version)
+                                           cache_model_version=version, spooled=spooled)
         except CloudRejected as exc:
             if levels is None or "dtype" not in str(exc):
                 raise
@@ -343,7 +362,7 @@ class EdgeAgent:
             left = timeout - (time.monotonic() - started)  # within the same deadline
             cloud = await self.cloud.infer(x, timeout=max(left, 1e-3),
                                            agent_id=self.config.agent_id,
-                                           cache_model_version=version)
+                                           cache_model_version=version, spooled=spooled)
         classes = self.model.manifest.classes if self.model else []
         if len(cloud.labels) != 1 or not 0 <= int(cloud.labels[0]) < len(classes):
             raise CloudError(f"cloud answered labels {cloud.labels.tolist()} for one input "
@@ -369,6 +388,8 @@ class EdgeAgent:
             source, reason = "cloud", None
         except CloudError as exc:
             reason = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, CloudRejected):  # the cloud was away: it sees it later
+                self.keep(x, decision)
         except Exception as exc:  # never lose a request to an unexpected failure
             log.exception("escalation failed")
             reason = f"{type(exc).__name__}: {exc}"
@@ -376,6 +397,49 @@ class EdgeAgent:
             answer["latency_us"]["cloud"] = (time.perf_counter_ns() - t) / 1e3
             self.done.put((envelope, decision, source, t0, reason))
             self._wake_tx.send(b"", copy=True)
+
+    def keep(self, x: np.ndarray, decision: Decision) -> None:
+        """Spool an input the cloud did not see (from any thread; off the request path:
+        a copy now, the disk on the escalation loop's worker threads)."""
+        if self.spool is None or self.loop is None:
+            return
+        item = (x.copy(), int(decision.answer["label"]), decision.answer["versions"]["cache"])
+        self.loop.call_soon_threadsafe(
+            lambda: self.loop.create_task(asyncio.to_thread(self._spool_add, *item)))
+
+    def _spool_add(self, x: np.ndarray, label: int, version: str) -> None:
+        try:
+            self.spool.add(x, label, version)  # type: ignore[union-attr]
+        except OSError:  # a full or failing disk costs the item, not the agent
+            log.exception("spooling an input failed")
+            self.stats.count("spool:write_failed")
+
+    async def upload_spool(self) -> None:
+        """On the escalation loop: send spooled inputs, oldest first, while the cloud
+        answers and live escalations leave room; back off while it does not."""
+        assert self.spool is not None
+        backoff = 0.5
+        while True:
+            if not len(self.spool) or self.inflight >= max(1, self.config.max_inflight // 2):
+                await asyncio.sleep(0.2)
+                continue
+            item = await asyncio.to_thread(self.spool.oldest)
+            if item is None:
+                continue
+            try:
+                cloud = await self.ask_cloud(item.x, UPLOAD_TIMEOUT_S, item.version,
+                                             spooled=True)
+            except CloudRejected:
+                await asyncio.to_thread(self.spool.done, item, None)
+            except CloudError:
+                await asyncio.sleep(backoff)
+                backoff = min(2 * backoff, 10.0)
+            except Exception:
+                log.exception("uploading a spooled input failed")
+                await asyncio.sleep(backoff)
+            else:
+                await asyncio.to_thread(self.spool.done, item, int(cloud.labels[0]))
+                backoff = 0.5
 
     async def shadow(self, decision: Decision, x: np.ndarray) -> None:
         """On the escalation loop: an audit of an edge answer already sent."""
@@ -438,6 +502,7 @@ class EdgeAgent:
                           "threshold": model.gate.threshold, "score": model.gate.score},
                 "cloud": self.config.cloud, "inflight": self.inflight,
                 "reloads": self.reloader.snapshot(),
+                "spool": self.spool.snapshot() if self.spool is not None else None,
                 "control": self.control.snapshot() if self.control is not None else None,
                 "models": self.models.snapshot() if self.models is not None else None,
                 "layer_cache": (model.layers.cascade.snapshot()  # type: ignore[attr-defined]

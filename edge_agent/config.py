@@ -44,6 +44,13 @@ class AgentConfig:
     trusted_key: Path | None = None
     #: accept a pushed bundle created before the running one
     allow_rollback: bool = False
+    #: spool the inputs answered at the edge while the cloud was away, and upload them
+    #: when it is back (``spool_dir``: default ``.spool`` beside the bundle)
+    spool: bool = True
+    spool_dir: Path | None = None
+    spool_max_items: int = 100_000
+    spool_max_bytes: int = 64 << 20
+    spool_max_age_s: float = 7 * 86400.0
     #: TLS to the cloud: the fleet's CA, and this agent's certificate and key (mutual TLS,
     #: ``cachenet certs``); unset, the links are plaintext (logged loudly)
     tls_ca: Path | None = None
@@ -78,7 +85,9 @@ class AgentConfig:
             self.ready_file = Path(self.ready_file)
         if self.state_dir is not None:
             self.state_dir = Path(self.state_dir)
-        for name in ("trusted_key", "tls_ca", "tls_cert", "tls_key"):
+        if min(self.spool_max_items, self.spool_max_bytes) < 1 or not self.spool_max_age_s > 0:
+            raise ConfigError("spool_max_items, spool_max_bytes and spool_max_age_s must be > 0")
+        for name in ("trusted_key", "tls_ca", "tls_cert", "tls_key", "spool_dir"):
             if getattr(self, name) is not None:
                 setattr(self, name, Path(getattr(self, name)))
         if (self.tls_cert is None) != (self.tls_key is None) or (

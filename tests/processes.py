@@ -45,8 +45,12 @@ def start_cloud(bundle: Path, tmp: Path, *extra: str) -> Process:
 
 def start_edge(bundle: Path, tmp: Path, *extra: str, env: dict[str, str] | None = None
                ) -> Process:
-    return start("edge_agent", ["--bundle", str(bundle), "--bind", "tcp://127.0.0.1:0", *extra],
-                 tmp, env)
+    """An agent; its spool in ``tmp`` unless ``extra`` names one, so no test sees what
+    another spooled beside a shared bundle."""
+    spool = ([] if "--spool-dir" in extra
+             else ["--spool-dir", str(tmp / f"spool-{time.monotonic_ns()}")])
+    return start("edge_agent", ["--bundle", str(bundle), "--bind", "tcp://127.0.0.1:0",
+                                *spool, *extra], tmp, env)
 
 
 class Load:

@@ -97,12 +97,13 @@ _ids = itertools.count()
 
 
 def make_request(x: np.ndarray, *, request_id: str | None = None, model_name: str = "",
-                 agent_id: str = "", cache_model_version: str = "") -> pb.InferRequest:
+                 agent_id: str = "", cache_model_version: str = "",
+                 spooled: bool = False) -> pb.InferRequest:
     dtype, shape, raw = tensors.encode(x)
     return pb.InferRequest(
         id=request_id or f"{os.getpid()}-{next(_ids)}", model_name=model_name,
         input=pb.Tensor(dtype=dtype, shape=shape, raw_data=raw), agent_id=agent_id,
-        cache_model_version=cache_model_version)
+        cache_model_version=cache_model_version, spooled=spooled)
 
 
 def parse_response(resp: pb.InferResponse) -> CloudAnswer:
@@ -187,7 +188,7 @@ class AsyncCloudClient:
         self.stub = pb_grpc.InferenceServiceStub(self.channel)
 
     async def infer(self, x: np.ndarray, *, timeout: float | None = None,
-                    **fields: str) -> CloudAnswer:
+                    **fields: Any) -> CloudAnswer:
         with map_grpc_errors():
             resp = await self.stub.Infer(make_request(x, **fields), timeout=timeout)
         return parse_response(resp)

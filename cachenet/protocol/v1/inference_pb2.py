@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63\x61\x63henet/v1/inference.proto\x12\x0b\x63\x61\x63henet.v1\"8\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x10\n\x08raw_data\x18\x03 \x01(\x0c\"\x81\x01\n\x0cInferRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\"\n\x05input\x18\x03 \x01(\x0b\x32\x13.cachenet.v1.Tensor\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x1b\n\x13\x63\x61\x63he_model_version\x18\x05 \x01(\t\"v\n\x07Timings\x12\x10\n\x08queue_us\x18\x01 \x01(\x03\x12\x12\n\ncompute_us\x18\x02 \x01(\x03\x12\x10\n\x08total_us\x18\x03 \x01(\x03\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x0c\n\x04macs\x18\x05 \x01(\x03\x12\x11\n\tfull_macs\x18\x06 \x01(\x03\"\xcc\x01\n\rInferResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12#\n\x06logits\x18\x04 \x01(\x0b\x32\x13.cachenet.v1.Tensor\x12\x0e\n\x06labels\x18\x05 \x03(\x03\x12\x13\n\x0b\x63onfidences\x18\x06 \x03(\x02\x12%\n\x07timings\x18\x07 \x01(\x0b\x32\x14.cachenet.v1.Timings\x12\x13\n\x0b\x61nswered_by\x18\x08 \x03(\t\"z\n\x13StreamInferResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x08response\x18\x02 \x01(\x0b\x32\x1a.cachenet.v1.InferResponse\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\"&\n\x10ModelInfoRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"\x8d\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0binput_dtype\x18\x03 \x01(\t\x12\x13\n\x0binput_shape\x18\x04 \x03(\x03\x12\x0f\n\x07\x63lasses\x18\x05 \x03(\t\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t2\xe9\x01\n\x10InferenceService\x12>\n\x05Infer\x12\x19.cachenet.v1.InferRequest\x1a\x1a.cachenet.v1.InferResponse\x12N\n\x0bStreamInfer\x12\x19.cachenet.v1.InferRequest\x1a .cachenet.v1.StreamInferResponse(\x01\x30\x01\x12\x45\n\x0cGetModelInfo\x12\x1d.cachenet.v1.ModelInfoRequest\x1a\x16.cachenet.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63\x61\x63henet/v1/inference.proto\x12\x0b\x63\x61\x63henet.v1\"8\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x10\n\x08raw_data\x18\x03 \x01(\x0c\"\x92\x01\n\x0cInferRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\"\n\x05input\x18\x03 \x01(\x0b\x32\x13.cachenet.v1.Tensor\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x1b\n\x13\x63\x61\x63he_model_version\x18\x05 \x01(\t\x12\x0f\n\x07spooled\x18\x06 \x01(\x08\"v\n\x07Timings\x12\x10\n\x08queue_us\x18\x01 \x01(\x03\x12\x12\n\ncompute_us\x18\x02 \x01(\x03\x12\x10\n\x08total_us\x18\x03 \x01(\x03\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x0c\n\x04macs\x18\x05 \x01(\x03\x12\x11\n\tfull_macs\x18\x06 \x01(\x03\"\xcc\x01\n\rInferResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12#\n\x06logits\x18\x04 \x01(\x0b\x32\x13.cachenet.v1.Tensor\x12\x0e\n\x06labels\x18\x05 \x03(\x03\x12\x13\n\x0b\x63onfidences\x18\x06 \x03(\x02\x12%\n\x07timings\x18\x07 \x01(\x0b\x32\x14.cachenet.v1.Timings\x12\x13\n\x0b\x61nswered_by\x18\x08 \x03(\t\"z\n\x13StreamInferResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x08response\x18\x02 \x01(\x0b\x32\x1a.cachenet.v1.InferResponse\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\"&\n\x10ModelInfoRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"\x8d\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0binput_dtype\x18\x03 \x01(\t\x12\x13\n\x0binput_shape\x18\x04 \x03(\x03\x12\x0f\n\x07\x63lasses\x18\x05 \x03(\t\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t2\xe9\x01\n\x10InferenceService\x12>\n\x05Infer\x12\x19.cachenet.v1.InferRequest\x1a\x1a.cachenet.v1.InferResponse\x12N\n\x0bStreamInfer\x12\x19.cachenet.v1.InferRequest\x1a .cachenet.v1.StreamInferResponse(\x01\x30\x01\x12\x45\n\x0cGetModelInfo\x12\x1d.cachenet.v1.ModelInfoRequest\x1a\x16.cachenet.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,17 +34,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENSOR']._serialized_start=44
   _globals['_TENSOR']._serialized_end=100
   _globals['_INFERREQUEST']._serialized_start=103
-  _globals['_INFERREQUEST']._serialized_end=232
-  _globals['_TIMINGS']._serialized_start=234
-  _globals['_TIMINGS']._serialized_end=352
-  _globals['_INFERRESPONSE']._serialized_start=355
-  _globals['_INFERRESPONSE']._serialized_end=559
-  _globals['_STREAMINFERRESPONSE']._serialized_start=561
-  _globals['_STREAMINFERRESPONSE']._serialized_end=683
-  _globals['_MODELINFOREQUEST']._serialized_start=685
-  _globals['_MODELINFOREQUEST']._serialized_end=723
-  _globals['_MODELINFO']._serialized_start=726
-  _globals['_MODELINFO']._serialized_end=867
-  _globals['_INFERENCESERVICE']._serialized_start=870
-  _globals['_INFERENCESERVICE']._serialized_end=1103
+  _globals['_INFERREQUEST']._serialized_end=249
+  _globals['_TIMINGS']._serialized_start=251
+  _globals['_TIMINGS']._serialized_end=369
+  _globals['_INFERRESPONSE']._serialized_start=372
+  _globals['_INFERRESPONSE']._serialized_end=576
+  _globals['_STREAMINFERRESPONSE']._serialized_start=578
+  _globals['_STREAMINFERRESPONSE']._serialized_end=700
+  _globals['_MODELINFOREQUEST']._serialized_start=702
+  _globals['_MODELINFOREQUEST']._serialized_end=740
+  _globals['_MODELINFO']._serialized_start=743
+  _globals['_MODELINFO']._serialized_end=884
+  _globals['_INFERENCESERVICE']._serialized_start=887
+  _globals['_INFERENCESERVICE']._serialized_end=1120
 # @@protoc_insertion_point(module_scope)

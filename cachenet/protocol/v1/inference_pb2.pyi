@@ -17,18 +17,20 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., raw_data: _Optional[bytes] = ...) -> None: ...
 
 class InferRequest(_message.Message):
-    __slots__ = ("id", "model_name", "input", "agent_id", "cache_model_version")
+    __slots__ = ("id", "model_name", "input", "agent_id", "cache_model_version", "spooled")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     CACHE_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SPOOLED_FIELD_NUMBER: _ClassVar[int]
     id: str
     model_name: str
     input: Tensor
     agent_id: str
     cache_model_version: str
-    def __init__(self, id: _Optional[str] = ..., model_name: _Optional[str] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., agent_id: _Optional[str] = ..., cache_model_version: _Optional[str] = ...) -> None: ...
+    spooled: bool
+    def __init__(self, id: _Optional[str] = ..., model_name: _Optional[str] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., agent_id: _Optional[str] = ..., cache_model_version: _Optional[str] = ..., spooled: _Optional[bool] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("queue_us", "compute_us", "total_us", "batch_size", "macs", "full_macs")
