@@ -87,7 +87,7 @@ def run_wan(bundle: Path, layered: Path, x: np.ndarray, y: np.ndarray, warm: np.
                 edge = Process("edge_agent", ["--bundle", str(b), "--bind", "tcp://127.0.0.1:0",
                                               "--cloud", f"127.0.0.1:{proxy.port}",
                                               "--deadline-ms", str(DEADLINE_MS),
-                                              "--log-level", "WARNING"], work,
+                                              "--log-level", "WARNING", "--no-spool"], work,
                                env={"OMP_NUM_THREADS": "1"})
                 stack.callback(edge.stop)
                 client = stack.enter_context(EdgeClient(edge.wait_ready()["endpoint"]))

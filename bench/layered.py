@@ -48,7 +48,7 @@ def fresh_agent(bundle: Path, port: int, work: Path, agent_id: str, deadline_ms:
     edge = Process("edge_agent", [
         "--bundle", str(bundle), "--bind", "tcp://127.0.0.1:0", "--agent-id", agent_id,
         "--cloud", f"127.0.0.1:{port}", "--deadline-ms", str(deadline_ms),
-        "--log-level", "WARNING"], work, tag=f"-{agent_id}",
+        "--log-level", "WARNING", "--no-spool"], work, tag=f"-{agent_id}",
         env={"OMP_NUM_THREADS": "1", **(env or {})})
     try:
         with EdgeClient(edge.wait_ready()["endpoint"]) as client:

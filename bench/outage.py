@@ -105,8 +105,8 @@ def main() -> None:
            "answered": sum(sources.values()), "unanswered": unanswered,
            "sources": dict(sources), "sent_s": round(sent_s, 1),
            "spool": spool, "cloud_counted_spooled": cloud_spooled(second) if second else 0,
-           "all_spooled_uploaded": spool["uploaded"] + spool["rejected"] == spool["spooled"]
-           and spool["items"] == 0}
+           "all_spooled_uploaded": spool["uploaded"] == spool["spooled"]
+           and spool["items"] == 0 and spool["rejected"] == 0}
     args.out.write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
 

@@ -245,7 +245,8 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
                                                 LinkProfile()))
         edge = Process("edge_agent", ["--bundle", str(bundle), "--bind", "tcp://127.0.0.1:0",
                                       "--cloud", f"127.0.0.1:{proxy.port}", "--deadline-ms",
-                                      str(DEADLINE_MS), "--log-level", "WARNING"], work,
+                                      str(DEADLINE_MS), "--log-level", "WARNING",
+                                      "--no-spool"], work,
                        env={"OMP_NUM_THREADS": "1"})
         stack.callback(edge.stop)
         client = stack.enter_context(EdgeClient(edge.wait_ready()["endpoint"]))

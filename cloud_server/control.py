@@ -105,7 +105,7 @@ class ControlService(pb_grpc.ControlServiceServicer):
                 log.info("pushing %s version %s to %s (%s)", current.name, current.version,
                          request.agent_id, push_id)
                 messages = await asyncio.to_thread(lambda p=current.path, i=push_id: list(
-                    iter_push(Path(p), i)))
+                    iter_push(Path(p), i, signing_key=self.store.signing_key)))
                 for msg in messages:
                     yield msg
                 have = current.version

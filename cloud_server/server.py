@@ -102,7 +102,7 @@ class ServerConfig:
     tls_client_cert: bool = True
 
     def tls(self) -> TLSFiles | None:
-        if self.tls_cert is None and self.tls_key is None:
+        if self.tls_cert is None and self.tls_key is None and self.tls_ca is None:
             return None
         if self.tls_cert is None or self.tls_key is None or self.tls_ca is None:
             raise ConfigError("TLS needs --tls-ca, --tls-cert and --tls-key together")

@@ -22,7 +22,8 @@ from google.protobuf import unknown_fields
 
 from cachenet.core import tensors
 from cachenet.core.gate import softmax
-from cachenet.exceptions import ProtocolError, QueueFullError
+from cachenet.core.ids import check_agent_id
+from cachenet.exceptions import ConfigError, ProtocolError, QueueFullError
 from cachenet.protocol.tls import peer_identity
 from cachenet.protocol.v1 import inference_pb2 as pb
 from cachenet.protocol.v1 import inference_pb2_grpc as pb_grpc  # the servicer base class
@@ -82,10 +83,18 @@ def add_to_server(service: InferenceService, server: grpc.aio.Server) -> None:
 
 
 def check_identity(request: pb.InferRequest | Undecodable, identity: str | None) -> None:
-    """With mutual TLS, an agent escalates only as itself: PERMISSION_DENIED when the
-    request names another agent than its certificate does."""
-    if (identity is not None and not isinstance(request, Undecodable) and request.agent_id
-            and request.agent_id != identity):
+    """An agent id a request names is one (INVALID_ARGUMENT); with mutual TLS an agent
+    escalates only as itself (PERMISSION_DENIED for another; none named: its own)."""
+    if isinstance(request, Undecodable):
+        return
+    if identity is not None and not request.agent_id:
+        request.agent_id = identity  # it calls as its certificate says
+    if request.agent_id:
+        try:
+            check_agent_id(request.agent_id)
+        except ConfigError as exc:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+    if identity is not None and request.agent_id != identity:
         raise RequestError(grpc.StatusCode.PERMISSION_DENIED,
                            f"this certificate is agent '{identity}'; the request says "
                            f"'{request.agent_id[:128]}'")

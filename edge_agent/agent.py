@@ -46,7 +46,10 @@ from cachenet.core.runtime import CacheModel, load_cache_model
 from cachenet.exceptions import (
     CachenetError,
     CloudError,
+    CloudOverloaded,
     CloudRejected,
+    CloudTimeout,
+    CloudUnavailable,
     InputSpecError,
     ProtocolError,
 )
@@ -99,8 +102,12 @@ class EdgeAgent:
         self._wake_rx: zmq.Socket | None = None
         self._wake_tx: zmq.Socket | None = None  # used only on the loop's thread
         self._thread: threading.Thread | None = None
-        self.reloader = Reloader(self._swap)
+        state = config.state_dir or (Path(config.bundle).resolve().parent / ".pushed"
+                                     if config.bundle else None)
+        self.trust = Trust(config.trusted_key, config.allow_rollback, state)
+        self.reloader = Reloader(self._swap, check=self.trust.check_path)
         self.spool: Spool | None = None
+        self.spool_flag = True  # mark uploads as spooled (an older cloud refuses the field)
         self.reload_requested = threading.Event()
 
     # -- lifecycle ------------------------------------------------------
@@ -109,18 +116,17 @@ class EdgeAgent:
         if self._model is None:
             if c.bundle is None:
                 raise CachenetError("no bundle configured (--bundle or CACHENET_BUNDLE)")
+            self.trust.check_path(c.bundle)  # before anything of it runs
             self._model = equip(load_cache_model(c.bundle, precision=c.precision,
                                                  threads=c.threads), c.threads)
-        self.trust = Trust(c.trusted_key, c.allow_rollback)
+        else:
+            self.trust.check_bundle(self._model.manifest.data)
         self.credentials = c.channel_credentials()
         if c.cloud and c.spool:
-            root = c.spool_dir or Path(c.bundle or ".").resolve().parent / ".spool"
-            self.spool = Spool(root, max_items=c.spool_max_items, max_bytes=c.spool_max_bytes,
-                               max_age_s=c.spool_max_age_s)
+            self.spool = self._open_spool()
         if c.cloud and self.credentials is None:
             log.warning("the links to the cloud are PLAINTEXT: anyone on the path reads the "
                         "inputs and can impersonate the cloud (set tls_ca, tls_cert, tls_key)")
-        self.trust.check_bundle(self._model.manifest.data)  # the one it starts on, too
         self.models = ModelSet(self._model, k=c.partition_models)
         calibrated = self._model.manifest.gate.get("calibration")
         target = (calibrated.get("target") if isinstance(calibrated, dict)  # not a budget
@@ -398,14 +404,34 @@ class EdgeAgent:
             self.done.put((envelope, decision, source, t0, reason))
             self._wake_tx.send(b"", copy=True)
 
+    def _open_spool(self) -> Spool | None:
+        """The spool: ``spool_dir``, else ``spool-<agent id>`` in the state directory
+        (``.pushed`` beside the bundle). A spool that cannot be opened is logged and
+        left out: the agent serves without it rather than not at all."""
+        c = self.config
+        state = c.state_dir or (Path(c.bundle).resolve().parent / ".pushed" if c.bundle
+                                else Path(".pushed"))
+        root = c.spool_dir or state / f"spool-{c.agent_id}"
+        try:
+            return Spool(root, max_items=c.spool_max_items, max_bytes=c.spool_max_bytes,
+                         max_age_s=c.spool_max_age_s)
+        except OSError as exc:
+            log.error("no spool at %s (%s): inputs answered while the cloud is away will "
+                      "not reach it", root, exc)
+            return None
+
     def keep(self, x: np.ndarray, decision: Decision) -> None:
         """Spool an input the cloud did not see (from any thread; off the request path:
         a copy now, the disk on the escalation loop's worker threads)."""
         if self.spool is None or self.loop is None:
             return
-        item = (x.copy(), int(decision.answer["label"]), decision.answer["versions"]["cache"])
-        self.loop.call_soon_threadsafe(
-            lambda: self.loop.create_task(asyncio.to_thread(self._spool_add, *item)))
+        try:
+            item = (x.copy(), int(decision.answer["label"]),
+                    decision.answer["versions"]["cache"])
+            self.loop.call_soon_threadsafe(
+                lambda: self.loop.create_task(asyncio.to_thread(self._spool_add, *item)))
+        except Exception:  # the request is answered: spooling it must not answer twice
+            log.exception("spooling an input failed")
 
     def _spool_add(self, x: np.ndarray, label: int, version: str) -> None:
         try:
@@ -423,20 +449,27 @@ class EdgeAgent:
             if not len(self.spool) or self.inflight >= max(1, self.config.max_inflight // 2):
                 await asyncio.sleep(0.2)
                 continue
-            item = await asyncio.to_thread(self.spool.oldest)
-            if item is None:
-                continue
             try:
+                item = await asyncio.to_thread(self.spool.oldest)
+                if item is None:
+                    continue
                 cloud = await self.ask_cloud(item.x, UPLOAD_TIMEOUT_S, item.version,
-                                             spooled=True)
-            except CloudRejected:
+                                             spooled=self.spool_flag)
+            except CloudRejected as exc:
+                if self.spool_flag and "unknown field" in str(exc):  # an older cloud
+                    log.warning("the cloud does not know spooled inputs: sending them plain")
+                    self.spool_flag = False
+                    continue
                 await asyncio.to_thread(self.spool.done, item, None)
-            except CloudError:
-                await asyncio.sleep(backoff)
+            except (CloudUnavailable, CloudTimeout, CloudOverloaded):
+                await asyncio.sleep(backoff)  # away, or busy: later
                 backoff = min(2 * backoff, 10.0)
+            except CloudError:  # refused for good (its classes changed, not allowed...)
+                await asyncio.to_thread(self.spool.done, item, None)
             except Exception:
                 log.exception("uploading a spooled input failed")
                 await asyncio.sleep(backoff)
+                backoff = min(2 * backoff, 10.0)
             else:
                 await asyncio.to_thread(self.spool.done, item, int(cloud.labels[0]))
                 backoff = 0.5

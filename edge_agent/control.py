@@ -20,6 +20,7 @@ the control plane stands; the agent's ``stats`` reply carries it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import platform
 import socket
@@ -107,6 +108,8 @@ class ControlClient:
                 precision=self.config.precision, threads=self.config.threads)
             if reason is not None:  # installed but cannot serve: it does not stay
                 await asyncio.to_thread(discard, self.root, path, protect=self._in_use())
+            else:
+                self.agent.trust.accepted(json.loads(header.manifest_json))
             return reason
         except CachenetError as exc:  # the push's own fault: _settle logs it
             return _reason(exc)

@@ -29,7 +29,7 @@ WARMUP_RUNS = 3
 
 
 def prepare(bundle: Path, current: CacheModel | None, *, precision: str,
-            threads: int) -> CacheModel:
+            threads: int, check: Callable[[Path], None] | None = None) -> CacheModel:
     """Load ``bundle`` and make it ready to serve; raises :class:`CachenetError`.
 
     A bundle without a variant for ``precision`` (the cloud's partition models
@@ -38,6 +38,8 @@ def prepare(bundle: Path, current: CacheModel | None, *, precision: str,
     if precision != "fp32" and precision not in read_manifest(bundle).data.get("variants", {}):
         log.info("%s has no %s variant: loading fp32", bundle, precision)
         precision = "fp32"
+    if check is not None:
+        check(bundle)  # what the agent trusts, before anything of it runs
     new = equip(load_cache_model(bundle, precision=precision, threads=threads), threads)
     if current is not None and (new.input_shape, new.dtype) != (current.input_shape,
                                                                  current.dtype):
@@ -52,8 +54,10 @@ def prepare(bundle: Path, current: CacheModel | None, *, precision: str,
 class Reloader:
     """Runs one reload at a time on a worker thread and reports the outcome."""
 
-    def __init__(self, swap: Callable[[CacheModel], None]) -> None:
+    def __init__(self, swap: Callable[[CacheModel], None],
+                 check: Callable[[Path], None] | None = None) -> None:
         self.swap = swap
+        self.check = check
         self.applied = 0
         self.rejected = 0
         self.last_error: str | None = None
@@ -85,7 +89,8 @@ class Reloader:
         with self._lock:
             t0 = time.perf_counter()
             try:
-                new = prepare(bundle, current, precision=precision, threads=threads)
+                new = prepare(bundle, current, precision=precision, threads=threads,
+                              check=self.check)
             except Exception as exc:  # CachenetError above all; anything else is refused too
                 self.rejected += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"

@@ -16,6 +16,7 @@ import collections
 import io
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".npz"
 TMP = ".tmp-"
+#: Only files of this form are the spool's: anything else in the folder is left alone.
+NAME = re.compile(r"^\d{12}-\d+\.npz$")
 
 
 @dataclass
@@ -43,17 +46,19 @@ class Spool:
     def __init__(self, root: Path, *, max_items: int = 100_000, max_bytes: int = 64 << 20,
                  max_age_s: float = 7 * 86400.0) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)  # camera frames: private
         self.max_items, self.max_bytes, self.max_age_s = max_items, max_bytes, max_age_s
         self.lock = threading.Lock()
         self.counts = {"spooled": 0, "uploaded": 0, "agreed": 0, "rejected": 0,
                        "dropped_full": 0, "dropped_age": 0, "unreadable": 0}
         for tmp in self.root.glob(f"{TMP}*"):  # a write a crash cut short
-            tmp.unlink(missing_ok=True)
-        self._queue: collections.deque[Path] = collections.deque(
-            sorted(self.root.glob(f"*{SUFFIX}"), key=self._seq_of))  # oldest first
+            if NAME.match(tmp.name[len(TMP):]):
+                tmp.unlink(missing_ok=True)
+        self._queue: collections.deque[Path] = collections.deque(sorted(
+            (p for p in self.root.iterdir() if NAME.match(p.name)), key=self._seq_of))
         self._seq = max((self._seq_of(p) for p in self._queue), default=0)
-        self._bytes = sum(p.stat().st_size for p in self._queue)
+        self._sizes = {p: p.stat().st_size for p in self._queue}
+        self._total = sum(self._sizes.values())
         if self._queue:
             log.info("spool %s holds %d input(s) from an earlier run", self.root,
                      len(self._queue))
@@ -78,33 +83,35 @@ class Spool:
             self._seq += 1
             path = self.root / f"{self._seq:012d}-{os.getpid()}{SUFFIX}"
             tmp = self.root / f"{TMP}{path.name}"
-            with open(tmp, "wb") as f:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             tmp.replace(path)
             self._queue.append(path)
-            self._bytes += len(data)
+            self._sizes[path] = len(data)
+            self._total += len(data)
             self.counts["spooled"] += 1
             self._make_room()
 
     def _make_room(self) -> None:
         while self._queue and (len(self._queue) > self.max_items
-                               or self._bytes > self.max_bytes):
+                               or self.bytes > self.max_bytes):
             self._remove(self._queue[0])
             self.counts["dropped_full"] += 1
+
+    @property
+    def bytes(self) -> int:
+        return self._total
 
     def _remove(self, path: Path) -> None:
         if self._queue and self._queue[0] == path:
             self._queue.popleft()
         elif path in self._queue:
             self._queue.remove(path)
-        try:
-            size = path.stat().st_size
-            path.unlink()
-            self._bytes -= size
-        except FileNotFoundError:
-            pass
+        self._total -= self._sizes.pop(path, 0)
+        path.unlink(missing_ok=True)
 
     def oldest(self) -> Item | None:
         """The oldest item still young enough (older ones are dropped, counted)."""
@@ -115,7 +122,7 @@ class Spool:
                     with np.load(path, allow_pickle=False) as f:
                         item = Item(path, f["x"], int(f["label"]), str(f["version"]),
                                     float(f["time"]))
-                except (OSError, ValueError, KeyError):
+                except Exception:
                     self._remove(path)
                     self.counts["unreadable"] += 1
                     continue
@@ -142,7 +149,7 @@ class Spool:
                 oldest = self._queue[0].stat().st_mtime if self._queue else None
             except FileNotFoundError:
                 oldest = None
-            return {**self.counts, "items": len(self._queue), "bytes": self._bytes,
+            return {**self.counts, "items": len(self._queue), "bytes": self.bytes,
                     "oldest_age_s": round(time.time() - oldest, 1) if oldest else 0.0,
                     "max_items": self.max_items, "max_bytes": self.max_bytes,
                     "max_age_s": self.max_age_s}

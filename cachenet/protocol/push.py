@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from cachenet.core.bundle import verify_bundle
 from cachenet.core.manifest import check_version, safe_relpath
-from cachenet.core.signing import device_view
+from cachenet.core.signing import device_view, sign_manifest
 from cachenet.exceptions import IntegrityError, ManifestError
 from cachenet.protocol.v1 import control_pb2 as pb
 
@@ -28,12 +28,15 @@ CHUNK_BYTES = 256 << 10
 MAX_FILES = 256
 
 
-def iter_push(bundle: Path, push_id: str, *, chunk_bytes: int = CHUNK_BYTES
-              ) -> Iterator[pb.PushMessage]:
+def iter_push(bundle: Path, push_id: str, *, chunk_bytes: int = CHUNK_BYTES,
+              signing_key: object = None) -> Iterator[pb.PushMessage]:
     """The messages that carry ``bundle`` (verified first) to an agent: its device view
-    (:func:`cachenet.core.signing.device_view`), the files under ``full/`` left behind."""
+    (:func:`cachenet.core.signing.device_view`), the files under ``full/`` left behind;
+    signed with ``signing_key`` when the stored bundle is not (stored before the key)."""
     manifest = verify_bundle(bundle)
     view = device_view(manifest.data)  # never the cloud's full model
+    if signing_key is not None and not view.get("signature"):  # stored before the key
+        view = sign_manifest(view, signing_key)
     names = sorted(view["files"])
     blobs = {name: (bundle / name).read_bytes() for name in names}
     whole = hashlib.sha256()

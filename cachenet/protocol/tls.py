@@ -73,9 +73,11 @@ def _name(common_name: str) -> Any:
 
 
 def _issue(subject: str, key: Any, issuer_key: Any, issuer: str, *, ca: bool,
-           hosts: list[str] | None = None, days: int = 825) -> Any:
+           hosts: list[str] | None = None, days: int = 825, usage: str | None = None) -> Any:
+    """A certificate; ``usage`` "server" or "client" limits what it may be used for."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
     now = datetime.datetime.now(datetime.timezone.utc)
     builder = (x509.CertificateBuilder().subject_name(_name(subject))
@@ -84,6 +86,10 @@ def _issue(subject: str, key: Any, issuer_key: Any, issuer: str, *, ca: bool,
                .not_valid_before(now - datetime.timedelta(minutes=5))
                .not_valid_after(now + datetime.timedelta(days=days))
                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if usage is not None:
+        oid = (ExtendedKeyUsageOID.SERVER_AUTH if usage == "server"
+               else ExtendedKeyUsageOID.CLIENT_AUTH)
+        builder = builder.add_extension(x509.ExtendedKeyUsage([oid]), critical=True)
     if hosts:
         alt = []
         for h in hosts:
@@ -107,6 +113,10 @@ def make_fleet_certs(out: Path, agents: list[str], hosts: list[str]) -> dict[str
 
     for a in agents:
         check_agent_id(a)
+    clash = sorted(set(agents) & set(hosts))
+    if clash or not hosts:
+        raise ConfigError(f"agent ids must not be the cloud's host names ({clash}), and the "
+                          "cloud needs at least one host name")
     out.mkdir(parents=True, exist_ok=True)
     if (out / "ca.pem").exists():
         raise ConfigError(f"{out / 'ca.pem'} exists; refusing to replace a fleet's CA")
@@ -125,9 +135,10 @@ def make_fleet_certs(out: Path, agents: list[str], hosts: list[str]) -> dict[str
     ca = _issue("cachenet fleet CA", ca_key, ca_key, "cachenet fleet CA", ca=True, days=3650)
     save("ca", ca, ca_key)
     key = ec.generate_private_key(ec.SECP256R1())
-    save("cloud", _issue(hosts[0], key, ca_key, "cachenet fleet CA", ca=False, hosts=hosts),
-         key)
+    save("cloud", _issue(hosts[0], key, ca_key, "cachenet fleet CA", ca=False, hosts=hosts,
+                         usage="server"), key)
     for agent in agents:
         key = ec.generate_private_key(ec.SECP256R1())
-        save(f"agent-{agent}", _issue(agent, key, ca_key, "cachenet fleet CA", ca=False), key)
+        save(f"agent-{agent}", _issue(agent, key, ca_key, "cachenet fleet CA", ca=False,
+                                      usage="client"), key)
     return written

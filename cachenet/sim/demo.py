@@ -139,7 +139,8 @@ def run_demo(*, rtt_ms: float = 40.0, requests: int = 400, mean_run: float = 20.
                                                 LinkProfile.from_rtt(rtt_ms)))
         edge = Process("edge_agent", ["--bundle", str(bundle), "--bind", "tcp://127.0.0.1:0",
                                       "--cloud", f"127.0.0.1:{proxy.port}",
-                                      "--deadline-ms", str(deadline)], work)
+                                      "--deadline-ms", str(deadline),
+                                      "--spool-dir", str(work / "spool")], work)
         stack.callback(edge.stop)
         endpoint = edge.wait_ready()["endpoint"]
         runs = {name: run_stream(endpoint, x, policy=policy, timeout=deadline / 1e3 + 5)

@@ -144,7 +144,8 @@ def run_drift_demo(*, rtt_ms: float = 40.0, after: int = 300, max_wait_s: float 
                                                 LinkProfile.from_rtt(rtt_ms)))
         edge = Process("edge_agent", [
             "--bundle", str(bundle), "--bind", "tcp://127.0.0.1:0", "--agent-id", "camera-1",
-            "--cloud", f"127.0.0.1:{proxy.port}", "--deadline-ms", str(deadline)], work)
+            "--cloud", f"127.0.0.1:{proxy.port}", "--deadline-ms", str(deadline),
+            "--spool-dir", str(work / "spool")], work)
         stack.callback(edge.stop)
         client = stack.enter_context(EdgeClient(edge.wait_ready()["endpoint"]))
         results = []

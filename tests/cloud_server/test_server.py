@@ -97,6 +97,7 @@ def bad_requests(x: np.ndarray) -> dict[str, tuple[pb.InferRequest | bytes, str]
     named = variant(good, lambda r: setattr(r, "model_name", "gpt"))
     empty = pb.InferRequest(id="no-input")
     dtype = variant(good, lambda r: setattr(r.input, "dtype", "complex64"))
+    agent = variant(good, lambda r: setattr(r, "agent_id", "../../etc"))
     return {
         "wrong dtype": (f64, "dtype is float64, the model takes float32"),
         "wrong shape": (shape, "input shape is [1, 3, 8, 8]"),
@@ -109,6 +110,7 @@ def bad_requests(x: np.ndarray) -> dict[str, tuple[pb.InferRequest | bytes, str]
         "unknown model": (named, "unknown model 'gpt'"),
         "no input": (empty, "no input tensor"),
         "unsupported dtype": (dtype, "unsupported dtype 'complex64'"),
+        "bad agent id": (agent, "agent id '../../etc' must be"),
         "unknown field": (good.SerializeToString() + b"\xa0\x06\x01", "unknown field number"),
     }
 

@@ -94,3 +94,27 @@ def test_a_real_agent_escalates_over_mutual_tls(digits_bundle, certs, tmp_path, 
     finally:
         assert agent.stop() == 0
         assert cloud.stop() == 0
+
+
+def test_certificates_are_for_one_use_and_agents_are_not_hosts(certs, tmp_path):
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from cachenet.exceptions import ConfigError
+
+    def usage(name: str) -> list:
+        cert = x509.load_pem_x509_certificate((certs / name).read_bytes())
+        return list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+    assert usage("agent-cam-1.pem") == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert usage("cloud.pem") == [ExtendedKeyUsageOID.SERVER_AUTH]
+    with pytest.raises(ConfigError, match="must not be the cloud's host names"):
+        make_fleet_certs(tmp_path / "x", ["localhost"], ["localhost"])
+
+
+def test_a_ca_without_the_cloud_certificate_is_refused_not_plaintext(certs):
+    from cachenet.exceptions import ConfigError
+    from cloud_server.server import ServerConfig
+
+    with pytest.raises(ConfigError, match="together"):
+        ServerConfig(bundle=certs, tls_ca=certs / "ca.pem").tls()

@@ -19,7 +19,8 @@ def test_it_answers_on_the_device_and_escalates_to_a_real_cloud(digits_bundle, d
     x = digits_splits.test.x[:40]
     try:
         with LocalAgent(bundle=bundle, cloud=f"127.0.0.1:{cloud.info['port']}",
-                        deadline_ms=5000, control=False, audit_rate=0.0) as agent:
+                        deadline_ms=5000, control=False, audit_rate=0.0,
+                        spool_dir=tmp_path / "spool") as agent:
             answers = [agent.infer(x[i]) for i in range(len(x))]
             forced = agent.infer(x[0], policy="cloud")
             stats = agent.stats()

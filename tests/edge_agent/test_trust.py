@@ -28,8 +28,13 @@ def keys(tmp_path):
     return load_private_key(fleet), fleet_pub, load_private_key(other)
 
 
-def signed_push(bundle, push_id, version, key, **fields):
+def signed_push(bundle, push_id, version, key, *, view=True, **fields):
+    """A push of ``bundle`` as ``version``, signed by ``key``: its device view (what a
+    cloud sends), or with the cloud's full/ files too (``view=False``)."""
     manifest, files = bundle_parts(bundle)
+    if view:
+        files = {n: d for n, d in files.items() if not n.startswith("full/")}
+        manifest = {**manifest, "full_model": None}
     manifest = {**rehashed(manifest, files), "version": version, **fields}
     if key is not None:
         manifest = sign_manifest(manifest, key)
@@ -54,7 +59,9 @@ def test_only_newer_bundles_signed_by_the_fleet_are_applied(cloud, device, keys,
             bad = [(signed_push(bundle, "p-unsigned", "t-unsigned", None), "unsigned"),
                    (signed_push(bundle, "p-other", "t-other", other), "does not verify"),
                    (signed_push(bundle, "p-old", "t-old", fleet, created="2000-01-01T00:00:00Z"),
-                    "refused as a rollback")]
+                    "refused as a rollback"),
+                   (signed_push(bundle, "p-full", "t-full", fleet, view=False),
+                    "full/ files, which the signature does not cover")]
             tampered = signed_push(bundle, "p-tamper", "t-tamper", fleet)
             header = tampered[0].header
             forged = json.loads(header.manifest_json)
@@ -74,6 +81,29 @@ def test_only_newer_bundles_signed_by_the_fleet_are_applied(cloud, device, keys,
             assert servicer.acks[-1].applied, servicer.acks[-1].reason
             wait_until(lambda: admin.stats()["model"]["version"] == good.version)
         assert load.failed == 0 and load.ok > 0
+    finally:
+        assert agent.stop() == 0
+    # The mark outlives the agent: restarted on its first bundle, it still refuses a
+    # signed bundle older than the one it had accepted.
+    older = repack(device / "bundle", tmp_path / "older", fields={"name": "older"})
+    sign_bundle(older.root, fleet)
+    servicer.subscribed.clear()
+    agent = start_edge(device / "bundle", tmp_path, "--cloud", f"127.0.0.1:{port}",
+                       "--agent-id", "cam-t", "--trusted-key", str(public))
+    try:
+        assert servicer.subscribed.wait(30)
+        before = len(servicer.acks)
+        with open(older.root / "manifest.json") as f:
+            m = json.load(f)
+        m["created"] = "2001-01-01T00:00:00Z"  # older than the good push, newer than the first
+        files = {n: (older.root / n).read_bytes() for n in m["files"]
+                 if not n.startswith("full/")}
+        m = sign_manifest({**rehashed({**m, "full_model": None}, files),
+                           "version": "t-replay"}, fleet)
+        servicer.pushes.put(raw_push("p-replay", "t-replay", files, m))
+        wait_until(lambda: len(servicer.acks) == before + 1)
+        assert not servicer.acks[-1].applied
+        assert "refused as a rollback" in servicer.acks[-1].reason
     finally:
         assert agent.stop() == 0
 

@@ -98,3 +98,19 @@ def test_a_push_never_carries_the_full_model(digits_bundle):
     for m in messages:
         done = assembler.feed(m) or done
     assert done is not None and set(done[1]) == set(manifest["files"])
+
+
+def test_a_cloud_with_a_key_signs_what_it_stored_unsigned(digits_bundle, tmp_path):
+    import json
+
+    from cachenet.core.signing import (
+        check_signature,
+        generate_keys,
+        load_private_key,
+        load_public_key,
+    )
+    from cachenet.protocol.push import iter_push
+
+    private, public = generate_keys(tmp_path / "k")
+    header = next(iter(iter_push(digits_bundle[0], "p", signing_key=load_private_key(private))))
+    check_signature(json.loads(header.header.manifest_json), load_public_key(public))

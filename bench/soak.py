@@ -1,0 +1,144 @@
+#!/usr/bin/env python
+"""A soak through mutual TLS: an agent escalating to the cloud for ``--minutes`` while the
+cloud pushes it a newly signed bundle every ``--push-every`` seconds; the memory (RSS) of
+both daemons sampled every 5 s.
+
+Both links are mutual TLS (``cachenet certs``), bundles are signed (``cachenet keys``)
+and the agent pins the key. Reported: requests, answers by source, failures, pushes
+applied, and each daemon's RSS after the warm-up (the first ``--warmup`` seconds)
+against its largest and smallest later value.
+
+    python bench/soak.py --bundle bundles/digits [--minutes 10]
+
+Results: ``bench/results/soak.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cachenet.core.bundle import repack  # noqa: E402
+from cachenet.core.signing import generate_keys  # noqa: E402
+from cachenet.protocol.tls import make_fleet_certs  # noqa: E402
+from cachenet.sim.daemon import Process  # noqa: E402
+from cachenet.toolchain.data import load_splits  # noqa: E402
+from edge_agent.client import EdgeClient  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", type=Path, required=True)
+    ap.add_argument("--dataset", default="digits")
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--warmup", type=float, default=60.0)
+    ap.add_argument("--push-every", type=float, default=60.0)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.json")
+    args = ap.parse_args()
+    x = load_splits(args.dataset).test.x
+    tmp = Path(tempfile.mkdtemp(prefix="soak-"))
+    make_fleet_certs(tmp / "certs", ["cam-soak"], ["localhost", "127.0.0.1"])
+    private, public = generate_keys(tmp / "keys")
+    c = tmp / "certs"
+    store = tmp / "store"
+    cloud = Process("cloud_server", [
+        "--bundle", str(args.bundle), "--port", "0", "--store", str(store),
+        "--signing-key", str(private), "--tls-ca", str(c / "ca.pem"),
+        "--tls-cert", str(c / "cloud.pem"), "--tls-key", str(c / "cloud.key")], tmp)
+    cloud.wait_ready(120)
+
+    def push(n: int) -> None:
+        b = repack(args.bundle, tmp / f"b{n}", fields={"name": f"soak-{n}"})  # a new version
+        subprocess.run([sys.executable, "-m", "cachenet", "models", "--store", str(store),
+                        "push", str(b.root), "--signing-key", str(private)], check=True,
+                       capture_output=True)
+
+    push(0)
+    agent_bundle = tmp / "agent-bundle"
+    repack(args.bundle, agent_bundle)
+    subprocess.run([sys.executable, "-m", "cachenet", "sign", str(agent_bundle), "--key",
+                    str(private)], check=True, capture_output=True)
+    agent = Process("edge_agent", [
+        "--bundle", str(agent_bundle), "--bind", "tcp://127.0.0.1:0",
+        "--cloud", f"127.0.0.1:{cloud.info['port']}", "--agent-id", "cam-soak",
+        "--deadline-ms", "2000", "--trusted-key", str(public), "--spool-dir",
+        str(tmp / "spool"), "--tls-ca", str(c / "ca.pem"),
+        "--tls-cert", str(c / "agent-cam-soak.pem"), "--tls-key", str(c / "agent-cam-soak.key")],
+        tmp)
+    agent.wait_ready(120)
+    sources: collections.Counter[str] = collections.Counter()
+    failed = [0]
+    stop = threading.Event()
+
+    def load() -> None:
+        with EdgeClient(agent.info["endpoint"]) as client:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    r = client.infer(x[i % len(x)], timeout=10,
+                                     policy="cloud" if i % 3 == 0 else "auto")
+                    sources[r["source"]] += 1
+                except Exception:
+                    failed[0] += 1
+
+    thread = threading.Thread(target=load)
+    started = time.monotonic()
+    thread.start()
+    procs = {"cloud": psutil.Process(cloud.proc.pid), "agent": psutil.Process(agent.proc.pid)}
+    samples: dict[str, list[tuple[float, int]]] = {k: [] for k in procs}
+    pushes, next_push = 0, args.push_every
+    try:
+        while (elapsed := time.monotonic() - started) < args.minutes * 60:
+            for k, p in procs.items():
+                samples[k].append((round(elapsed, 1), p.memory_info().rss))
+            if elapsed >= next_push:
+                pushes += 1
+                push(pushes)
+                next_push += args.push_every
+            time.sleep(5)
+        with EdgeClient(agent.info["endpoint"]) as client:
+            stats = client.stats()
+    finally:
+        stop.set()
+        thread.join(30)
+        agent.stop()
+        cloud.stop()
+    memory = {}
+    for k, rows in samples.items():
+        after = [rss for t, rss in rows if t >= args.warmup]
+        base = after[0]
+        memory[k] = {"rss_after_warmup_mb": round(base / 2**20, 1),
+                     "rss_max_mb": round(max(after) / 2**20, 1),
+                     "rss_min_mb": round(min(after) / 2**20, 1),
+                     "max_change_vs_warmup": round(max(abs(r - base) for r in after) / base, 4),
+                     "samples": [(t, round(r / 2**20, 1)) for t, r in rows]}
+    out = {"command": " ".join(sys.argv), "minutes": args.minutes,
+           "requests": sum(sources.values()) + failed[0], "sources": dict(sources),
+           "failed": failed[0], "pushes_stored": pushes + 1,
+           "pushes_applied": (stats.get("control") or {}).get("applied"),
+           "pushes_rejected": (stats.get("control") or {}).get("rejected"),
+           "model_version": stats["model"]["version"], "control": stats.get("control"),
+           "memory": memory}
+    args.out.write_text(json.dumps(out, indent=1))
+    summary = {k: v for k, v in out.items() if k != "memory"}
+    summary["memory"] = {k: {kk: vv for kk, vv in v.items() if kk != "samples"}
+                         for k, v in memory.items()}
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
