@@ -53,6 +53,12 @@ from cloud_server.specializer import Specializer, SpecializerConfig, build_speci
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+#: gRPC core holds calls that arrived before the server asked for them; past
+#: ``max_pending_requests`` (1,000 by default) it cancels them unseen, so a burst of
+#: 2,000 calls lost about a tenth to CANCELLED. Held up to these limits, every call
+#: reaches the service, which answers those beyond its queue RESOURCE_EXHAUSTED.
+SERVER_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.server.max_pending_requests", 10_000),
+                  ("grpc.server.max_pending_requests_hard_limit", 20_000)]
 #: Health-check name of the specialiser: NOT_SERVING while it loads (or when it failed).
 SPECIALIZER_HEALTH = "cachenet.v1.Specializer"
 
@@ -142,7 +148,7 @@ async def create_server(card: ModelCard, run_batch, *, host: str = "127.0.0.1", 
                              max_queue_delay_us=max_queue_delay_us,
                              max_queue_size=max_queue_size)
     service = InferenceService(card, batcher)
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     add_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
