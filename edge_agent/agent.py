@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 
 #: How long one spooled input's upload may take (not on any request's path).
 UPLOAD_TIMEOUT_S = 10.0
+#: Inputs waiting for the disk at most; past it, new ones are dropped (counted).
+SPOOL_BACKLOG = 1000
 
 POLL_MS = 100  # how often the loop looks at the exit flag when idle
 
@@ -108,6 +110,8 @@ class EdgeAgent:
         self.reloader = Reloader(self._swap, check=self.trust.check_path)
         self.spool: Spool | None = None
         self.spool_flag = True  # mark uploads as spooled (an older cloud refuses the field)
+        self._spool_backlog = 0  # inputs copied for the spool, not yet on disk
+        self._backlog_lock = threading.Lock()
         self.reload_requested = threading.Event()
 
     # -- lifecycle ------------------------------------------------------
@@ -425,6 +429,11 @@ class EdgeAgent:
         a copy now, the disk on the escalation loop's worker threads)."""
         if self.spool is None or self.loop is None:
             return
+        with self._backlog_lock:
+            if self._spool_backlog >= SPOOL_BACKLOG:  # the disk is behind: drop, counted
+                self.stats.count("spool:dropped_backlog")
+                return
+            self._spool_backlog += 1
         try:
             item = (x.copy(), int(decision.answer["label"]),
                     decision.answer["versions"]["cache"])
@@ -432,6 +441,8 @@ class EdgeAgent:
                 lambda: self.loop.create_task(asyncio.to_thread(self._spool_add, *item)))
         except Exception:  # the request is answered: spooling it must not answer twice
             log.exception("spooling an input failed")
+            with self._backlog_lock:
+                self._spool_backlog -= 1
 
     def _spool_add(self, x: np.ndarray, label: int, version: str) -> None:
         try:
@@ -439,6 +450,9 @@ class EdgeAgent:
         except OSError:  # a full or failing disk costs the item, not the agent
             log.exception("spooling an input failed")
             self.stats.count("spool:write_failed")
+        finally:
+            with self._backlog_lock:
+                self._spool_backlog -= 1
 
     async def upload_spool(self) -> None:
         """On the escalation loop: send spooled inputs, oldest first, while the cloud

@@ -4,10 +4,10 @@ When an input the agent would have escalated is answered at the edge instead (th
 cloud unreachable or too slow, too many escalations in flight), it is written here,
 one file an input, and uploaded when the cloud answers again, so that the cloud's
 specialiser learns from it and the agent counts how often its fallback agreed with
-the cloud. Each item is written to a temporary name, synced and renamed: a crash
-leaves whole items or nothing, and a restarted agent uploads what an earlier run
-spooled. The spool keeps at most ``max_items`` items, ``max_bytes`` bytes and
-``max_age_s`` seconds: beyond, the oldest go, counted.
+the cloud. Each item is written to a temporary name, synced, renamed and the folder
+synced: a crash, or a power loss, leaves whole items or nothing, and a restarted agent
+uploads what an earlier run spooled. The spool keeps at most ``max_items`` items,
+``max_bytes`` bytes and ``max_age_s`` seconds: beyond, the oldest go, counted.
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ class Spool:
                 f.flush()
                 os.fsync(f.fileno())
             tmp.replace(path)
+            self._sync_folder()  # the rename itself survives a power loss
             self._queue.append(path)
             self._sizes[path] = len(data)
             self._total += len(data)
@@ -100,6 +101,13 @@ class Spool:
                                or self.bytes > self.max_bytes):
             self._remove(self._queue[0])
             self.counts["dropped_full"] += 1
+
+    def _sync_folder(self) -> None:
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     @property
     def bytes(self) -> int:
