@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cachenet.diffusion.generate import image_grid
+
 GRID_ROWS = {"unet": ["none", "deepcache-3", "ddim-20"], "dit": ["none", "fora-3", "l2c-0.5"]}
 
 
@@ -140,15 +142,6 @@ def why(rows: list[dict], models: dict) -> list[str]:
     ]
 
 
-def _grid(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    c, h, w = images.shape[1:]
-    out = np.full((c, rows * (h + 2), cols * (w + 2)), 255, np.uint8)
-    for k in range(min(len(images), rows * cols)):
-        i, j = divmod(k, cols)
-        out[:, i * (h + 2):i * (h + 2) + h, j * (w + 2):j * (w + 2) + w] = images[k]
-    return out.transpose(1, 2, 0)
-
-
 def grids(results: Path) -> list[str]:
     from PIL import Image, ImageDraw
 
@@ -158,7 +151,7 @@ def grids(results: Path) -> list[str]:
         if not path.exists():
             continue
         with np.load(path) as f:
-            blocks = [(n, _grid(f[n][:20], 2, 10)) for n in names if n in f.files]
+            blocks = [(n, image_grid(f[n][:20], cols=10)) for n in names if n in f.files]
         scale = 3
         parts = []
         for name, g in blocks:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -59,22 +58,6 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_generate)
 
 
-def image_grid(images: np.ndarray, *, pad: int = 2, scale: int = 1) -> np.ndarray:
-    """uint8 N x C x H x W images as one H' x W' (x C) array, in rows of ceil(sqrt(N))."""
-    import numpy as np
-
-    n, c, h, w = images.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.zeros((c, rows * (h + pad) + pad, cols * (w + pad) + pad), np.uint8)
-    for i, img in enumerate(images):
-        r, col = divmod(i, cols)
-        top, left = pad + r * (h + pad), pad + col * (w + pad)
-        grid[:, top:top + h, left:left + w] = img
-    grid = grid.repeat(scale, 1).repeat(scale, 2)
-    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
-
-
 def _label_index(text: str | None, classes: list[str], model: str) -> int | None:
     """``--label`` as an index: an integer, or one of ``classes`` by name."""
     if text is None:
@@ -125,6 +108,8 @@ def _here(args: argparse.Namespace, fields: dict,
 
 def _run_generate(args: argparse.Namespace) -> int:
     from PIL import Image
+
+    from cachenet.diffusion.generate import image_grid
 
     if args.scale < 1:
         raise CachenetError(f"--scale must be at least 1, got {args.scale}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -81,6 +82,22 @@ class Generation:
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """Images in [-1, 1] to uint8 in [0, 255]."""
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
+def image_grid(images: np.ndarray, *, cols: int | None = None, pad: int = 2,
+               scale: int = 1) -> np.ndarray:
+    """uint8 N x C x H x W images as one H' x W' (x C) picture, ``cols`` to a row
+    (default ceil(sqrt(N))), ``pad`` pixels apart, each pixel ``scale`` x ``scale``."""
+    n, c, h, w = images.shape
+    cols = cols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.zeros((c, rows * (h + pad) + pad, cols * (w + pad) + pad), np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, cols)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, top:top + h, left:left + w] = img
+    grid = grid.repeat(scale, 1).repeat(scale, 2)
+    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
 
 
 def noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cachenet.cli.diffusion import image_grid
-from cachenet.diffusion.generate import Generator
+from cachenet.diffusion.generate import Generator, image_grid
 from cachenet.protocol.client import GenerateClient
 from tests.generating import serve, tiny_models
 

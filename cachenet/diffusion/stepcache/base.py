@@ -28,17 +28,12 @@ from typing import Any, ClassVar
 
 import torch
 
+from cachenet.core.tensors import excerpt as shown
 from cachenet.diffusion.nets import DiffusionModel
 from cachenet.exceptions import ConfigError
 
 #: The longest string parameter a policy takes (its names are short words).
 MAX_STRING = 64
-
-
-def shown(value: object, limit: int = 80) -> str:
-    """``repr(value)``, cut to ``limit`` characters: what an error may echo of a request."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 #: policy name -> class; each has ``Config`` and ``supports`` (the archs it works on).
