@@ -5,6 +5,12 @@ For each subscribed agent the service watches the model store
 and streams a bundle whenever the current version differs from the one the
 agent last had, so an agent that reconnects after a gap gets what it missed.
 Acks and stats reports are kept per agent and logged.
+
+State is kept for at most ``max_agents`` agents. When a new agent arrives and the
+table is full, the agent seen least recently that holds no subscription is forgotten
+(here and in the specialiser); only when every known agent is subscribed is the new
+one refused with RESOURCE_EXHAUSTED. The specialiser learns only from agents the
+control plane knows, so inference under invented agent ids keeps nothing.
 """
 
 from __future__ import annotations
@@ -13,12 +19,13 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import numpy as np
 
 from cachenet.core.ids import check_agent_id
 from cachenet.exceptions import ConfigError
@@ -51,6 +58,9 @@ class ControlService(pb_grpc.ControlServiceServicer):
         self.agents: dict[str, dict[str, Any]] = {}
         self.acks: deque[dict[str, Any]] = deque(maxlen=MAX_ACKS)  # the latest, for the log
         self.reports: dict[str, dict[str, Any]] = {}
+        self.seen: OrderedDict[str, float] = OrderedDict()  # every known agent, oldest first
+        self.subscribed: Counter[str] = Counter()  # open Subscribe streams per agent
+        self.evicted = 0
         self._push_ids = itertools.count(1)
         self.specializer: Specializer | None = None  # set once it has loaded
 
@@ -69,10 +79,42 @@ class ControlService(pb_grpc.ControlServiceServicer):
         if identity is not None and identity != agent_id:  # mutual TLS: only as itself
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"this certificate is agent '{identity}', not '{agent_id}'")
-        known = agent_id in self.agents or agent_id in self.reports
-        if not known and len(self.agents.keys() | self.reports.keys()) >= self.max_agents:
+        if agent_id not in self.seen and len(self.seen) >= self.max_agents \
+                and not self._make_room():
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"the cloud keeps state for at most {self.max_agents} agents")
+                                f"the cloud keeps state for at most {self.max_agents} agents, "
+                                "all of them subscribed")
+        self.seen[agent_id] = time.time()
+        self.seen.move_to_end(agent_id)
+
+    def _make_room(self) -> bool:
+        """Forget the agent seen least recently that is not subscribed; False if none."""
+        for agent in self.seen:
+            if not self.subscribed[agent]:
+                self.forget(agent)
+                return True
+        return False
+
+    def forget(self, agent_id: str) -> None:
+        """Drop what the cloud keeps for ``agent_id``; it starts afresh if it calls again."""
+        self.seen.pop(agent_id, None)
+        self.agents.pop(agent_id, None)
+        self.reports.pop(agent_id, None)
+        self.subscribed.pop(agent_id, None)
+        if self.specializer is not None:
+            self.specializer.forget(agent_id)
+        self.evicted += 1
+        log.info("forgot agent %s (least recently seen, %d agents kept)", agent_id,
+                 len(self.seen))
+
+    def knows(self, agent_id: str) -> bool:
+        return agent_id in self.seen
+
+    def observe(self, agent_id: str, x: np.ndarray, labels: np.ndarray) -> None:
+        """An escalation's input and the full model's labels, for the specialiser: kept
+        only for an agent the control plane knows (registered, subscribed or reporting)."""
+        if self.specializer is not None and agent_id in self.seen:
+            self.specializer.observe(agent_id, x, labels)
 
     @staticmethod
     async def _bounded(fields: dict[str, Any], context: grpc.aio.ServicerContext) -> None:
@@ -97,13 +139,23 @@ class ControlService(pb_grpc.ControlServiceServicer):
     async def Subscribe(self, request: pb.SubscribeRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.PushMessage]:
         await self._check(request.agent_id, request.token, context)
-        have = request.current_version
+        self.subscribed[request.agent_id] += 1
+        try:
+            async for msg in self._pushes(request.agent_id, request.current_version):
+                yield msg
+        finally:
+            self.subscribed[request.agent_id] -= 1
+            if self.subscribed[request.agent_id] <= 0:
+                self.subscribed.pop(request.agent_id, None)
+
+    async def _pushes(self, agent_id: str, have: str) -> AsyncIterator[pb.PushMessage]:
+        """The agent's current bundle whenever it differs from the one it has."""
         while True:
-            current = await asyncio.to_thread(self.store.current, agent=request.agent_id)
+            current = await asyncio.to_thread(self.store.current, agent=agent_id)
             if current is not None and current.version != have:
                 push_id = f"push-{next(self._push_ids)}"
                 log.info("pushing %s version %s to %s (%s)", current.name, current.version,
-                         request.agent_id, push_id)
+                         agent_id, push_id)
                 messages = await asyncio.to_thread(lambda p=current.path, i=push_id: list(
                     iter_push(Path(p), i, signing_key=self.store.signing_key)))
                 for msg in messages:

@@ -252,7 +252,7 @@ class CloudServer:
         parts.specializer = spec
         assert parts.control is not None
         parts.control.specializer = spec
-        parts.service.observer = spec.observe
+        parts.service.observer = parts.control.observe
         await parts.health.set(SPECIALIZER_HEALTH, health_pb2.HealthCheckResponse.SERVING)
         await spec.run()
 

@@ -170,6 +170,11 @@ class Specializer:
         for xi, yi in zip(np.array(x, copy=True), labels, strict=True):
             window.append((xi, int(yi)))
 
+    def forget(self, agent: str) -> None:
+        """Drop what is kept for ``agent`` (the control plane evicted it). Called on the
+        serving loop, so it takes no lock: a check under way keeps its own reference."""
+        self.agents.pop(agent, None)
+
     def report(self, agent: str, *, version: str, requests: int, escalations: int,
                histogram: dict[str, int]) -> None:
         """An agent's stats report: decide whether a check is due."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
+import numpy as np
 import pytest
 
 from cachenet.protocol.v1 import control_pb2 as pb
@@ -43,15 +46,58 @@ def test_state_is_kept_for_a_bounded_number_of_agents(control):
     service.max_agents = 3
     for i in range(3):
         stub.Register(pb.RegisterRequest(agent_id=f"cam-{i}"), timeout=5)
-    code, details = code_of(lambda: stub.Register(pb.RegisterRequest(agent_id="cam-9"),
-                                                  timeout=5))
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "at most 3 agents" in details
-    stub.ReportStats(pb.StatsReport(agent_id="cam-1", requests=5), timeout=5)  # known: fine
-    assert set(service.agents) == {"cam-0", "cam-1", "cam-2"}
+    stub.ReportStats(pb.StatsReport(agent_id="cam-0", requests=5), timeout=5)  # cam-1 oldest now
+    stub.Register(pb.RegisterRequest(agent_id="cam-9"), timeout=5)
+    assert set(service.agents) == {"cam-0", "cam-2", "cam-9"}
+    assert set(service.reports) == {"cam-0"} and service.evicted == 1
+    assert len(service.seen) == 3
     service.acks = type(service.acks)(maxlen=4)
     for i in range(6):
         stub.Ack(pb.AckRequest(agent_id="cam-0", version=f"v{i}"), timeout=5)
     assert [a["version"] for a in service.acks] == ["v2", "v3", "v4", "v5"]
+
+
+def test_subscribed_agents_are_never_evicted(control):
+    served, stub = control
+    service = served.parts.control
+    service.max_agents = 2
+    streams = [stub.Subscribe(pb.SubscribeRequest(agent_id=f"cam-{i}"), timeout=30)
+               for i in range(2)]
+    deadline = time.monotonic() + 10
+    while len(service.subscribed) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert set(service.subscribed) == {"cam-0", "cam-1"}
+    code, details = code_of(lambda: stub.Register(pb.RegisterRequest(agent_id="cam-9"),
+                                                  timeout=5))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "at most 2 agents" in details
+    streams[0].cancel()
+    while "cam-0" in service.subscribed and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stub.Register(pb.RegisterRequest(agent_id="cam-9"), timeout=5)  # cam-0 made room
+    assert set(service.seen) == {"cam-1", "cam-9"}
+    streams[1].cancel()
+
+
+def test_the_specialiser_learns_only_from_known_agents(control):
+    served, stub = control
+    service = served.parts.control
+    seen: list[str] = []
+
+    class Recorder:
+        def observe(self, agent, x, labels):
+            seen.append(agent)
+
+        def forget(self, agent):
+            seen.append(f"forgot {agent}")
+
+    service.specializer = Recorder()
+    x, labels = np.zeros((1, 3, 4, 4), np.float32), np.zeros(1, np.int64)
+    service.observe("invented", x, labels)
+    stub.Register(pb.RegisterRequest(agent_id="cam"), timeout=5)
+    service.observe("cam", x, labels)
+    service.forget("cam")
+    service.observe("cam", x, labels)
+    assert seen == ["cam", "forgot cam"]
 
 
 def test_maps_an_agent_sends_are_bounded(control):
