@@ -1,17 +1,28 @@
-"""Pushes as a hostile cloud would send them: any version, any files, any manifest.
+"""A cloud turned hostile: pushes any version, any files, any manifest.
 
-:func:`iter_push` refuses to send a bundle that does not verify; these helpers
-build the messages by hand, so tests can check what the receiving side does with
-pushes a well-behaved cloud never sends.
+:func:`~cachenet.protocol.push.iter_push` refuses to send a bundle that does not
+verify; :func:`raw_push` and :func:`hostile` build the messages by hand, so tests
+and ``bench/pushes.py`` can check what an agent does with pushes a well-behaved
+cloud never sends. :class:`HostileFront` is a gRPC server an agent takes for its
+cloud: it streams to subscribers whatever pushes are queued, records the acks,
+and forwards every other call to a real cloud (or, without one, answers the
+control plane's Register and ReportStats itself).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from cachenet.protocol.client import CHANNEL_OPTIONS
 from cachenet.protocol.v1 import control_pb2 as pb
 
 
@@ -60,3 +71,82 @@ def hostile(bundle: Path, push_id: str, *, version: str | None = None,
     if version is not None:
         manifest["version"] = version
     return raw_push(push_id, str(manifest["version"]), files, manifest)
+
+
+_CONTROL = "/cachenet.v1.ControlService/"
+
+
+class HostileFront(grpc.GenericRpcHandler):
+    """The agent's ``--cloud``: queued pushes on Subscribe, acks recorded, the rest
+    forwarded to ``upstream`` (``host:port`` of a real cloud) as raw bytes."""
+
+    def __init__(self, upstream: str | None = None) -> None:
+        self.pushes: queue.Queue[list[pb.PushMessage]] = queue.Queue()
+        self.acks: list[pb.AckRequest] = []
+        self.subscribed = threading.Event()  # set while a Subscribe stream is open
+        self._channel = (grpc.insecure_channel(upstream, options=CHANNEL_OPTIONS)
+                         if upstream else None)
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = details.method  # type: ignore[attr-defined]
+        if method == _CONTROL + "Subscribe":
+            return grpc.unary_stream_rpc_method_handler(
+                self._subscribe, request_deserializer=pb.SubscribeRequest.FromString,
+                response_serializer=pb.PushMessage.SerializeToString)
+        if method == _CONTROL + "Ack":
+            return grpc.unary_unary_rpc_method_handler(
+                self._ack, request_deserializer=pb.AckRequest.FromString,
+                response_serializer=pb.AckResponse.SerializeToString)
+        if self._channel is not None:
+            return grpc.unary_unary_rpc_method_handler(self._forward(method))
+        local = {_CONTROL + "Register": pb.RegisterResponse(stats_interval_s=1),
+                 _CONTROL + "ReportStats": pb.StatsAck()}
+        if method in local:
+            answer = local[method].SerializeToString()
+            return grpc.unary_unary_rpc_method_handler(lambda request, context: answer)
+        return None  # UNIMPLEMENTED
+
+    def _subscribe(self, request: pb.SubscribeRequest,
+                   context: grpc.ServicerContext) -> Iterator[pb.PushMessage]:
+        self.subscribed.set()
+        try:
+            while context.is_active():
+                try:
+                    messages = self.pushes.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                yield from messages
+        finally:
+            self.subscribed.clear()
+
+    def _ack(self, request: pb.AckRequest, context: grpc.ServicerContext) -> pb.AckResponse:
+        self.acks.append(request)
+        return pb.AckResponse()
+
+    def _forward(self, method: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+        assert self._channel is not None
+        call = self._channel.unary_unary(method)
+
+        def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
+            try:
+                metadata = [(k, v) for k, v in context.invocation_metadata()
+                            if not k.startswith(":") and k != "user-agent"]
+                return call(request, timeout=context.time_remaining(), metadata=metadata)
+            except grpc.RpcError as exc:
+                context.abort(exc.code(), exc.details() or "")
+                raise  # abort raised already; for the type checker
+
+        return forward
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+
+
+def start_front(front: HostileFront, host: str = "127.0.0.1") -> tuple[grpc.Server, int]:
+    """Serve ``front`` on a free port of ``host``: (server, port)."""
+    server = grpc.server(futures.ThreadPoolExecutor(16), handlers=[front],
+                         options=CHANNEL_OPTIONS)
+    port = server.add_insecure_port(f"{host}:0")
+    server.start()
+    return server, port

@@ -1,68 +1,40 @@
 """A hostile or broken cloud cannot destroy a device's data or silently stop its updates.
 
-A bare gRPC server stands in for the cloud at the agent's ``--cloud`` address and
-streams pushes a well-behaved cloud never sends; a real agent process, on loopback,
-receives them while it serves. Each bad push is refused and acknowledged as
+A :class:`~cachenet.sim.hostile.HostileFront` stands in for the cloud at the agent's
+``--cloud`` address and streams pushes a well-behaved cloud never sends; a real agent
+process, on loopback, receives them while it serves. Each bad push is refused and acknowledged as
 rejected with its reason, nothing outside the state directory is touched, the
 agent keeps serving, and the next good push is applied.
 """
 
 from __future__ import annotations
 
-import queue
 import shutil
-import threading
-from concurrent import futures
 
-import grpc
 import pytest
 
 from cachenet.core.bundle import repack
 from cachenet.protocol.push import iter_push
-from cachenet.protocol.v1 import control_pb2 as pb
-from cachenet.protocol.v1 import control_pb2_grpc as pb_grpc
+from cachenet.sim.hostile import (
+    HostileFront,
+    bundle_parts,
+    hostile,
+    raw_push,
+    rehashed,
+    start_front,
+)
 from edge_agent.client import EdgeClient
 from tests.processes import Load, start_edge, wait_until
-from tests.pushes import bundle_parts, hostile, raw_push, rehashed
-
-
-class HostileCloud(pb_grpc.ControlServiceServicer):
-    """Registers agents, streams whatever the test queues, records acks."""
-
-    def __init__(self) -> None:
-        self.pushes: queue.Queue[list[pb.PushMessage]] = queue.Queue()
-        self.acks: list[pb.AckRequest] = []
-        self.subscribed = threading.Event()
-
-    def Register(self, request, context):
-        return pb.RegisterResponse(stats_interval_s=1)
-
-    def Subscribe(self, request, context):
-        self.subscribed.set()
-        while context.is_active():
-            try:
-                messages = self.pushes.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            yield from messages
-
-    def Ack(self, request, context):
-        self.acks.append(request)
-        return pb.AckResponse()
-
-    def ReportStats(self, request, context):
-        return pb.StatsAck()
 
 
 @pytest.fixture
 def cloud():
-    servicer = HostileCloud()
-    server = grpc.server(futures.ThreadPoolExecutor(8))
-    pb_grpc.add_ControlServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield servicer, port
+    """A hostile cloud with nothing behind it: (front, port)."""
+    front = HostileFront()
+    server, port = start_front(front)
+    yield front, port
     server.stop(0)
+    front.close()
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ from cachenet.core.bundle import repack
 from cachenet.core.signing import generate_keys, load_private_key, sign_bundle, sign_manifest
 from cachenet.exceptions import CachenetError
 from cachenet.protocol.push import iter_push
+from cachenet.sim.hostile import bundle_parts, raw_push, rehashed
 from edge_agent.client import EdgeClient
-from tests.edge_agent.test_hostile_push import HostileCloud, cloud, device  # noqa: F401
+from tests.edge_agent.test_hostile_push import cloud, device  # noqa: F401
 from tests.processes import Load, start_edge, wait_until
-from tests.pushes import bundle_parts, raw_push, rehashed
 
 
 @pytest.fixture

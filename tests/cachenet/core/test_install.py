@@ -8,7 +8,7 @@ import pytest
 
 from cachenet.core.install import clean_staging, install, installed, prune
 from cachenet.exceptions import BundleError, IntegrityError, ManifestError
-from tests.pushes import bundle_parts, rehashed
+from cachenet.sim.hostile import bundle_parts, rehashed
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from cachenet.core.bundle import verify_bundle
 from cachenet.core.install import install
 from cachenet.exceptions import IntegrityError
 from cachenet.protocol.push import PushAssembler, iter_push
-from tests.pushes import bundle_parts, raw_push, rehashed
+from cachenet.sim.hostile import bundle_parts, raw_push, rehashed
 
 
 def feed_all(messages):
