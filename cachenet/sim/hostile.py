@@ -73,6 +73,25 @@ def hostile(bundle: Path, push_id: str, *, version: str | None = None,
     return raw_push(push_id, str(manifest["version"]), files, manifest)
 
 
+
+def signed_push(bundle: Path, push_id: str, version: str, key: Any, *, view: bool = True,
+                **fields: Any) -> list[pb.PushMessage]:
+    """A push of ``bundle`` as ``version`` with ``fields`` set, signed by ``key`` (None:
+    unsigned): its device view, as a cloud sends it, or with the cloud's ``full/``
+    files too (``view=False``)."""
+    from cachenet.core.signing import sign_manifest
+
+    manifest, files = bundle_parts(bundle)
+    if view:
+        files = {n: d for n, d in files.items() if not n.startswith("full/")}
+        manifest = {**manifest, "full_model": None}
+    manifest = {**rehashed(manifest, files), "version": version, **fields}
+    if key is not None:
+        manifest = sign_manifest(manifest, key)
+    else:
+        manifest["signature"] = None
+    return raw_push(push_id, version, files, manifest)
+
 _CONTROL = "/cachenet.v1.ControlService/"
 
 

@@ -15,7 +15,7 @@ from cachenet.core.bundle import repack
 from cachenet.core.signing import generate_keys, load_private_key, sign_bundle, sign_manifest
 from cachenet.exceptions import CachenetError
 from cachenet.protocol.push import iter_push
-from cachenet.sim.hostile import bundle_parts, raw_push, rehashed
+from cachenet.sim.hostile import raw_push, rehashed, signed_push
 from edge_agent.client import EdgeClient
 from tests.edge_agent.test_hostile_push import cloud, device  # noqa: F401
 from tests.processes import Load, start_edge, wait_until
@@ -26,21 +26,6 @@ def keys(tmp_path):
     fleet, fleet_pub = generate_keys(tmp_path / "fleet")
     other, _ = generate_keys(tmp_path / "other")
     return load_private_key(fleet), fleet_pub, load_private_key(other)
-
-
-def signed_push(bundle, push_id, version, key, *, view=True, **fields):
-    """A push of ``bundle`` as ``version``, signed by ``key``: its device view (what a
-    cloud sends), or with the cloud's full/ files too (``view=False``)."""
-    manifest, files = bundle_parts(bundle)
-    if view:
-        files = {n: d for n, d in files.items() if not n.startswith("full/")}
-        manifest = {**manifest, "full_model": None}
-    manifest = {**rehashed(manifest, files), "version": version, **fields}
-    if key is not None:
-        manifest = sign_manifest(manifest, key)
-    else:
-        manifest["signature"] = None
-    return raw_push(push_id, version, files, manifest)
 
 
 def test_only_newer_bundles_signed_by_the_fleet_are_applied(cloud, device, keys,  # noqa: F811
