@@ -50,12 +50,8 @@ from cachenet.protocol.client import from_param, to_param
 from cachenet.protocol.v1 import generate_pb2 as gpb
 from cachenet.protocol.v1 import generate_pb2_grpc as gpb_grpc  # the servicer base class
 from cachenet.protocol.v1 import inference_pb2 as pb
-from cloud_server.service import (
-    RequestError,
-    Undecodable,
-    lenient_parser,
-    reject_unknown_fields,
-)
+from cloud_server.inference import RequestError
+from cloud_server.wire import Undecodable, lenient_parser, reject_unknown_fields
 
 log = logging.getLogger(__name__)
 

@@ -45,9 +45,10 @@ from cloud_server.control import ControlService
 from cloud_server.generate import MAX_PENDING, GenerationService, load_generator
 from cloud_server.generate import SERVICE_NAME as GENERATION_SERVICE_NAME
 from cloud_server.generate import add_to_server as add_generation_to_server
+from cloud_server.inference import InferenceCore, ModelCard
 from cloud_server.layered import LayeredStats, layered_runner, load_layer_cascade
 from cloud_server.model import load_full_model, torch_runner
-from cloud_server.service import InferenceService, ModelCard, add_to_server
+from cloud_server.service import InferenceService, add_to_server
 from cloud_server.specializer import Specializer, SpecializerConfig, build_specializer
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ SPECIALIZER_HEALTH = "cachenet.v1.Specializer"
 class ServerParts:
     """What :func:`create_server` wires into the gRPC server (``server.cachenet``)."""
 
-    service: InferenceService
+    core: InferenceCore  # what every protocol's front end answers through
+    service: InferenceService  # cachenet.v1
     batcher: DynamicBatcher
     health: health.aio.HealthServicer
     control: ControlService | None = None
@@ -147,7 +149,8 @@ async def create_server(card: ModelCard, run_batch, *, host: str = "127.0.0.1", 
     batcher = DynamicBatcher(run_batch, max_batch_size=max_batch_size,
                              max_queue_delay_us=max_queue_delay_us,
                              max_queue_size=max_queue_size)
-    service = InferenceService(card, batcher)
+    core = InferenceCore(card, batcher)
+    service = InferenceService(core)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     add_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
@@ -177,8 +180,8 @@ async def create_server(card: ModelCard, run_batch, *, host: str = "127.0.0.1", 
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     batcher.start()
-    server.cachenet = ServerParts(service, batcher, health_servicer,  # type: ignore[attr-defined]
-                                  control, generation=generation)
+    server.cachenet = ServerParts(core, service, batcher,  # type: ignore[attr-defined]
+                                  health_servicer, control, generation=generation)
     return server, bound
 
 
@@ -252,7 +255,7 @@ class CloudServer:
         parts.specializer = spec
         assert parts.control is not None
         parts.control.specializer = spec
-        parts.service.observer = parts.control.observe
+        parts.core.observer = parts.control.observe
         await parts.health.set(SPECIALIZER_HEALTH, health_pb2.HealthCheckResponse.SERVING)
         await spec.run()
 

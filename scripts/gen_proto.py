@@ -22,13 +22,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_DIR = ROOT / "proto"
-#: The proto package's Python path as protoc writes it, and where our code keeps it.
-WIRE_PACKAGE, PYTHON_PACKAGE = "cachenet.v1", "cachenet.protocol.v1"
+#: Each proto package's Python path as protoc writes it, and where our code keeps it:
+#: cachenet's own protocol, and the Open Inference Protocol (package ``inference``).
+PACKAGES = {"cachenet.v1": "cachenet.protocol.v1", "inference": "cachenet.protocol.oip"}
+
+
+def _package(rel: Path) -> tuple[str, str]:
+    for wire, python in PACKAGES.items():
+        if rel.parts[:len(wire.split("."))] == tuple(wire.split(".")):
+            return wire, python
+    raise SystemExit(f"{rel}: not in a known proto package ({sorted(PACKAGES)})")
 
 
 def _placed(rel: Path) -> Path:
     """``cachenet/v1/x_pb2.py`` -> ``cachenet/protocol/v1/x_pb2.py``."""
-    return Path(*PYTHON_PACKAGE.split("."), *rel.parts[len(WIRE_PACKAGE.split(".")):])
+    wire, python = _package(rel)
+    return Path(*python.split("."), *rel.parts[len(wire.split(".")):])
 
 
 def generate(out: Path) -> list[Path]:
@@ -43,18 +52,19 @@ def generate(out: Path) -> list[Path]:
         if protoc.main(args) != 0:
             raise SystemExit(f"protoc failed on {[s.name for s in sources]}")
         for src in sorted(Path(tmp).rglob("*_pb2*")):
-            dst = out / _placed(src.relative_to(tmp))
+            rel = src.relative_to(tmp)
+            wire, python = _package(rel)
+            dst = out / _placed(rel)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            text = src.read_text().replace(f"from {WIRE_PACKAGE} import",
-                                           f"from {PYTHON_PACKAGE} import")
+            text = src.read_text().replace(f"from {wire} import", f"from {python} import")
             # The module name the generated classes record as theirs.
-            text = re.sub(rf"'{re.escape(WIRE_PACKAGE)}\.(\w+_pb2)'",
-                          rf"'{PYTHON_PACKAGE}.\1'", text)
+            text = re.sub(rf"'{re.escape(wire)}\.(\w+_pb2)'", rf"'{python}.\1'", text)
             dst.write_text(text)
             written.append(dst)
-    init = out / Path(*PYTHON_PACKAGE.split(".")) / "__init__.py"
-    if not init.exists():
-        init.write_text('"""Generated from proto/ by scripts/gen_proto.py; do not edit."""\n')
+    for python in PACKAGES.values():
+        init = out / Path(*python.split(".")) / "__init__.py"
+        if not init.exists():
+            init.write_text('"""Generated from proto/ by scripts/gen_proto.py; do not edit."""\n')
     return sorted(written)
 
 

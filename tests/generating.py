@@ -15,8 +15,8 @@ import torch
 from cachenet.diffusion.generate import Generator
 from cachenet.diffusion.nets import DiffusionModel, build
 from cloud_server.generate import GenerationService
+from cloud_server.inference import ModelCard
 from cloud_server.server import create_server
-from cloud_server.service import ModelCard
 
 CLASSES = [f"class{i}" for i in range(10)]
 #: The router L2C trains, as a checkpoint stores it, for a 2-block DiT and 4 ddim steps:
