@@ -98,6 +98,7 @@ class InferenceCore:
         self.observer: Callable[[str, np.ndarray, np.ndarray], None] | None = None
         self.counts = {"received": 0, "ok": 0, "invalid": 0, "overloaded": 0, "deadline": 0,
                        "error": 0, "spooled": 0}
+        self.ready = False  # accepting inference: set once serving, cleared on shutdown
         #: called with (outcome, answer or None, seconds) after each request: metrics
         self.listeners: list[Callable[[str, Answer | None, float], None]] = []
 

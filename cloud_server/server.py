@@ -48,6 +48,9 @@ from cloud_server.generate import add_to_server as add_generation_to_server
 from cloud_server.inference import InferenceCore, ModelCard
 from cloud_server.layered import LayeredStats, layered_runner, load_layer_cascade
 from cloud_server.model import load_full_model, torch_runner
+from cloud_server.oip import SERVICE_NAME as OIP_SERVICE_NAME
+from cloud_server.oip import OIPService
+from cloud_server.oip import add_to_server as add_oip_to_server
 from cloud_server.service import InferenceService, add_to_server
 from cloud_server.specializer import Specializer, SpecializerConfig, build_specializer
 
@@ -75,6 +78,7 @@ class ServerParts:
     control: ControlService | None = None
     specializer: Specializer | None = None
     generation: GenerationService | None = None
+    oip: OIPService | None = None  # the Open Inference Protocol (KServe v2)
 
 
 @dataclass
@@ -151,12 +155,14 @@ async def create_server(card: ModelCard, run_batch, *, host: str = "127.0.0.1", 
                              max_queue_size=max_queue_size)
     core = InferenceCore(card, batcher)
     service = InferenceService(core)
+    oip = OIPService(core)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     add_to_server(service, server)
+    add_oip_to_server(oip, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME]
+    names = [SERVICE_NAME, OIP_SERVICE_NAME,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
     control = None
     if store is not None:
         control = ControlService(ModelStore(store, signing_key=signing_key),
@@ -180,8 +186,9 @@ async def create_server(card: ModelCard, run_batch, *, host: str = "127.0.0.1", 
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     batcher.start()
+    core.ready = True
     server.cachenet = ServerParts(core, service, batcher,  # type: ignore[attr-defined]
-                                  health_servicer, control, generation=generation)
+                                  health_servicer, control, generation=generation, oip=oip)
     return server, bound
 
 
@@ -224,7 +231,8 @@ class CloudServer:
             max_generations=c.max_generations)
         await self.server.start()
         health_ = self.server.cachenet.health
-        serving = ("", SERVICE_NAME) + ((GENERATION_SERVICE_NAME,) if generator else ())
+        serving = ("", SERVICE_NAME, OIP_SERVICE_NAME) + (
+            (GENERATION_SERVICE_NAME,) if generator else ())
         for name in serving:
             await health_.set(name, health_pb2.HealthCheckResponse.SERVING)
         if c.specialize:
@@ -281,6 +289,7 @@ class CloudServer:
         assert self.server is not None
         parts: ServerParts = self.server.cachenet
         await parts.health.enter_graceful_shutdown()  # every service NOT_SERVING
+        parts.core.ready = False  # and the Open Inference Protocol's ServerReady says so
         if self.specializer_task is not None:
             if parts.specializer is not None:
                 parts.specializer.stopping.set()  # a training step in a thread ends soon

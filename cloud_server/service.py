@@ -10,7 +10,6 @@ that request alone and the stream goes on.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -22,7 +21,13 @@ from cachenet.protocol.tls import peer_identity
 from cachenet.protocol.v1 import inference_pb2 as pb
 from cachenet.protocol.v1 import inference_pb2_grpc as pb_grpc  # the servicer base class
 from cloud_server.inference import Answer, InferenceCore, RequestError, agent_for
-from cloud_server.wire import Undecodable, lenient_parser, reject_unknown_fields
+from cloud_server.wire import (
+    StreamHolds,
+    Undecodable,
+    lenient_parser,
+    reject_unknown_fields,
+    windowed_stream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +57,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         self.core = core
         self.card, self.batcher, self.counts = core.card, core.batcher, core.counts
         #: requests a stream may have read and not yet answered on the wire
-        self.stream_window = STREAM_WINDOW
-        self.stream_held = 0  # across streams, now
-        self.stream_held_max = 0  # the most one stream held
+        self.holds = StreamHolds(STREAM_WINDOW)
 
     def _parse(self, request: pb.InferRequest | Undecodable) -> np.ndarray:
         if isinstance(request, Undecodable):
@@ -102,58 +105,27 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             await context.abort(exc.code, str(exc))
             raise AssertionError("unreachable: abort raises") from None
 
-    async def StreamInfer(self, request_iterator: AsyncIterator[pb.InferRequest],
+    async def StreamInfer(self, request_iterator: AsyncIterator[pb.InferRequest | Undecodable],
                           context: grpc.aio.ServicerContext
                           ) -> AsyncIterator[pb.StreamInferResponse]:
-        out: asyncio.Queue[pb.StreamInferResponse | None] = asyncio.Queue()
-        pending: set[asyncio.Task] = set()
-        # Backpressure: at most ``stream_window`` requests of this stream are read and not
-        # yet written back. A client that stops reading its answers stops the writes
-        # (gRPC flow control), then the reads: memory stays bounded.
         identity = peer_identity(context)
-        window = asyncio.Semaphore(self.stream_window)
-        held = [0]  # this stream's share of ``stream_held``
 
-        async def one(req: pb.InferRequest | Undecodable) -> None:
+        async def one(req: pb.InferRequest | Undecodable) -> pb.StreamInferResponse:
             request_id = "" if isinstance(req, Undecodable) else req.id
             try:
                 resp = await self._answer(req, identity, context.time_remaining())
-                await out.put(pb.StreamInferResponse(id=request_id, response=resp))
+                return pb.StreamInferResponse(id=request_id, response=resp)
             except RequestError as exc:
-                await out.put(pb.StreamInferResponse(id=request_id,
-                                                     error_code=exc.code.value[0],
-                                                     error_message=str(exc)))
+                return pb.StreamInferResponse(id=request_id, error_code=exc.code.value[0],
+                                              error_message=str(exc))
             except Exception as exc:  # a bug costs this request an error, not the stream
                 log.exception("stream request failed")
-                await out.put(pb.StreamInferResponse(
+                return pb.StreamInferResponse(
                     id=request_id, error_code=grpc.StatusCode.INTERNAL.value[0],
-                    error_message=f"{type(exc).__name__}: {exc}"))
+                    error_message=f"{type(exc).__name__}: {exc}")
 
-        async def reader() -> None:
-            async for req in request_iterator:
-                await window.acquire()
-                held[0] += 1
-                self.stream_held += 1
-                self.stream_held_max = max(self.stream_held_max, held[0])
-                task = asyncio.create_task(one(req))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            if pending:
-                await asyncio.gather(*list(pending), return_exceptions=True)
-            await out.put(None)
-
-        read_task = asyncio.create_task(reader())
-        try:
-            while (item := await out.get()) is not None:
-                yield item  # returns once gRPC has taken it (flow control permitting)
-                held[0] -= 1
-                self.stream_held -= 1
-                window.release()
-        finally:
-            self.stream_held -= held[0]
-            read_task.cancel()
-            for task in list(pending):
-                task.cancel()
+        async for reply in windowed_stream(request_iterator, one, self.holds):
+            yield reply
 
     async def GetModelInfo(self, request: pb.ModelInfoRequest | Undecodable,
                            context: grpc.aio.ServicerContext) -> pb.ModelInfo:

@@ -3,16 +3,23 @@
 A request whose bytes do not parse reaches the service as :class:`Undecodable` (so it
 is answered INVALID_ARGUMENT saying so, not failed by gRPC as UNKNOWN), and fields a
 message does not define are refused by number rather than silently dropped.
+:func:`windowed_stream` answers a bidirectional stream with bounded backpressure.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from google.protobuf import message as pb_message
 from google.protobuf import unknown_fields
 
 from cachenet.exceptions import ProtocolError
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
 @dataclass
@@ -41,3 +48,57 @@ def reject_unknown_fields(msg: pb_message.Message, where: str, *, speaks: str = 
     for fd, value in msg.ListFields():
         if isinstance(value, pb_message.Message):
             reject_unknown_fields(value, f"{where}.{fd.name}", speaks=speaks)
+
+
+@dataclass
+class StreamHolds:
+    """Requests a stream front end has read and not yet written back: at most
+    ``window`` per stream; ``now`` across streams, ``max`` the most one stream held."""
+
+    window: int
+    now: int = 0
+    max: int = 0
+
+
+async def windowed_stream(requests: AsyncIterator[Req], answer: Callable[[Req], Awaitable[Resp]],
+                          holds: StreamHolds) -> AsyncIterator[Resp]:
+    """Answer each of ``requests`` (``answer`` never raises: it turns errors into replies)
+    concurrently, yielding replies as they are ready, in any order.
+
+    Backpressure: at most ``holds.window`` requests of this stream are read and not yet
+    written back. A client that stops reading its answers stops the writes (gRPC flow
+    control), then the reads: memory stays bounded.
+    """
+    out: asyncio.Queue[Resp | None] = asyncio.Queue()
+    pending: set[asyncio.Task] = set()
+    window = asyncio.Semaphore(holds.window)
+    held = [0]  # this stream's share of ``holds.now``
+
+    async def one(request: Req) -> None:
+        await out.put(await answer(request))
+
+    async def reader() -> None:
+        async for request in requests:
+            await window.acquire()
+            held[0] += 1
+            holds.now += 1
+            holds.max = max(holds.max, held[0])
+            task = asyncio.create_task(one(request))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.gather(*list(pending), return_exceptions=True)
+        await out.put(None)
+
+    read_task = asyncio.create_task(reader())
+    try:
+        while (item := await out.get()) is not None:
+            yield item  # returns once gRPC has taken it (flow control permitting)
+            held[0] -= 1
+            holds.now -= 1
+            window.release()
+    finally:
+        holds.now -= held[0]
+        read_task.cancel()
+        for task in list(pending):
+            task.cancel()

@@ -54,13 +54,15 @@ class Served:
 
 
 @contextmanager
-def serve(generator: Generator | None, **kwargs: object) -> Iterator[Served]:
-    """``create_server`` with ``generator`` running in a thread's event loop."""
+def serve(generator: Generator | None, *, classify=None, **kwargs: object) -> Iterator[Served]:
+    """``create_server`` with ``generator`` running in a thread's event loop; the classifier
+    answers zeros, or ``classify(x)`` (N x 1 x 8 x 8 -> N x 10 logits)."""
     ready = threading.Event()
     box: dict[str, object] = {}
 
     async def main() -> None:
         card, run_batch = classifier()
+        run_batch = classify or run_batch
         server, port = await create_server(card, run_batch, generator=generator,
                                            **kwargs)  # type: ignore[arg-type]
         await server.start()

@@ -14,7 +14,7 @@ from tests.generating import serve
 def test_a_stream_holds_at_most_its_window_and_answers_everything():
     with serve(None) as s:
         service = s.parts.service
-        service.stream_window = 4
+        service.holds.window = 4
         with grpc.insecure_channel(s.target) as channel:
             stub = pb_grpc.InferenceServiceStub(channel)
             x = np.zeros((1, 1, 8, 8), np.float32)
@@ -22,5 +22,5 @@ def test_a_stream_holds_at_most_its_window_and_answers_everything():
             replies = list(stub.StreamInfer(iter(requests), timeout=60))
         assert sorted(r.id for r in replies) == sorted(r.id for r in requests)
         assert all(r.response.labels == [0] for r in replies)
-        assert 1 <= service.stream_held_max <= 4
-        assert service.stream_held == 0
+        assert 1 <= service.holds.max <= 4
+        assert service.holds.now == 0
