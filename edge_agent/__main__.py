@@ -22,7 +22,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="JSON or TOML file of settings")
     p.add_argument("--bundle", type=Path, help="cache bundle directory")
     p.add_argument("--bind", help="ZeroMQ endpoint, e.g. tcp://127.0.0.1:5555 (port 0: any)")
-    p.add_argument("--cloud", help="cloud server host:port (omit for edge only)")
+    p.add_argument("--cloud", help="cloud server host:port: its control plane, and where "
+                   "escalations go; a list ip:port,ip:port or dns:///NAME:PORT balances over "
+                   "replicas (omit for edge only)")
+    p.add_argument("--escalate", choices=["cachenet", "oip"],
+                   help="the escalation target's protocol: cachenet.v1 (default) or the Open "
+                   "Inference Protocol (Triton, KServe, MLServer)")
+    p.add_argument("--escalate-to", help="where escalations go, if not --cloud (same forms)")
+    p.add_argument("--escalate-model", help="the full model's name on the OIP server")
+    p.add_argument("--escalate-model-version", help="and its version (default: the server's)")
     p.add_argument("--deadline-ms", type=float, help="escalation deadline (default 250)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default 1)")
     p.add_argument("--precision", choices=["fp32", "int8"])
@@ -64,7 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              label_shift=args.label_shift, audit_rate=args.audit_rate,
                              trusted_key=args.trusted_key, allow_rollback=args.allow_rollback,
                              tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                             spool_dir=args.spool_dir, spool=args.spool)
+                             spool_dir=args.spool_dir, spool=args.spool,
+                             escalate=args.escalate, escalate_to=args.escalate_to,
+                             escalate_model=args.escalate_model,
+                             escalate_model_version=args.escalate_model_version)
         logging.basicConfig(level=config.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         EdgeAgent(config).serve()

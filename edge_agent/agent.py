@@ -11,8 +11,9 @@ One request, start to end:
 3. confident: the answer goes back at once, ``source: edge``, without leaving
    the receiving thread; a random share of these is also audited by the cloud
    (:meth:`EdgeAgent.shadow`). Unsure: :meth:`EdgeAgent.escalate` sends it to the
-   cloud over gRPC with a deadline (:class:`cachenet.protocol.client.AsyncCloudClient`),
-   on an asyncio loop in a second thread, so other requests keep flowing;
+   cloud over gRPC with a deadline (:mod:`edge_agent.escalation`: cachenet's cloud or
+   any Open Inference Protocol server, balanced over replicas), on an asyncio loop in a
+   second thread, so other requests keep flowing;
 4. the cloud's answer (``source: cloud``), or on any failure the edge's own
    prediction (``source: edge-fallback`` with the reason: cloud down, too
    slow, overloaded, refusing), comes back to the receiving thread, which
@@ -53,11 +54,11 @@ from cachenet.exceptions import (
     InputSpecError,
     ProtocolError,
 )
-from cachenet.protocol.client import AsyncCloudClient
 from edge_agent import wire
 from edge_agent.config import AgentConfig
 from edge_agent.control import ControlClient
 from edge_agent.engine import Decision, Engine, equip
+from edge_agent.escalation import EscalationTarget, channel_target, connect
 from edge_agent.partitions import ModelSet
 from edge_agent.reload import Reloader
 from edge_agent.spool import Spool
@@ -98,7 +99,7 @@ class EdgeAgent:
         # Escalations: run on `self.loop` in another thread; finished answers come
         # back through `self.done` and a wake-up byte on an inproc PAIR socket.
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.cloud: AsyncCloudClient | None = None
+        self.cloud: Any = None  # the escalation target's client (edge_agent.escalation)
         self.control: ControlClient | None = None
         self.done: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self._wake_rx: zmq.Socket | None = None
@@ -126,9 +127,12 @@ class EdgeAgent:
         else:
             self.trust.check_bundle(self._model.manifest.data)
         self.credentials = c.channel_credentials()
-        if c.cloud and c.spool:
+        escalation = c.escalation_target()
+        if escalation is not None and c.spool:
             self.spool = self._open_spool()
-        if c.cloud and self.credentials is None:
+        if escalation is not None and not escalation.sends_levels:
+            self.native_uplink = False  # another engine's model takes what it declares
+        if escalation is not None and self.credentials is None:
             log.warning("the links to the cloud are PLAINTEXT: anyone on the path reads the "
                         "inputs and can impersonate the cloud (set tls_ca, tls_cert, tls_key)")
         self.models = ModelSet(self._model, k=c.partition_models)
@@ -145,18 +149,19 @@ class EdgeAgent:
             self.sock.setsockopt(zmq.MAXMSGSIZE, max(c.max_message_bytes,
                                                      4 * self._model.input_bytes + 65536))
             self.endpoint = _bind(self.sock, c.bind)
-        if c.cloud:
-            self._start_escalation_loop(c.cloud)
+        if escalation is not None:
+            self._start_escalation_loop(escalation)
         telemetry()  # prime psutil's CPU counter
-        log.info("edge agent %s serving %s version %s on %s; cloud %s, deadline %.0f ms",
-                 c.agent_id, self.model.manifest.name, self.model.version, self.endpoint,
-                 c.cloud or "none (edge only)", c.deadline_ms)
+        log.info("edge agent %s serving %s version %s on %s; escalating to %s, deadline "
+                 "%.0f ms", c.agent_id, self.model.manifest.name, self.model.version,
+                 self.endpoint, f"{escalation.address} ({escalation.protocol})"
+                 if escalation else "none (edge only)", c.deadline_ms)
         if c.ready_file is not None:
             tmp = c.ready_file.with_name(c.ready_file.name + ".tmp")
             tmp.write_text(json.dumps({"endpoint": self.endpoint, "pid": os.getpid()}))
             tmp.replace(c.ready_file)
 
-    def _start_escalation_loop(self, target: str) -> None:
+    def _start_escalation_loop(self, target: EscalationTarget) -> None:
         address = f"inproc://escalations-{id(self)}"
         self._wake_rx = self.ctx.socket(zmq.PAIR)
         self._wake_rx.bind(address)
@@ -173,9 +178,9 @@ class EdgeAgent:
             try:
                 self._wake_tx.setsockopt(zmq.SNDHWM, 0)
                 self._wake_tx.connect(address)
-                self.cloud = AsyncCloudClient(target, credentials=self.credentials)
-                if self.config.control:
-                    self.control = ControlClient(self, target)
+                self.cloud = connect(target, self.credentials)
+                if self.config.control and self.config.cloud:
+                    self.control = ControlClient(self, channel_target(self.config.cloud))
                     control_task = self.loop.create_task(self.control.run(), name="control")
                 if self.spool is not None:
                     upload_task = self.loop.create_task(self.upload_spool(), name="spool")
@@ -359,20 +364,26 @@ class EdgeAgent:
         levels = (tensors.to_levels(x, tensors.input_scale(self.model.manifest.input))
                   if self.native_uplink and self.model is not None else None)
         started = time.monotonic()
-        try:
-            cloud = await self.cloud.infer(x if levels is None else levels, timeout=timeout,
-                                           agent_id=self.config.agent_id,
-                                           cache_model_version=version, spooled=spooled)
-        except CloudRejected as exc:
-            if levels is None or "dtype" not in str(exc):
-                raise
-            log.warning("the cloud refuses inputs as uint8 pixel levels (%s): sending float32",
-                        exc)
-            self.native_uplink = False
-            left = timeout - (time.monotonic() - started)  # within the same deadline
-            cloud = await self.cloud.infer(x, timeout=max(left, 1e-3),
-                                           agent_id=self.config.agent_id,
-                                           cache_model_version=version, spooled=spooled)
+        send = x if levels is None else levels
+        for attempt in (1, 2):
+            left = timeout - (time.monotonic() - started)  # one deadline for both tries
+            try:
+                cloud = await self.cloud.infer(send, timeout=max(left, 1e-3),
+                                               agent_id=self.config.agent_id,
+                                               cache_model_version=version, spooled=spooled)
+                break
+            except CloudRejected as exc:
+                if send is x or "dtype" not in str(exc) or attempt == 2:
+                    raise
+                log.warning("the cloud refuses inputs as uint8 pixel levels (%s): sending "
+                            "float32", exc)
+                self.native_uplink = False
+                send = x
+            except CloudUnavailable:
+                # A replica went away under the call: the balanced channel sends the
+                # second try to another (inference is idempotent), within the deadline.
+                if attempt == 2:
+                    raise
         classes = self.model.manifest.classes if self.model else []
         if len(cloud.labels) != 1 or not 0 <= int(cloud.labels[0]) < len(classes):
             raise CloudError(f"cloud answered labels {cloud.labels.tolist()} for one input "

@@ -19,8 +19,17 @@ class AgentConfig:
     bundle: Path | None = None
     #: ZeroMQ endpoint the ROUTER socket binds; port 0 picks a free port.
     bind: str = "tcp://127.0.0.1:5555"
-    #: host:port of the cloud server; None runs edge-only (everything unsure falls back).
+    #: host:port of the cloud server (its control plane, and where escalations go unless
+    #: ``escalate_to`` says otherwise); a comma-separated list of replicas' ip:port, or
+    #: dns:///NAME:PORT, balances over them. None (and no ``escalate_to``): edge only.
     cloud: str | None = None
+    #: the escalation target's protocol: ``cachenet`` (cachenet.v1) or ``oip`` (the Open
+    #: Inference Protocol: Triton, KServe, MLServer), its address (default: ``cloud``),
+    #: and on an OIP server the model's name and version (edge_agent.escalation)
+    escalate: str = "cachenet"
+    escalate_to: str | None = None
+    escalate_model: str = ""
+    escalate_model_version: str = ""
     #: deadline of one escalation, ms; past it the agent answers with its own prediction.
     deadline_ms: float = 250.0
     #: ONNX Runtime intra-op threads.
@@ -105,8 +114,20 @@ class AgentConfig:
                               f"{self.max_message_bytes}")
         AuditConfig(rate=self.audit_rate, alpha=self.audit_alpha, cooldown=self.audit_cooldown,
                     burst_rate=self.audit_burst_rate)
+        self.escalation_target()  # a bad protocol, model or replica list: refused now
         if self.precision not in ("fp32", "int8"):
             raise ConfigError(f"precision must be fp32 or int8, got '{self.precision}'")
+
+    def escalation_target(self) -> Any:
+        """Where unsure inputs go (:class:`edge_agent.escalation.EscalationTarget`), or
+        None for an agent that answers everything itself."""
+        from edge_agent.escalation import EscalationTarget
+
+        address = self.escalate_to or self.cloud
+        if not address:
+            return None
+        return EscalationTarget(self.escalate, address, self.escalate_model,
+                                self.escalate_model_version)
 
     def channel_credentials(self) -> Any:
         """gRPC credentials for the links to the cloud, or None for plaintext."""

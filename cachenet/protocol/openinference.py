@@ -6,9 +6,10 @@ The messages (``inference.GRPCInferenceService``) are generated from
 * :data:`DATATYPES`: the protocol's datatype strings and the numpy dtypes they are;
 * :func:`input_array` / :func:`output_tensor`: a tensor of a request (raw contents or
   typed ``contents``) as a checked numpy array, and an array as an output tensor;
-* :class:`OIPClient`: escalates to any OIP server (cachenet's cloud, Triton, KServe,
-  MLServer) with the same interface and errors as :class:`~cachenet.protocol.client.CloudClient`:
-  its answer is a :class:`~cachenet.protocol.client.CloudAnswer`.
+* :class:`OIPClient` and :class:`AsyncOIPClient`: escalate to any OIP server (cachenet's
+  cloud, Triton, KServe, MLServer) with the interface and errors of
+  :class:`~cachenet.protocol.client.CloudClient` and ``AsyncCloudClient``: an answer is a
+  :class:`~cachenet.protocol.client.CloudAnswer`.
 
 Numpy and gRPC only: the edge imports it.
 """
@@ -23,7 +24,7 @@ import numpy as np
 
 from cachenet.core import tensors
 from cachenet.core.gate import softmax
-from cachenet.exceptions import ProtocolError
+from cachenet.exceptions import CloudError, ProtocolError
 from cachenet.protocol.client import CHANNEL_OPTIONS, CloudAnswer, map_grpc_errors, open_channel
 from cachenet.protocol.oip import grpc_predict_v2_pb2 as pb
 from cachenet.protocol.oip import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -139,6 +140,15 @@ def parse_answer(resp: pb.ModelInferResponse, *, logits_name: str = "logits") ->
                        timings=timings, answered_by=by.split(",") if by else [])
 
 
+def usable_answer(resp: pb.ModelInferResponse, logits_name: str) -> CloudAnswer:
+    """:func:`parse_answer`, a response that does not parse being the server's failure
+    (:class:`CloudError`), as any failed call to it is."""
+    try:
+        return parse_answer(resp, logits_name=logits_name)
+    except ProtocolError as exc:
+        raise CloudError(f"the server's answer cannot be used: {exc}") from None
+
+
 class OIPClient:
     """Escalations to an Open Inference Protocol server, as :class:`CloudClient` does them
     to cachenet's own: ``infer(x, ...) -> CloudAnswer``; errors are cachenet's."""
@@ -160,7 +170,7 @@ class OIPClient:
         started = time.perf_counter()
         with map_grpc_errors():
             resp = self.stub.ModelInfer(request, timeout=timeout)
-        answer = parse_answer(resp, logits_name=self.logits_name)
+        answer = usable_answer(resp, self.logits_name)
         answer.timings.setdefault("total_us", int((time.perf_counter() - started) * 1e6))
         return answer
 
@@ -177,3 +187,28 @@ class OIPClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class AsyncOIPClient:
+    """asyncio :class:`OIPClient`; create it inside the running event loop."""
+
+    def __init__(self, target: str, model_name: str, *, model_version: str = "",
+                 input_name: str = "input", logits_name: str = "logits",
+                 options: list[tuple[str, Any]] | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        self.target, self.model_name, self.model_version = target, model_name, model_version
+        self.input_name, self.logits_name = input_name, logits_name
+        self.channel = open_channel(target, options or CHANNEL_OPTIONS, credentials, aio=True)
+        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+
+    async def infer(self, x: np.ndarray, *, timeout: float | None = None, request_id: str = "",
+                    agent_id: str = "", spooled: bool = False, **_: Any) -> CloudAnswer:
+        request = infer_request(x, model_name=self.model_name, model_version=self.model_version,
+                                input_name=self.input_name, request_id=request_id,
+                                agent_id=agent_id, spooled=spooled)
+        with map_grpc_errors():
+            resp = await self.stub.ModelInfer(request, timeout=timeout)
+        return usable_answer(resp, self.logits_name)
+
+    async def close(self) -> None:
+        await self.channel.close()
