@@ -102,6 +102,14 @@ def make_parser() -> argparse.ArgumentParser:
                        help=f"TLS: {what} (PEM; cachenet certs)")
     p.add_argument("--tls-no-client-cert", dest="tls_client_cert", action="store_false",
                    help="TLS without client certificates (agents then prove nothing)")
+    p.add_argument("--metrics-port", type=int, default=_env("METRICS_PORT"),
+                   help="serve Prometheus metrics on this port (0: any; default: off)")
+    p.add_argument("--metrics-host", default=_env("METRICS_HOST", "127.0.0.1"),
+                   help="address the metrics port binds (0.0.0.0 to be scraped from "
+                   "elsewhere)")
+    p.add_argument("--health-port", type=int, default=_env("HEALTH_PORT"),
+                   help="also serve the gRPC health service alone, plaintext, on this port "
+                   "(for probes that have no client certificate)")
     p.add_argument("--report-interval", type=int, default=30,
                    help="seconds between agents' stats reports (control plane)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds to drain on shutdown")
@@ -135,7 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             signing_key=args.signing_key, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
             tls_key=args.tls_key, tls_client_cert=args.tls_client_cert,
             grace_s=args.grace, stats_interval_s=args.stats_interval,
-            ready_file=args.ready_file)
+            ready_file=args.ready_file,
+            metrics_port=None if args.metrics_port is None else int(args.metrics_port),
+            metrics_host=args.metrics_host,
+            health_port=None if args.health_port is None else int(args.health_port))
         asyncio.run(CloudServer(config).serve())
     except CachenetError as exc:
         print(f"cachenet-cloud: error: {exc}", file=sys.stderr)

@@ -33,6 +33,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cachenet.core import tensors
+from cachenet.core.notify import Notifier
 from cachenet.diffusion.generate import Generator
 from cachenet.exceptions import CachenetError, ConfigError
 from cachenet.fleet.store import ModelStore
@@ -47,6 +48,7 @@ from cloud_server.generate import SERVICE_NAME as GENERATION_SERVICE_NAME
 from cloud_server.generate import add_to_server as add_generation_to_server
 from cloud_server.inference import InferenceCore, ModelCard
 from cloud_server.layered import LayeredStats, layered_runner, load_layer_cascade
+from cloud_server.metrics import CloudMetrics
 from cloud_server.model import load_full_model, torch_runner
 from cloud_server.oip import SERVICE_NAME as OIP_SERVICE_NAME
 from cloud_server.oip import OIPService
@@ -112,6 +114,12 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_cert: bool = True
+    #: Prometheus metrics on this port (0: any free one; None: off), bound to metrics_host
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    #: a plaintext gRPC server with only the health service, for probes that cannot show
+    #: a client certificate (Kubernetes' gRPC probes) when the main port is mutual TLS
+    health_port: int | None = None
 
     def tls(self) -> TLSFiles | None:
         if self.tls_cert is None and self.tls_key is None and self.tls_ca is None:
@@ -203,6 +211,9 @@ class CloudServer:
         self.specializer_task: asyncio.Task | None = None
         self.layered: LayeredStats | None = None
         self._signing_key: Any = None
+        self.metrics: CloudMetrics | None = None
+        self.health_server: grpc.aio.Server | None = None
+        self.notifier = Notifier()
 
     def signing_key(self) -> Any:
         """The fleet's signing key (``--signing-key``), read once; None when unset."""
@@ -240,13 +251,34 @@ class CloudServer:
         log.info("serving %s version %s on %s:%d (device %s, max_batch_size %d, "
                  "max_queue_delay_us %d)", card.name, card.version, c.host, self.port,
                  card.device, c.max_batch_size, c.max_queue_delay_us)
+        ready: dict[str, Any] = {"port": self.port, "pid": os.getpid()}
+        if c.metrics_port is not None:
+            self.metrics = CloudMetrics(self.server.cachenet)
+            ready["metrics_port"] = self.metrics.serve(c.metrics_host, c.metrics_port)
+        if c.health_port is not None:
+            ready["health_port"] = await self.start_health_server()
         if c.ready_file is not None:
             tmp = c.ready_file.with_name(c.ready_file.name + ".tmp")
-            tmp.write_text(json.dumps({"port": self.port, "pid": os.getpid()}))
+            tmp.write_text(json.dumps(ready))
             tmp.replace(c.ready_file)
+        self.notifier.ready(f"serving {card.name} {card.version} on port {self.port}")
         if c.specialize:
             self.specializer_task = asyncio.create_task(self.run_specializer(),
                                                         name="specializer")
+
+    async def start_health_server(self) -> int:
+        """The health service alone, plaintext, on ``health_port``: it tells whether the
+        server serves, and nothing else (its state is the main server's)."""
+        c = self.config
+        self.health_server = grpc.aio.server(options=SERVER_OPTIONS)
+        health_pb2_grpc.add_HealthServicer_to_server(
+            self.server.cachenet.health, self.health_server)  # type: ignore[union-attr]
+        port = self.health_server.add_insecure_port(f"{c.host}:{c.health_port}")
+        if port == 0:
+            raise OSError(f"cannot bind the health port {c.host}:{c.health_port}")
+        await self.health_server.start()
+        log.info("health (plaintext, health service only) on %s:%d", c.host, port)
+        return port
 
     async def run_specializer(self) -> None:
         """Load the specialiser off the loop (it labels the replay data), then run it."""
@@ -279,15 +311,25 @@ class CloudServer:
             log.info("generations %s", parts.generation.counts)
 
     async def main_loop(self) -> None:
+        """Log stats every ``stats_interval_s``; under systemd's watchdog, ping it at half
+        its period, from this loop, so a loop that hangs stops the pings."""
+        interval = self.config.stats_interval_s
+        tick = min(interval, self.notifier.watchdog_s or interval)
+        loop = asyncio.get_running_loop()
+        next_stats = loop.time() + interval
         while not self.should_exit.is_set():
             try:
-                await asyncio.wait_for(self.should_exit.wait(), self.config.stats_interval_s)
+                await asyncio.wait_for(self.should_exit.wait(), tick)
             except asyncio.TimeoutError:
-                self.log_stats()
+                self.notifier.watchdog()
+                if loop.time() >= next_stats:
+                    self.log_stats()
+                    next_stats += interval
 
     async def shutdown(self) -> None:
         assert self.server is not None
         parts: ServerParts = self.server.cachenet
+        self.notifier.stopping()
         await parts.health.enter_graceful_shutdown()  # every service NOT_SERVING
         parts.core.ready = False  # and the Open Inference Protocol's ServerReady says so
         if self.specializer_task is not None:
@@ -303,6 +345,10 @@ class CloudServer:
         await parts.batcher.stop()
         if parts.generation is not None:
             await parts.generation.stop()
+        if self.health_server is not None:
+            await self.health_server.stop(0)
+        if self.metrics is not None:
+            self.metrics.close()
         self.log_stats()
         log.info("stopped")
 
