@@ -54,6 +54,9 @@ def make_parser() -> argparse.ArgumentParser:
                    "(default .spool beside the bundle)")
     p.add_argument("--no-spool", dest="spool", action="store_false", default=None,
                    help="drop them instead")
+    p.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus metrics on this port (0: any; default: off)")
+    p.add_argument("--metrics-host", help="address the metrics port binds (default 127.0.0.1)")
     p.add_argument("--log-level")
     return p
 
@@ -75,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              spool_dir=args.spool_dir, spool=args.spool,
                              escalate=args.escalate, escalate_to=args.escalate_to,
                              escalate_model=args.escalate_model,
-                             escalate_model_version=args.escalate_model_version)
+                             escalate_model_version=args.escalate_model_version,
+                             metrics_port=args.metrics_port, metrics_host=args.metrics_host)
         logging.basicConfig(level=config.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         EdgeAgent(config).serve()

@@ -43,6 +43,7 @@ import zmq
 
 from cachenet.core import tensors
 from cachenet.core.audit import Audit
+from cachenet.core.notify import Notifier
 from cachenet.core.runtime import CacheModel, load_cache_model
 from cachenet.exceptions import (
     CachenetError,
@@ -59,6 +60,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.control import ControlClient
 from edge_agent.engine import Decision, Engine, equip
 from edge_agent.escalation import EscalationTarget, channel_target, connect
+from edge_agent.metrics import AgentMetrics
 from edge_agent.partitions import ModelSet
 from edge_agent.reload import Reloader
 from edge_agent.spool import Spool
@@ -95,6 +97,8 @@ class EdgeAgent:
         self.endpoint = ""
         self.stats = AgentStats(config.latency_window)
         self.should_exit = threading.Event()
+        self.notifier = Notifier()  # systemd: READY=1, the watchdog, STOPPING=1
+        self.metrics: AgentMetrics | None = None
         self.inflight = 0
         # Escalations: run on `self.loop` in another thread; finished answers come
         # back through `self.done` and a wake-up byte on an inproc PAIR socket.
@@ -156,10 +160,17 @@ class EdgeAgent:
                  "%.0f ms", c.agent_id, self.model.manifest.name, self.model.version,
                  self.endpoint, f"{escalation.address} ({escalation.protocol})"
                  if escalation else "none (edge only)", c.deadline_ms)
+        ready: dict[str, Any] = {"endpoint": self.endpoint, "pid": os.getpid()}
+        if c.metrics_port is not None:
+            self.metrics = AgentMetrics(self)
+            ready["metrics_port"] = self.metrics.serve(c.metrics_host, c.metrics_port)
         if c.ready_file is not None:
             tmp = c.ready_file.with_name(c.ready_file.name + ".tmp")
-            tmp.write_text(json.dumps({"endpoint": self.endpoint, "pid": os.getpid()}))
+            tmp.write_text(json.dumps(ready))
             tmp.replace(c.ready_file)
+        # The bundle is loaded and verified, the socket bound, the cloud's client made.
+        self.notifier.ready(f"serving {self.model.manifest.name} {self.model.version} on "
+                            f"{self.endpoint}")
 
     def _start_escalation_loop(self, target: EscalationTarget) -> None:
         address = f"inproc://escalations-{id(self)}"
@@ -220,8 +231,12 @@ class EdgeAgent:
         poller.register(self.sock, zmq.POLLIN)
         if self._wake_rx is not None:
             poller.register(self._wake_rx, zmq.POLLIN)
+        pinged = time.monotonic()
         while not self.should_exit.is_set():
             events = dict(poller.poll(POLL_MS))
+            if self.notifier.watchdog_s and time.monotonic() - pinged >= self.notifier.watchdog_s:
+                self.notifier.watchdog()  # from the loop that serves: a hang stops the pings
+                pinged = time.monotonic()
             if self.reload_requested.is_set() and not self.reloader.busy:
                 self.reload_requested.clear()
                 self.reload()
@@ -246,6 +261,7 @@ class EdgeAgent:
                 return
 
     def shutdown(self) -> None:
+        self.notifier.stopping()
         log.info("shutting down: %d escalations in flight", self.inflight)
         deadline = time.monotonic() + self.config.deadline_ms / 1e3 + 2.0
         while self.inflight and time.monotonic() < deadline and self._wake_rx is not None:
@@ -261,6 +277,8 @@ class EdgeAgent:
                 sock.close(linger=0)
         self.reloader.join(10)
         self.ctx.destroy(linger=0)
+        if self.metrics is not None:
+            self.metrics.close()
         log.info("stopped after %s requests", self.stats.snapshot()["requests"])
 
     def install_signal_handlers(self) -> None:
@@ -352,6 +370,7 @@ class EdgeAgent:
             if "deadline_ms" in header:
                 deadline = min(deadline, float(header["deadline_ms"]))
             self.inflight += 1
+            self.stats.count("escalated")
             asyncio.run_coroutine_threadsafe(
                 self.escalate(envelope, decision, x, deadline / 1e3, t0), self.loop)
 

@@ -45,6 +45,9 @@ class AgentConfig:
     max_message_bytes: int = 8 << 20
     ready_file: Path | None = None
     log_level: str = "INFO"
+    #: Prometheus metrics on this port (0: any free one; None: off), bound to metrics_host
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     #: subscribe to the cloud's control plane for pushed bundles (needs ``cloud``).
     control: bool = True
     token: str = ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,8 @@ class AgentStats:
         self.recent_labels: collections.deque[int] = collections.deque(maxlen=class_window)
         #: ``snapshot`` runs on the escalation loop (control reports) while requests count
         self.lock = threading.Lock()
+        #: called with (source, seconds) for each answer (the metrics' latency histogram)
+        self.listeners: list[Callable[[str, float], None]] = []
 
     def record(self, source: str, label: int, total_us: float, step: str | None = None
                ) -> None:
@@ -34,6 +37,8 @@ class AgentStats:
                          "edge-fallback": "fallbacks"}[source]] += 1
             self.latencies_us.append(total_us)
             self.recent_labels.append(label)
+        for listener in self.listeners:
+            listener(source, total_us / 1e6)
 
     def count(self, key: str) -> None:
         with self.lock:
@@ -59,7 +64,7 @@ class AgentStats:
                 "fallback_reasons": {k[9:]: v for k, v in counts.items()
                                      if k.startswith("fallback:")},
                 "edge_steps": {k[5:]: v for k, v in counts.items() if k.startswith("step:")},
-                "audits_sent": counts["audits"]}
+                "audits_sent": counts["audits"], "escalations_sent": counts["escalated"]}
 
 
 def telemetry() -> dict[str, Any]:
