@@ -28,21 +28,18 @@ registry, so several in one process (tests) do not mix.
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from cachenet.core.metrics import MetricsEndpoint
 from cloud_server.inference import Answer
 
 if TYPE_CHECKING:
     from cloud_server.server import ServerParts
-
-log = logging.getLogger(__name__)
 
 #: Request and queue durations: 100 us to 10 s.
 BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -98,11 +95,11 @@ class _Counts(Collector):
             yield gen
 
 
-class CloudMetrics:
+class CloudMetrics(MetricsEndpoint):
     """The registry of one server and the listener that times its requests."""
 
     def __init__(self, parts: ServerParts) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self.registry.register(_Counts(parts))
         card = parts.core.card
         kw = {"labelnames": ["model", "version"], "registry": self.registry, "buckets": BUCKETS}
@@ -119,24 +116,9 @@ class CloudMetrics:
         self.request = {o: request.labels(card.name, card.version, o)
                         for o in ("ok", *FAILURES)}
         parts.core.listeners.append(self.observe)
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
 
     def observe(self, outcome: str, answer: Answer | None, seconds: float) -> None:
         self.request[outcome].observe(seconds)
         if answer is not None:
             self.queue.observe(answer.queue_us / 1e6)
             self.compute.observe(answer.compute_us / 1e6)
-
-    def serve(self, host: str, port: int) -> int:
-        """Serve ``/metrics`` on ``host:port`` (0: a free port) in a thread; the port."""
-        self._server, self._thread = start_http_server(port, host, registry=self.registry)
-        bound = self._server.server_port
-        log.info("metrics on http://%s:%d/metrics", host, bound)
-        return bound
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from importlib import metadata
 
 import grpc
 import numpy as np
 
-import cachenet
 from cachenet.exceptions import ProtocolError
 from cachenet.protocol import openinference as oi
 from cachenet.protocol.oip import grpc_predict_v2_pb2 as pb
@@ -73,8 +73,11 @@ class OIPService:
         return pb.ModelReadyResponse(ready=self.core.ready)
 
     async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="cachenet", version=cachenet.__version__,
-                                         extensions=[])
+        try:
+            version = metadata.version("cachenet")
+        except metadata.PackageNotFoundError:  # run from a source tree, not installed
+            version = "unknown"
+        return pb.ServerMetadataResponse(name="cachenet", version=version, extensions=[])
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest | Undecodable,
                             context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:

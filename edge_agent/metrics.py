@@ -30,20 +30,18 @@ are observed as answers go out. The registry is the agent's own.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from cachenet.core.metrics import MetricsEndpoint
 from edge_agent.stats import telemetry
 
 if TYPE_CHECKING:
     from edge_agent.agent import EdgeAgent
-
-log = logging.getLogger(__name__)
 
 #: Answer latencies: 50 us (an edge hit) to 5 s (a slow escalation).
 BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -127,9 +125,9 @@ class _AgentState(Collector):
                                     "The hottest temperature sensor", value=t["temperature_c"])
 
 
-class AgentMetrics:
+class AgentMetrics(MetricsEndpoint):
     def __init__(self, agent: EdgeAgent) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self.registry.register(_AgentState(agent))
         latency = Histogram("cachenet_edge_request_duration_seconds",
                             "From receiving a request to its answer, by source",
@@ -137,16 +135,3 @@ class AgentMetrics:
         self.latency = {s: latency.labels(s) for s in SOURCES.values()}
         agent.stats.listeners.append(lambda source, seconds:
                                      self.latency[source].observe(seconds))
-        self._server: Any = None
-
-    def serve(self, host: str, port: int) -> int:
-        self._server, _ = start_http_server(port, host, registry=self.registry)
-        bound = self._server.server_port
-        log.info("metrics on http://%s:%d/metrics", host, bound)
-        return bound
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

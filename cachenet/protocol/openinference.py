@@ -149,9 +149,10 @@ def usable_answer(resp: pb.ModelInferResponse, logits_name: str) -> CloudAnswer:
         raise CloudError(f"the server's answer cannot be used: {exc}") from None
 
 
-class OIPClient:
-    """Escalations to an Open Inference Protocol server, as :class:`CloudClient` does them
-    to cachenet's own: ``infer(x, ...) -> CloudAnswer``; errors are cachenet's."""
+class _OIPTarget:
+    """A model on an OIP server, a channel to it, and the requests it takes."""
+
+    aio = False
 
     def __init__(self, target: str, model_name: str, *, model_version: str = "",
                  input_name: str = "input", logits_name: str = "logits",
@@ -159,14 +160,24 @@ class OIPClient:
                  credentials: grpc.ChannelCredentials | None = None) -> None:
         self.target, self.model_name, self.model_version = target, model_name, model_version
         self.input_name, self.logits_name = input_name, logits_name
-        self.channel = open_channel(target, options or CHANNEL_OPTIONS, credentials)
+        self.channel = open_channel(target, options or CHANNEL_OPTIONS, credentials,
+                                    aio=self.aio)
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def request(self, x: np.ndarray, request_id: str, agent_id: str,
+                spooled: bool) -> pb.ModelInferRequest:
+        return infer_request(x, model_name=self.model_name, model_version=self.model_version,
+                             input_name=self.input_name, request_id=request_id,
+                             agent_id=agent_id, spooled=spooled)
+
+
+class OIPClient(_OIPTarget):
+    """Escalations to an Open Inference Protocol server, as :class:`CloudClient` does them
+    to cachenet's own: ``infer(x, ...) -> CloudAnswer``; errors are cachenet's."""
 
     def infer(self, x: np.ndarray, *, timeout: float | None = None, request_id: str = "",
               agent_id: str = "", spooled: bool = False, **_: Any) -> CloudAnswer:
-        request = infer_request(x, model_name=self.model_name, model_version=self.model_version,
-                                input_name=self.input_name, request_id=request_id,
-                                agent_id=agent_id, spooled=spooled)
+        request = self.request(x, request_id, agent_id, spooled)
         started = time.perf_counter()
         with map_grpc_errors():
             resp = self.stub.ModelInfer(request, timeout=timeout)
@@ -189,23 +200,14 @@ class OIPClient:
         self.close()
 
 
-class AsyncOIPClient:
+class AsyncOIPClient(_OIPTarget):
     """asyncio :class:`OIPClient`; create it inside the running event loop."""
 
-    def __init__(self, target: str, model_name: str, *, model_version: str = "",
-                 input_name: str = "input", logits_name: str = "logits",
-                 options: list[tuple[str, Any]] | None = None,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
-        self.target, self.model_name, self.model_version = target, model_name, model_version
-        self.input_name, self.logits_name = input_name, logits_name
-        self.channel = open_channel(target, options or CHANNEL_OPTIONS, credentials, aio=True)
-        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+    aio = True
 
     async def infer(self, x: np.ndarray, *, timeout: float | None = None, request_id: str = "",
                     agent_id: str = "", spooled: bool = False, **_: Any) -> CloudAnswer:
-        request = infer_request(x, model_name=self.model_name, model_version=self.model_version,
-                                input_name=self.input_name, request_id=request_id,
-                                agent_id=agent_id, spooled=spooled)
+        request = self.request(x, request_id, agent_id, spooled)
         with map_grpc_errors():
             resp = await self.stub.ModelInfer(request, timeout=timeout)
         return usable_answer(resp, self.logits_name)
