@@ -48,9 +48,7 @@ from cachenet.core.runtime import CacheModel, load_cache_model
 from cachenet.exceptions import (
     CachenetError,
     CloudError,
-    CloudOverloaded,
     CloudRejected,
-    CloudTimeout,
     CloudUnavailable,
     InputSpecError,
     ProtocolError,
@@ -60,6 +58,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.control import ControlClient
 from edge_agent.engine import Decision, Engine, equip
 from edge_agent.escalation import EscalationTarget, channel_target, connect
+from edge_agent.keeper import Keeper, open_spool
 from edge_agent.metrics import AgentMetrics
 from edge_agent.partitions import ModelSet
 from edge_agent.reload import Reloader
@@ -68,11 +67,6 @@ from edge_agent.stats import AgentStats, telemetry
 from edge_agent.trust import Trust
 
 log = logging.getLogger(__name__)
-
-#: How long one spooled input's upload may take (not on any request's path).
-UPLOAD_TIMEOUT_S = 10.0
-#: Inputs waiting for the disk at most; past it, new ones are dropped (counted).
-SPOOL_BACKLOG = 1000
 
 POLL_MS = 100  # how often the loop looks at the exit flag when idle
 
@@ -114,9 +108,7 @@ class EdgeAgent:
         self.trust = Trust(config.trusted_key, config.allow_rollback, state)
         self.reloader = Reloader(self._swap, check=self.trust.check_path)
         self.spool: Spool | None = None
-        self.spool_flag = True  # mark uploads as spooled (an older cloud refuses the field)
-        self._spool_backlog = 0  # inputs copied for the spool, not yet on disk
-        self._backlog_lock = threading.Lock()
+        self.keeper: Keeper | None = None  # spools what the cloud missed, uploads it later
         self.reload_requested = threading.Event()
 
     # -- lifecycle ------------------------------------------------------
@@ -133,7 +125,8 @@ class EdgeAgent:
         self.credentials = c.channel_credentials()
         escalation = c.escalation_target()
         if escalation is not None and c.spool:
-            self.spool = self._open_spool()
+            self.spool = open_spool(c)
+            self.keeper = Keeper(self, self.spool) if self.spool is not None else None
         if escalation is not None and not escalation.sends_levels:
             self.native_uplink = False  # another engine's model takes what it declares
         if escalation is not None and self.credentials is None:
@@ -193,8 +186,8 @@ class EdgeAgent:
                 if self.config.control and self.config.cloud:
                     self.control = ControlClient(self, channel_target(self.config.cloud))
                     control_task = self.loop.create_task(self.control.run(), name="control")
-                if self.spool is not None:
-                    upload_task = self.loop.create_task(self.upload_spool(), name="spool")
+                if self.keeper is not None:
+                    upload_task = self.loop.create_task(self.keeper.upload(), name="spool")
             except BaseException as exc:
                 failure.append(exc)
                 self._wake_tx.close(linger=0)
@@ -438,85 +431,10 @@ class EdgeAgent:
             self.done.put((envelope, decision, source, t0, reason))
             self._wake_tx.send(b"", copy=True)
 
-    def _open_spool(self) -> Spool | None:
-        """The spool: ``spool_dir``, else ``spool-<agent id>`` in the state directory
-        (``.pushed`` beside the bundle). A spool that cannot be opened is logged and
-        left out: the agent serves without it rather than not at all."""
-        c = self.config
-        state = c.state_dir or (Path(c.bundle).resolve().parent / ".pushed" if c.bundle
-                                else Path(".pushed"))
-        root = c.spool_dir or state / f"spool-{c.agent_id}"
-        try:
-            return Spool(root, max_items=c.spool_max_items, max_bytes=c.spool_max_bytes,
-                         max_age_s=c.spool_max_age_s)
-        except OSError as exc:
-            log.error("no spool at %s (%s): inputs answered while the cloud is away will "
-                      "not reach it", root, exc)
-            return None
-
     def keep(self, x: np.ndarray, decision: Decision) -> None:
-        """Spool an input the cloud did not see (from any thread; off the request path:
-        a copy now, the disk on the escalation loop's worker threads)."""
-        if self.spool is None or self.loop is None:
-            return
-        with self._backlog_lock:
-            if self._spool_backlog >= SPOOL_BACKLOG:  # the disk is behind: drop, counted
-                self.stats.count("spool:dropped_backlog")
-                return
-            self._spool_backlog += 1
-        try:
-            item = (x.copy(), int(decision.answer["label"]),
-                    decision.answer["versions"]["cache"])
-            self.loop.call_soon_threadsafe(
-                lambda: self.loop.create_task(asyncio.to_thread(self._spool_add, *item)))
-        except Exception:  # the request is answered: spooling it must not answer twice
-            log.exception("spooling an input failed")
-            with self._backlog_lock:
-                self._spool_backlog -= 1
-
-    def _spool_add(self, x: np.ndarray, label: int, version: str) -> None:
-        try:
-            self.spool.add(x, label, version)  # type: ignore[union-attr]
-        except OSError:  # a full or failing disk costs the item, not the agent
-            log.exception("spooling an input failed")
-            self.stats.count("spool:write_failed")
-        finally:
-            with self._backlog_lock:
-                self._spool_backlog -= 1
-
-    async def upload_spool(self) -> None:
-        """On the escalation loop: send spooled inputs, oldest first, while the cloud
-        answers and live escalations leave room; back off while it does not."""
-        assert self.spool is not None
-        backoff = 0.5
-        while True:
-            if not len(self.spool) or self.inflight >= max(1, self.config.max_inflight // 2):
-                await asyncio.sleep(0.2)
-                continue
-            try:
-                item = await asyncio.to_thread(self.spool.oldest)
-                if item is None:
-                    continue
-                cloud = await self.ask_cloud(item.x, UPLOAD_TIMEOUT_S, item.version,
-                                             spooled=self.spool_flag)
-            except CloudRejected as exc:
-                if self.spool_flag and "unknown field" in str(exc):  # an older cloud
-                    log.warning("the cloud does not know spooled inputs: sending them plain")
-                    self.spool_flag = False
-                    continue
-                await asyncio.to_thread(self.spool.done, item, None)
-            except (CloudUnavailable, CloudTimeout, CloudOverloaded):
-                await asyncio.sleep(backoff)  # away, or busy: later
-                backoff = min(2 * backoff, 10.0)
-            except CloudError:  # refused for good (its classes changed, not allowed...)
-                await asyncio.to_thread(self.spool.done, item, None)
-            except Exception:
-                log.exception("uploading a spooled input failed")
-                await asyncio.sleep(backoff)
-                backoff = min(2 * backoff, 10.0)
-            else:
-                await asyncio.to_thread(self.spool.done, item, int(cloud.labels[0]))
-                backoff = 0.5
+        """Spool an input answered without the cloud, to upload later (if spooling)."""
+        if self.keeper is not None:
+            self.keeper.keep(x, decision)
 
     async def shadow(self, decision: Decision, x: np.ndarray) -> None:
         """On the escalation loop: an audit of an edge answer already sent."""
