@@ -1,4 +1,4 @@
-"""A client no one here wrote: Triton's ``tritonclient.grpc`` against cachenet's cloud.
+"""Clients no one here wrote: Triton's ``tritonclient.grpc``, and one that knows only reflection.
 
 The cloud runs as a real process with a trained digits bundle; tritonclient runs in its
 own process (``triton_probe.py``: its messages and ours share the proto package). It
@@ -78,3 +78,53 @@ def test_tritonclient_gets_cachenet_v1s_answers(digits_bundle, digits_splits, tm
     ours = our_descriptors(set(n.split(".")[0] for n in theirs["messages"]),
                            set(theirs["methods"]))
     assert ours == theirs
+
+
+def test_a_client_that_knows_only_reflection(digits_splits):
+    """As grpcurl does: find the service by reflection, build its messages from the
+    descriptors the server sends, call it with JSON, and read the answer."""
+    import base64
+
+    import grpc
+    from google.protobuf import json_format, message_factory
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    from tests.generating import serve
+
+    def classify(x):
+        return x.reshape(len(x), -1)[:, :10].astype(np.float32)
+
+    x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+    with serve(None, classify=classify) as cloud, grpc.insecure_channel(cloud.target) as ch:
+        db = ProtoReflectionDescriptorDatabase(ch)
+        assert "inference.GRPCInferenceService" in db.get_services()
+        service = DescriptorPool(db).FindServiceByName("inference.GRPCInferenceService")
+
+        def call(method: str, body: dict) -> dict:
+            m = service.FindMethodByName(method)
+            request_cls = message_factory.GetMessageClass(m.input_type)
+            response_cls = message_factory.GetMessageClass(m.output_type)
+            stub = ch.unary_unary(f"/{service.full_name}/{method}",
+                                  request_serializer=request_cls.SerializeToString,
+                                  response_deserializer=response_cls.FromString)
+            reply = stub(json_format.ParseDict(body, request_cls()), timeout=10)
+            return json_format.MessageToDict(reply)
+
+        assert call("ServerReady", {}) == {"ready": True}
+        meta = call("ModelMetadata", {"name": "stub"})
+        assert meta["inputs"][0]["shape"] == ["-1", "1", "8", "8"]
+        reply = call("ModelInfer", {
+            "model_name": "stub", "id": "json-1",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 1, 8, 8],
+                        "contents": {"fp32_contents": x.ravel().tolist()}}],
+            "outputs": [{"name": "logits"}, {"name": "label"}]})
+        with CloudClient(cloud.target) as v1:
+            want = v1.infer(x, timeout=10)
+    assert reply["id"] == "json-1" and [o["name"] for o in reply["outputs"]] == ["logits",
+                                                                                  "label"]
+    raw = [base64.b64decode(r) for r in reply["rawOutputContents"]]
+    np.testing.assert_array_equal(np.frombuffer(raw[0], "<f4").reshape(2, 10), want.logits)
+    assert np.frombuffer(raw[1], "<i8").tolist() == want.labels.tolist()
