@@ -138,11 +138,12 @@ def test_unit_files_notify_and_run_flags_the_daemons_take(name, parser):
     parser().parse_args(argv[1:])  # SystemExit on a flag the daemon does not take
 
 
-def test_the_units_edge_config_is_one_the_agent_loads(tmp_path):
-    from edge_agent.config import read_file
+def test_the_units_edge_config_is_one_the_agent_loads():
+    from edge_agent.config import load_config
 
-    settings = read_file(DEPLOY / "systemd" / "edge.toml")
-    assert settings["cloud"] and settings["trusted_key"] and settings["tls_cert"]
+    config = load_config(file=DEPLOY / "systemd" / "edge.toml", environ={})
+    assert config.escalation_target().address == "cloud.example:50051"
+    assert config.trusted_key and config.tls_cert and config.tls_key  # signed, mutual TLS
 
 
 def dockerfile(name: str) -> dict[str, list[str]]:
