@@ -131,6 +131,15 @@ class InferenceCore:
         tensors.check_finite(x)
         return x
 
+    def refuse(self, exc: Exception) -> RequestError:
+        """Count a request a front end refused before it could reach :meth:`answer` (it
+        does not decode, names a bad agent); the error to answer it with."""
+        self.counts["received"] += 1
+        self._done("invalid", None, time.perf_counter())
+        if isinstance(exc, RequestError):
+            return exc
+        return RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
     def _done(self, outcome: str, answer: Answer | None, received: float) -> None:
         self.counts[outcome] += 1
         for listener in self.listeners:
@@ -150,6 +159,11 @@ class InferenceCore:
         except RequestError:
             self._done("invalid", None, received)
             raise
+        except Exception as exc:  # a bug reading it: this request fails, clearly, alone
+            log.exception("reading request %s failed", request_id[:64])
+            self._done("error", None, received)
+            raise RequestError(grpc.StatusCode.INTERNAL, "cannot read the request: "
+                               f"{type(exc).__name__}") from None
         log.debug("queued request %s (%d inputs) from %s", request_id[:64], len(x),
                   agent_id or "-")
         try:

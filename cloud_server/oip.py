@@ -112,10 +112,13 @@ class OIPService:
         if len(raw) > 1 or (raw and request.inputs[0].HasField("contents")):
             raise ProtocolError(f"raw_input_contents has {len(raw)} entries for one input "
                                 "(or the input carries contents as well)")
-        for out in request.outputs:
-            if out.name not in oi.OUTPUTS:
-                raise ProtocolError(f"unknown output '{out.name[:64]}'; this model answers "
+        names = [out.name for out in request.outputs]
+        for name in names:
+            if name not in oi.OUTPUTS:
+                raise ProtocolError(f"unknown output '{name[:64]}'; this model answers "
                                     f"{', '.join(oi.OUTPUTS)}")
+        if len(set(names)) != len(names):
+            raise ProtocolError(f"an output is requested twice: {names[:8]}")
         return oi.input_array(request.inputs[0], raw[0] if raw else None,
                               max_bytes=self.core.max_tensor_bytes)
 
@@ -134,11 +137,7 @@ class OIPService:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
             agent, spooled = self._extras(request, identity)
         except (RequestError, ProtocolError) as exc:
-            self.core.counts["received"] += 1
-            self.core.counts["invalid"] += 1
-            if isinstance(exc, ProtocolError):
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-            raise
+            raise self.core.refuse(exc) from None
         answer = await self.core.answer(lambda: self._parse(request), request_id=request.id,
                                         agent_id=agent, spooled=spooled, timeout=timeout)
         return self.response(request, answer)

@@ -74,10 +74,8 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         agent = "" if isinstance(request, Undecodable) else request.agent_id
         try:
             agent = agent_for(agent, identity)
-        except RequestError:
-            self.counts["received"] += 1
-            self.counts["invalid"] += 1
-            raise
+        except RequestError as exc:
+            raise self.core.refuse(exc) from None
         answer = await self.core.answer(
             lambda: self._parse(request), agent_id=agent, timeout=timeout,
             request_id="" if isinstance(request, Undecodable) else request.id,

@@ -46,8 +46,17 @@ def reject_unknown_fields(msg: pb_message.Message, where: str, *, speaks: str = 
         raise ProtocolError(f"{where} has unknown field number(s) {numbers}; this server "
                             f"speaks {speaks}")
     for fd, value in msg.ListFields():
-        if isinstance(value, pb_message.Message):
-            reject_unknown_fields(value, f"{where}.{fd.name}", speaks=speaks)
+        if fd.message_type is None:
+            continue
+        if fd.message_type.GetOptions().map_entry:  # a map: its message values
+            items = [(f"{where}.{fd.name}[{k!r:.40}]", v) for k, v in value.items()
+                     if isinstance(v, pb_message.Message)]
+        elif fd.is_repeated:
+            items = [(f"{where}.{fd.name}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            items = [(f"{where}.{fd.name}", value)]
+        for path, item in items:
+            reject_unknown_fields(item, path, speaks=speaks)
 
 
 @dataclass

@@ -37,6 +37,31 @@ def encode(arr: np.ndarray) -> tuple[str, list[int], bytes]:
     return arr.dtype.name, list(arr.shape), np.ascontiguousarray(le).tobytes()
 
 
+def check_shape(shape: object, itemsize: int, max_bytes: int = MAX_TENSOR_BYTES) -> list[int]:
+    """``shape`` as a list of dimensions, checked before anything is multiplied out: a
+    list of 1 to MAX_DIMS positive integers whose tensor fits ``max_bytes``."""
+    try:
+        items = None if isinstance(shape, str | bytes | dict) else list(shape)  # type: ignore[call-overload]
+    except TypeError:  # a number, None: not a list at all
+        items = None
+    if items is None or not all(type(d) is int or (isinstance(d, np.integer)
+                                                   and not isinstance(d, bool)) for d in items):
+        raise ProtocolError(f"shape must be a list of integers, got {excerpt(shape)}")
+    if not 1 <= len(items) <= MAX_DIMS:
+        raise ProtocolError(f"shape must have 1 to {MAX_DIMS} dimensions, got {len(items)}")
+    dims = [int(d) for d in items]
+    if any(d < 1 for d in dims):
+        raise ProtocolError(f"shape must have positive dimensions, got {excerpt(dims)}")
+    if any(d > max_bytes for d in dims):
+        raise ProtocolError(f"tensor of shape {excerpt(dims)} is over the limit of {max_bytes} "
+                            "bytes")
+    expected = math.prod(dims) * itemsize
+    if expected > max_bytes:
+        raise ProtocolError(f"tensor of shape {dims} is {expected} bytes, over the limit of "
+                            f"{max_bytes} bytes")
+    return dims
+
+
 def decode(dtype: str, shape: Sequence[int], data: bytes | memoryview, *,
            max_bytes: int = MAX_TENSOR_BYTES) -> np.ndarray:
     """Rebuild a tensor from its wire form, without copying ``data``."""
@@ -44,25 +69,8 @@ def decode(dtype: str, shape: Sequence[int], data: bytes | memoryview, *,
     if wire_dtype is None:
         raise ProtocolError(f"unsupported dtype {excerpt(dtype)}; supported: "
                             f"{', '.join(DTYPES)}")
-    try:
-        items = None if isinstance(shape, str | bytes | dict) else list(shape)
-    except TypeError:  # a number, None: not a list at all
-        items = None
-    if items is None or not all(type(d) is int or (isinstance(d, np.integer)
-                                                   and not isinstance(d, bool)) for d in items):
-        raise ProtocolError(f"shape must be a list of integers, got {excerpt(shape)}")
-    dims = [int(d) for d in items]
-    if not 1 <= len(dims) <= MAX_DIMS:
-        raise ProtocolError(f"shape must have 1 to {MAX_DIMS} dimensions, got {len(dims)}")
-    if any(d < 1 for d in dims):
-        raise ProtocolError(f"shape must have positive dimensions, got {dims}")
-    item = wire_dtype.itemsize
-    if any(d > max_bytes for d in dims):
-        raise ProtocolError(f"tensor of shape {dims} is over the limit of {max_bytes} bytes")
-    expected = math.prod(dims) * item
-    if expected > max_bytes:
-        raise ProtocolError(f"tensor of shape {dims} is {expected} bytes, over the limit of "
-                            f"{max_bytes} bytes")
+    dims = check_shape(shape, wire_dtype.itemsize, max_bytes)
+    expected = math.prod(dims) * wire_dtype.itemsize
     if len(data) != expected:
         raise ProtocolError(f"tensor data is {len(data)} bytes, but shape {dims} of {dtype} "
                             f"needs {expected}")

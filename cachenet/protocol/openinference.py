@@ -54,20 +54,25 @@ def datatype(name: str) -> np.dtype:
 def input_array(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, *,
                 max_bytes: int = tensors.MAX_TENSOR_BYTES) -> np.ndarray:
     """The array ``t`` carries: ``raw`` (its entry of ``raw_input_contents``) or its
-    typed ``contents``; checked against its datatype, shape and ``max_bytes``."""
+    typed ``contents``; checked against its datatype, shape and ``max_bytes`` (the shape
+    before anything is multiplied out; integer values against their type's range)."""
     dtype = datatype(t.datatype)
     if raw is None:
         if t.datatype == "FP16":
             raise ProtocolError(f"input '{t.name[:64]}': FP16 travels only as raw contents")
+        dims = tensors.check_shape(list(t.shape), dtype.itemsize, max_bytes)
         values = getattr(t.contents, CONTENTS_FIELD[t.datatype])
-        count = 1
-        for d in t.shape:
-            count *= max(int(d), 0)
-        if len(values) != count or count * dtype.itemsize > max_bytes:
+        count = int(np.prod(dims))
+        if len(values) != count:
             raise ProtocolError(f"input '{t.name[:64]}' has {len(values)} values in "
-                                f"{CONTENTS_FIELD[t.datatype]}; its shape {list(t.shape)[:8]} "
-                                f"needs {count}")
-        raw = np.asarray(values, dtype=dtype).tobytes()
+                                f"{CONTENTS_FIELD[t.datatype]}; its shape {dims} needs {count}")
+        wide = np.asarray(values)
+        if dtype.kind in "iu" and len(wide):
+            info = np.iinfo(dtype)
+            if wide.min() < info.min or wide.max() > info.max:
+                raise ProtocolError(f"input '{t.name[:64]}' has values outside {t.datatype}'s "
+                                    f"range [{info.min}, {info.max}]")
+        raw = wide.astype(dtype).tobytes()
     return tensors.decode(dtype.name, list(t.shape), raw, max_bytes=max_bytes)
 
 
@@ -79,16 +84,18 @@ def output_tensor(name: str, a: np.ndarray) -> tuple[pb.ModelInferResponse.Infer
         name=name, datatype=DATATYPE_OF[a.dtype.name], shape=list(a.shape)), a.tobytes())
 
 
-def response_arrays(resp: pb.ModelInferResponse) -> dict[str, np.ndarray]:
-    """Each output of ``resp`` as an array, raw or typed contents alike."""
-    out = {}
+def output_array(resp: pb.ModelInferResponse, name: str) -> np.ndarray:
+    """Output ``name`` of ``resp`` as an array, raw or typed contents alike (the other
+    outputs are not read: a server may answer with more, of any datatype)."""
     raw = list(resp.raw_output_contents)
     if raw and len(raw) != len(resp.outputs):
         raise ProtocolError(f"response has {len(resp.outputs)} outputs and {len(raw)} raw "
                             "contents")
     for i, t in enumerate(resp.outputs):
-        out[t.name] = input_array(t, raw[i] if raw else None)  # the same rules both ways
-    return out
+        if t.name == name:
+            return input_array(t, raw[i] if raw else None)  # the same rules both ways
+    raise ProtocolError(f"the response has no output '{name[:64]}' (it has "
+                        f"{[o.name[:64] for o in resp.outputs[:8]]})")
 
 
 def parameter(value: str | bool | int | float) -> pb.InferParameter:
@@ -102,9 +109,11 @@ def parameter(value: str | bool | int | float) -> pb.InferParameter:
 
 
 def infer_request(x: np.ndarray, *, model_name: str, model_version: str = "",
-                  input_name: str = "input", request_id: str = "", agent_id: str = "",
+                  input_name: str = "input", output_name: str = "logits",
+                  request_id: str = "", agent_id: str = "",
                   spooled: bool = False) -> pb.ModelInferRequest:
-    """A ModelInfer request of ``x``, sent raw; cachenet's extras as parameters."""
+    """A ModelInfer request of ``x``, sent raw, asking for output ``output_name`` only;
+    cachenet's extras as parameters."""
     if x.dtype.name not in DATATYPE_OF:
         raise ProtocolError(f"cannot send a {x.dtype} tensor over the Open Inference Protocol")
     x = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
@@ -115,38 +124,39 @@ def infer_request(x: np.ndarray, *, model_name: str, model_version: str = "",
         model_name=model_name, model_version=model_version, id=request_id,
         parameters=params, inputs=[pb.ModelInferRequest.InferInputTensor(
             name=input_name, datatype=DATATYPE_OF[x.dtype.name], shape=list(x.shape))],
+        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=output_name)],
         raw_input_contents=[x.tobytes()])
 
 
 def parse_answer(resp: pb.ModelInferResponse, *, logits_name: str = "logits") -> CloudAnswer:
-    """A :class:`CloudAnswer` from an OIP response: cachenet's three outputs, or any
-    server's logits alone (labels and confidences derived)."""
-    arrays = response_arrays(resp)
-    if logits_name not in arrays:
-        raise ProtocolError(f"the response has no output '{logits_name}' (it has "
-                            f"{sorted(arrays)[:8]})")
-    logits = np.asarray(arrays[logits_name], np.float32)
+    """A :class:`CloudAnswer` from any OIP server's response: its logits, N x K; labels
+    and confidences derived from them; cachenet's timings where the server sends them."""
+    logits = np.asarray(output_array(resp, logits_name), np.float32)
     if logits.ndim != 2:
-        raise ProtocolError(f"output '{logits_name}' has shape {list(logits.shape)}, not N x K")
+        raise ProtocolError(f"output '{logits_name[:64]}' has shape {list(logits.shape)}, "
+                            "not N x K")
     tensors.check_finite(logits)
-    labels = arrays.get("label", logits.argmax(1)).astype(np.int64)
-    conf = arrays.get("confidence", softmax(logits).max(1)).astype(np.float32)
     timings = {k: int(resp.parameters[k].int64_param)
                for k in ("queue_us", "compute_us", "total_us", "batch_size")
                if k in resp.parameters}
     by = resp.parameters["answered_by"].string_param if "answered_by" in resp.parameters else ""
-    return CloudAnswer(id=resp.id, labels=labels, confidences=conf, logits=logits,
+    return CloudAnswer(id=resp.id, labels=logits.argmax(1).astype(np.int64),
+                       confidences=softmax(logits).max(1).astype(np.float32), logits=logits,
                        model_name=resp.model_name, model_version=resp.model_version,
                        timings=timings, answered_by=by.split(",") if by else [])
 
 
-def usable_answer(resp: pb.ModelInferResponse, logits_name: str) -> CloudAnswer:
+def usable_answer(resp: pb.ModelInferResponse, logits_name: str, started: float) -> CloudAnswer:
     """:func:`parse_answer`, a response that does not parse being the server's failure
-    (:class:`CloudError`), as any failed call to it is."""
+    (:class:`CloudError`), as any failed call to it is. A server that sends no timings
+    (any but cachenet's) gets the call's: total time, a batch of its own."""
     try:
-        return parse_answer(resp, logits_name=logits_name)
+        answer = parse_answer(resp, logits_name=logits_name)
     except ProtocolError as exc:
         raise CloudError(f"the server's answer cannot be used: {exc}") from None
+    answer.timings.setdefault("total_us", int((time.perf_counter() - started) * 1e6))
+    answer.timings.setdefault("batch_size", 1)
+    return answer
 
 
 class _OIPTarget:
@@ -167,8 +177,8 @@ class _OIPTarget:
     def request(self, x: np.ndarray, request_id: str, agent_id: str,
                 spooled: bool) -> pb.ModelInferRequest:
         return infer_request(x, model_name=self.model_name, model_version=self.model_version,
-                             input_name=self.input_name, request_id=request_id,
-                             agent_id=agent_id, spooled=spooled)
+                             input_name=self.input_name, output_name=self.logits_name,
+                             request_id=request_id, agent_id=agent_id, spooled=spooled)
 
 
 class OIPClient(_OIPTarget):
@@ -181,9 +191,7 @@ class OIPClient(_OIPTarget):
         started = time.perf_counter()
         with map_grpc_errors():
             resp = self.stub.ModelInfer(request, timeout=timeout)
-        answer = usable_answer(resp, self.logits_name)
-        answer.timings.setdefault("total_us", int((time.perf_counter() - started) * 1e6))
-        return answer
+        return usable_answer(resp, self.logits_name, started)
 
     def ready(self, timeout: float | None = None) -> bool:
         with map_grpc_errors():
@@ -208,9 +216,10 @@ class AsyncOIPClient(_OIPTarget):
     async def infer(self, x: np.ndarray, *, timeout: float | None = None, request_id: str = "",
                     agent_id: str = "", spooled: bool = False, **_: Any) -> CloudAnswer:
         request = self.request(x, request_id, agent_id, spooled)
+        started = time.perf_counter()
         with map_grpc_errors():
             resp = await self.stub.ModelInfer(request, timeout=timeout)
-        return usable_answer(resp, self.logits_name)
+        return usable_answer(resp, self.logits_name, started)
 
     async def close(self) -> None:
         await self.channel.close()
