@@ -31,6 +31,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--escalate-to", help="where escalations go, if not --cloud (same forms)")
     p.add_argument("--escalate-model", help="the full model's name on the OIP server")
     p.add_argument("--escalate-model-version", help="and its version (default: the server's)")
+    p.add_argument("--escalate-input", help="the model's input name there (default input)")
+    p.add_argument("--escalate-output",
+                   help="its output of N x K logits (default logits); labels and confidences "
+                   "are derived from it")
     p.add_argument("--deadline-ms", type=float, help="escalation deadline (default 250)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default 1)")
     p.add_argument("--precision", choices=["fp32", "int8"])
@@ -79,11 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                              escalate=args.escalate, escalate_to=args.escalate_to,
                              escalate_model=args.escalate_model,
                              escalate_model_version=args.escalate_model_version,
+                             escalate_input=args.escalate_input,
+                             escalate_output=args.escalate_output,
                              metrics_port=args.metrics_port, metrics_host=args.metrics_host)
         logging.basicConfig(level=config.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         EdgeAgent(config).serve()
-    except CachenetError as exc:
+    except (CachenetError, OSError) as exc:  # OSError: a port that cannot be bound
         print(f"cachenet-edge: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -69,6 +69,10 @@ from edge_agent.trust import Trust
 log = logging.getLogger(__name__)
 
 POLL_MS = 100  # how often the loop looks at the exit flag when idle
+#: Requests handled per turn of the loop, before it looks at escalations and the watchdog.
+DRAIN_BATCH = 256
+#: An escalation that failed UNAVAILABLE is tried again only with this much time left.
+RETRY_MIN_S = 0.005
 
 
 def _bind(sock: zmq.Socket, endpoint: str) -> str:
@@ -146,6 +150,10 @@ class EdgeAgent:
             self.sock.setsockopt(zmq.MAXMSGSIZE, max(c.max_message_bytes,
                                                      4 * self._model.input_bytes + 65536))
             self.endpoint = _bind(self.sock, c.bind)
+        ready: dict[str, Any] = {"endpoint": self.endpoint, "pid": os.getpid()}
+        if c.metrics_port is not None:  # bound before anything else starts
+            self.metrics = AgentMetrics(self)
+            ready["metrics_port"] = self.metrics.serve(c.metrics_host, c.metrics_port)
         if escalation is not None:
             self._start_escalation_loop(escalation)
         telemetry()  # prime psutil's CPU counter
@@ -153,10 +161,6 @@ class EdgeAgent:
                  "%.0f ms", c.agent_id, self.model.manifest.name, self.model.version,
                  self.endpoint, f"{escalation.address} ({escalation.protocol})"
                  if escalation else "none (edge only)", c.deadline_ms)
-        ready: dict[str, Any] = {"endpoint": self.endpoint, "pid": os.getpid()}
-        if c.metrics_port is not None:
-            self.metrics = AgentMetrics(self)
-            ready["metrics_port"] = self.metrics.serve(c.metrics_host, c.metrics_port)
         if c.ready_file is not None:
             tmp = c.ready_file.with_name(c.ready_file.name + ".tmp")
             tmp.write_text(json.dumps(ready))
@@ -239,12 +243,14 @@ class EdgeAgent:
                 self.drain()
 
     def drain(self) -> None:
-        """Everything queued on the socket, then back to polling. Whether more is queued
+        """What is queued on the socket (up to DRAIN_BATCH requests, so that a steady
+        stream does not starve escalations' answers and the watchdog), then back to
+        polling. Whether more is queued
         is asked of the socket (``ZMQ_EVENTS``), not learnt from a failing receive: on
         this path an exception per request costs more than the agent's own work."""
         sock = self.sock
         assert sock is not None
-        while True:
+        for _ in range(DRAIN_BATCH):  # then the loop's other work: answers, the watchdog
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -391,10 +397,13 @@ class EdgeAgent:
                             "float32", exc)
                 self.native_uplink = False
                 send = x
-            except CloudUnavailable:
+            except CloudUnavailable as exc:
                 # A replica went away under the call: the balanced channel sends the
-                # second try to another (inference is idempotent), within the deadline.
-                if attempt == 2:
+                # second try to another, within the same deadline. Only on UNAVAILABLE
+                # (not a CANCELLED call, which may have run), only with time left, and
+                # not for spooled uploads, which retry on their own (and are counted).
+                if (attempt == 2 or spooled or exc.code != "UNAVAILABLE"
+                        or timeout - (time.monotonic() - started) < RETRY_MIN_S):
                     raise
         classes = self.model.manifest.classes if self.model else []
         if len(cloud.labels) != 1 or not 0 <= int(cloud.labels[0]) < len(classes):

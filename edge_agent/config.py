@@ -25,11 +25,14 @@ class AgentConfig:
     cloud: str | None = None
     #: the escalation target's protocol: ``cachenet`` (cachenet.v1) or ``oip`` (the Open
     #: Inference Protocol: Triton, KServe, MLServer), its address (default: ``cloud``),
-    #: and on an OIP server the model's name and version (edge_agent.escalation)
+    #: and on an OIP server the model's name and version and the names of its input and
+    #: of its output of logits (edge_agent.escalation)
     escalate: str = "cachenet"
     escalate_to: str | None = None
     escalate_model: str = ""
     escalate_model_version: str = ""
+    escalate_input: str = "input"
+    escalate_output: str = "logits"
     #: deadline of one escalation, ms; past it the agent answers with its own prediction.
     deadline_ms: float = 250.0
     #: ONNX Runtime intra-op threads.
@@ -130,7 +133,8 @@ class AgentConfig:
         if not address:
             return None
         return EscalationTarget(self.escalate, address, self.escalate_model,
-                                self.escalate_model_version)
+                                self.escalate_model_version, self.escalate_input,
+                                self.escalate_output)
 
     def channel_credentials(self) -> Any:
         """gRPC credentials for the links to the cloud, or None for plaintext."""

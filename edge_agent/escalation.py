@@ -66,6 +66,8 @@ class EscalationTarget:
     address: str = ""
     model: str = ""  # the model's name on an OIP server
     model_version: str = ""
+    input_name: str = "input"  # its input, and its output of N x K logits
+    output_name: str = "logits"
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -92,6 +94,7 @@ def _oip(t: EscalationTarget, credentials: grpc.ChannelCredentials | None) -> An
     from cachenet.protocol.openinference import AsyncOIPClient
 
     return AsyncOIPClient(channel_target(t.address), t.model, model_version=t.model_version,
+                          input_name=t.input_name, logits_name=t.output_name,
                           options=BALANCED_OPTIONS, credentials=credentials)
 
 
