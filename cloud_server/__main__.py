@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics_host=args.metrics_host,
             health_port=None if args.health_port is None else int(args.health_port))
         asyncio.run(CloudServer(config).serve())
-    except CachenetError as exc:
+    except (CachenetError, OSError) as exc:  # OSError: a port that cannot be bound
         print(f"cachenet-cloud: error: {exc}", file=sys.stderr)
         return 2
     return 0

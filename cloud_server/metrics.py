@@ -17,7 +17,8 @@ counters), per model and version:
 ``cachenet_cloud_spooled_requests_total``             inputs agents answered while the cloud
                                                       was away, uploaded since
 ``cachenet_cloud_agents``                             agents the control plane keeps state for
-``cachenet_cloud_generations_total``                  image generations, by outcome
+``cachenet_cloud_generations_total``                  image generations ended, by outcome
+``cachenet_cloud_generation_batches_total``           sampler runs (each serves one or more)
 ====================================================  ======================================
 
 Counts the server keeps anyway (the core's, the batcher's, the control plane's) are
@@ -88,11 +89,17 @@ class _Counts(Collector):
                                     "Agents the control plane keeps state for",
                                     value=len(self.parts.control.seen))
         if self.parts.generation is not None:
+            counts = dict(self.parts.generation.counts)
             gen = CounterMetricFamily("cachenet_cloud_generations",
-                                      "Image generations, by outcome", labels=["outcome"])
-            for outcome, n in dict(self.parts.generation.counts).items():
-                gen.add_metric([outcome], n)
+                                      "Image generations ended, by outcome",
+                                      labels=["outcome"])
+            for outcome, n in counts.items():
+                if outcome not in ("received", "batches", "batched"):
+                    gen.add_metric([outcome], n)
             yield gen
+            yield CounterMetricFamily("cachenet_cloud_generation_batches",
+                                      "Sampler runs (a run may serve several generations)",
+                                      value=counts.get("batches", 0))
 
 
 class CloudMetrics(MetricsEndpoint):

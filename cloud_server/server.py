@@ -240,6 +240,14 @@ class CloudServer:
             signing_key=self.signing_key(), tls=c.tls(),
             require_client_cert=c.tls_client_cert, generator=generator,
             max_generations=c.max_generations)
+        # Every port is bound before any of them serves: one that cannot be bound stops
+        # the start with nothing serving half-way.
+        ready: dict[str, Any] = {"port": self.port, "pid": os.getpid()}
+        if c.metrics_port is not None:
+            self.metrics = CloudMetrics(self.server.cachenet)
+            ready["metrics_port"] = self.metrics.serve(c.metrics_host, c.metrics_port)
+        if c.health_port is not None:
+            ready["health_port"] = await self.start_health_server()
         await self.server.start()
         health_ = self.server.cachenet.health
         serving = ("", SERVICE_NAME, OIP_SERVICE_NAME) + (
@@ -251,12 +259,6 @@ class CloudServer:
         log.info("serving %s version %s on %s:%d (device %s, max_batch_size %d, "
                  "max_queue_delay_us %d)", card.name, card.version, c.host, self.port,
                  card.device, c.max_batch_size, c.max_queue_delay_us)
-        ready: dict[str, Any] = {"port": self.port, "pid": os.getpid()}
-        if c.metrics_port is not None:
-            self.metrics = CloudMetrics(self.server.cachenet)
-            ready["metrics_port"] = self.metrics.serve(c.metrics_host, c.metrics_port)
-        if c.health_port is not None:
-            ready["health_port"] = await self.start_health_server()
         if c.ready_file is not None:
             tmp = c.ready_file.with_name(c.ready_file.name + ".tmp")
             tmp.write_text(json.dumps(ready))

@@ -267,7 +267,7 @@ class Specializer:
         """Keep at most ``max_library`` partition models: delete the least recently used
         ones, but never ``keep`` (just made) nor one an agent runs now or has been pushed
         (what runs is scored in every comparison)."""
-        running = [self._agent_versions.get(v) for s in self.agents.values()
+        running = [self._agent_versions.get(v) for s in list(self.agents.values())
                    for v in (s.version, s.pending) if v]
         while len(self.library) > self.config.max_library:
             idle = [k for k, m in self.library.items() if k != keep and m not in running]
@@ -289,7 +289,10 @@ class Specializer:
     def check(self, agent: str) -> dict[str, Any]:
         """Pick or train a candidate for ``agent``, compare, and store it if better."""
         with self._lock:
-            s = self._state(agent)
+            s = self.agents.get(agent)
+            if s is None:  # forgotten (evicted by the control plane) since it was due
+                return self._done({"agent": agent, "time": time.time(), "outcome": "skipped",
+                                   "reason": "the agent was forgotten"})
             hist, version = s.histogram, s.version  # report() may replace them meanwhile
             assert hist is not None
             c = self.config

@@ -5,8 +5,8 @@ verify; :func:`raw_push` and :func:`hostile` build the messages by hand, so test
 and ``bench/pushes.py`` can check what an agent does with pushes a well-behaved
 cloud never sends. :class:`HostileFront` is a gRPC server an agent takes for its
 cloud: it streams to subscribers whatever pushes are queued, records the acks,
-and forwards every other call to a real cloud (or, without one, answers the
-control plane's Register and ReportStats itself).
+and forwards every other unary call to a real cloud (or, without one, answers the
+control plane's Register and ReportStats itself); streaming calls are UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -95,6 +95,20 @@ def signed_push(bundle: Path, push_id: str, version: str, key: Any, *, view: boo
 _CONTROL = "/cachenet.v1.ControlService/"
 
 
+def _streaming_methods() -> frozenset[str]:
+    """Our services' streaming methods: the front forwards unary calls only."""
+    from cachenet.protocol.oip import grpc_predict_v2_pb2
+    from cachenet.protocol.v1 import generate_pb2, inference_pb2
+
+    return frozenset(f"/{service.full_name}/{m.name}"
+                     for module in (inference_pb2, generate_pb2, grpc_predict_v2_pb2)
+                     for service in module.DESCRIPTOR.services_by_name.values()
+                     for m in service.methods if m.client_streaming or m.server_streaming)
+
+
+_STREAMING = _streaming_methods()
+
+
 class HostileFront(grpc.GenericRpcHandler):
     """The agent's ``--cloud``: queued pushes on Subscribe, acks recorded, the rest
     forwarded to ``upstream`` (``host:port`` of a real cloud) as raw bytes."""
@@ -103,6 +117,8 @@ class HostileFront(grpc.GenericRpcHandler):
         self.pushes: queue.Queue[list[pb.PushMessage]] = queue.Queue()
         self.acks: list[pb.AckRequest] = []
         self.subscribed = threading.Event()  # set while a Subscribe stream is open
+        self._streams = 0
+        self._lock = threading.Lock()
         self._channel = (grpc.insecure_channel(upstream, options=CHANNEL_OPTIONS)
                          if upstream else None)
 
@@ -116,7 +132,7 @@ class HostileFront(grpc.GenericRpcHandler):
             return grpc.unary_unary_rpc_method_handler(
                 self._ack, request_deserializer=pb.AckRequest.FromString,
                 response_serializer=pb.AckResponse.SerializeToString)
-        if self._channel is not None:
+        if self._channel is not None and method not in _STREAMING:
             return grpc.unary_unary_rpc_method_handler(self._forward(method))
         local = {_CONTROL + "Register": pb.RegisterResponse(stats_interval_s=1),
                  _CONTROL + "ReportStats": pb.StatsAck()}
@@ -127,7 +143,9 @@ class HostileFront(grpc.GenericRpcHandler):
 
     def _subscribe(self, request: pb.SubscribeRequest,
                    context: grpc.ServicerContext) -> Iterator[pb.PushMessage]:
-        self.subscribed.set()
+        with self._lock:
+            self._streams += 1
+            self.subscribed.set()
         try:
             while context.is_active():
                 try:
@@ -136,7 +154,10 @@ class HostileFront(grpc.GenericRpcHandler):
                     continue
                 yield from messages
         finally:
-            self.subscribed.clear()
+            with self._lock:
+                self._streams -= 1
+                if not self._streams:
+                    self.subscribed.clear()
 
     def _ack(self, request: pb.AckRequest, context: grpc.ServicerContext) -> pb.AckResponse:
         self.acks.append(request)
