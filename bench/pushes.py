@@ -25,11 +25,9 @@ Results: ``bench/results/pushes.json``.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -44,6 +42,7 @@ from cachenet.protocol.push import iter_push  # noqa: E402
 from cachenet.protocol.v1 import control_pb2 as pb  # noqa: E402
 from cachenet.sim import hostile as h  # noqa: E402
 from cachenet.sim.daemon import Process  # noqa: E402
+from cachenet.sim.load import Load  # noqa: E402
 from cachenet.toolchain.data import load_splits  # noqa: E402
 from edge_agent.client import EdgeClient  # noqa: E402
 
@@ -132,30 +131,12 @@ def main() -> None:
         "--cloud", f"127.0.0.1:{port}", "--agent-id", "cam-push", "--deadline-ms", "2000",
         "--trusted-key", str(public), "--spool-dir", str(tmp / "spool")], tmp)
     agent.wait_ready(120)
-    sources: collections.Counter[str] = collections.Counter()
-    versions: collections.Counter[str] = collections.Counter()
-    failed = [0]
-    stop = threading.Event()
-
-    def load() -> None:
-        with EdgeClient(agent.info["endpoint"]) as client:
-            i = 0
-            while not stop.is_set():
-                i += 1
-                try:
-                    r = client.infer(x[i % len(x)], timeout=10,
-                                     policy="cloud" if i % 3 == 0 else "auto")
-                    sources[r["source"]] += 1
-                    versions[str(r["versions"]["cache"])] += 1
-                except Exception:
-                    failed[0] += 1
-
-    thread = threading.Thread(target=load)
+    load = Load(agent.info["endpoint"], x, cloud_every=3)
     rows: list[dict] = []
     try:
         if not front.subscribed.wait(60):
             raise SystemExit("the agent never subscribed")
-        thread.start()
+        load.__enter__()
         bad = hostile_pushes(agent_bundle, fleet, other)
         for n in range(20):
             if n % 2 == 0:
@@ -184,22 +165,20 @@ def main() -> None:
         with EdgeClient(agent.info["endpoint"]) as client:
             stats = client.stats()
     finally:
-        stop.set()
-        if thread.is_alive():
-            thread.join(30)
+        load.__exit__()
         agent.stop()
         server.stop(0)
         front.close()
         cloud.stop()
     hostile_versions = {r["version"] for r in rows if r["hostile"]}
-    out = {"command": " ".join(sys.argv), "requests": sum(sources.values()) + failed[0],
-           "sources": dict(sources), "failed": failed[0],
+    out = {"command": " ".join(sys.argv), "requests": load.sent,
+           "sources": dict(load.sources), "failed": load.failed,
            "pushes": len(rows), "good_applied": sum(r["applied"] for r in rows
                                                     if not r["hostile"]),
            "hostile_applied": sum(r["applied"] for r in rows if r["hostile"]),
            "refused_for_their_own_defect": sum(r["as_expected"] for r in rows
                                                if r["hostile"]),
-           "hostile_versions_that_answered": sorted(hostile_versions & set(versions)),
+           "hostile_versions_that_answered": sorted(hostile_versions & load.versions),
            "still_subscribed": (stats.get("control") or {}).get("state") == "subscribed",
            "model_version": stats["model"]["version"],
            "last_good_version": [r["version"] for r in rows if not r["hostile"]][-1],

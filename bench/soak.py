@@ -16,12 +16,10 @@ Results: ``bench/results/soak.json``.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from cachenet.core.bundle import repack  # noqa: E402
 from cachenet.core.signing import generate_keys  # noqa: E402
 from cachenet.protocol.tls import make_fleet_certs  # noqa: E402
 from cachenet.sim.daemon import Process  # noqa: E402
+from cachenet.sim.load import Load  # noqa: E402
 from cachenet.toolchain.data import load_splits  # noqa: E402
 from edge_agent.client import EdgeClient  # noqa: E402
 
@@ -79,25 +78,9 @@ def main() -> None:
         "--tls-cert", str(c / "agent-cam-soak.pem"), "--tls-key", str(c / "agent-cam-soak.key")],
         tmp)
     agent.wait_ready(120)
-    sources: collections.Counter[str] = collections.Counter()
-    failed = [0]
-    stop = threading.Event()
-
-    def load() -> None:
-        with EdgeClient(agent.info["endpoint"]) as client:
-            i = 0
-            while not stop.is_set():
-                i += 1
-                try:
-                    r = client.infer(x[i % len(x)], timeout=10,
-                                     policy="cloud" if i % 3 == 0 else "auto")
-                    sources[r["source"]] += 1
-                except Exception:
-                    failed[0] += 1
-
-    thread = threading.Thread(target=load)
+    load = Load(agent.info["endpoint"], x, cloud_every=3)
     started = time.monotonic()
-    thread.start()
+    load.__enter__()
     procs = {"cloud": psutil.Process(cloud.proc.pid), "agent": psutil.Process(agent.proc.pid)}
     samples: dict[str, list[tuple[float, int]]] = {k: [] for k in procs}
     pushes, next_push = 0, args.push_every
@@ -113,8 +96,7 @@ def main() -> None:
         with EdgeClient(agent.info["endpoint"]) as client:
             stats = client.stats()
     finally:
-        stop.set()
-        thread.join(30)
+        load.__exit__()
         agent.stop()
         cloud.stop()
     memory = {}
@@ -127,8 +109,8 @@ def main() -> None:
                      "max_change_vs_warmup": round(max(abs(r - base) for r in after) / base, 4),
                      "samples": [(t, round(r / 2**20, 1)) for t, r in rows]}
     out = {"command": " ".join(sys.argv), "minutes": args.minutes,
-           "requests": sum(sources.values()) + failed[0], "sources": dict(sources),
-           "failed": failed[0], "pushes_stored": pushes + 1,
+           "requests": load.sent, "sources": dict(load.sources),
+           "failed": load.failed, "pushes_stored": pushes + 1,
            "pushes_applied": (stats.get("control") or {}).get("applied"),
            "pushes_rejected": (stats.get("control") or {}).get("rejected"),
            "model_version": stats["model"]["version"], "control": stats.get("control"),

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import collections
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 from cachenet.sim.daemon import Process
+from cachenet.sim.load import Load  # noqa: F401 (the tests' load, from the emulation)
 
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1"}  # two cores: keep test daemons from oversubscribing
 
@@ -51,44 +48,3 @@ def start_edge(bundle: Path, tmp: Path, *extra: str, env: dict[str, str] | None 
              else ["--spool-dir", str(tmp / f"spool-{time.monotonic_ns()}")])
     return start("edge_agent", ["--bundle", str(bundle), "--bind", "tcp://127.0.0.1:0",
                                 *spool, *extra], tmp, env)
-
-
-class Load:
-    """Requests to an agent, one after another on a thread, until stopped; counts outcomes.
-
-    ``with Load(endpoint, x, policy=...) as load:`` then read ``load.sent``, ``ok``,
-    ``failed``, ``sources`` and ``versions`` (the cache versions that answered).
-    """
-
-    def __init__(self, endpoint: str, x: np.ndarray, *, policy: str = "auto",
-                 timeout: float = 10.0) -> None:
-        self.endpoint, self.x, self.policy, self.timeout = endpoint, x, policy, timeout
-        self.sent = self.ok = self.failed = 0
-        self.sources: collections.Counter[str] = collections.Counter()
-        self.versions: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        from edge_agent.client import EdgeClient
-
-        with EdgeClient(self.endpoint) as c:
-            while not self._stop.is_set():
-                self.sent += 1
-                try:
-                    answer = c.infer(self.x[self.sent % len(self.x)], timeout=self.timeout,
-                                     policy=self.policy)
-                except Exception:
-                    self.failed += 1
-                    continue
-                self.ok += 1
-                self.sources[answer["source"]] += 1
-                self.versions.add(answer["versions"]["cache"])
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)

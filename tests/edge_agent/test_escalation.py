@@ -113,12 +113,17 @@ class ForeignServer(pb_grpc.GRPCInferenceServiceServicer):
             raw_output_contents=[names, logits.astype("<f4").tobytes()])
 
 
-def test_an_agent_escalates_to_a_foreign_oip_server(digits_bundle, digits_splits, tmp_path):
-    foreign = ForeignServer()
+def serve_oip(servicer: pb_grpc.GRPCInferenceServiceServicer) -> tuple[grpc.Server, int]:
     server = grpc.server(futures.ThreadPoolExecutor(4))
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(foreign, server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    return server, port
+
+
+def test_an_agent_escalates_to_a_foreign_oip_server(digits_bundle, digits_splits, tmp_path):
+    foreign = ForeignServer()
+    server, port = serve_oip(foreign)
     x = digits_splits.test.x[:20]
     agent = start_edge(digits_bundle[0], tmp_path, "--escalate", "oip", "--escalate-to",
                        f"127.0.0.1:{port}", "--escalate-model", "resnet", "--escalate-input",
@@ -154,10 +159,7 @@ class Flaky(ForeignServer):
 
 def test_an_unavailable_escalation_is_tried_once_more(digits_bundle, digits_splits, tmp_path):
     flaky = Flaky()
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(flaky, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server, port = serve_oip(flaky)
     agent = start_edge(digits_bundle[0], tmp_path, "--escalate", "oip", "--escalate-to",
                        f"127.0.0.1:{port}", "--escalate-model", "resnet", "--escalate-input",
                        "INPUT__0", "--escalate-output", "OUTPUT__0", "--deadline-ms", "5000",
