@@ -19,7 +19,6 @@ bundle is needed all the same.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -32,7 +31,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cachenet.core import tensors
+from cachenet.core import strictjson, tensors
 from cachenet.core.notify import Notifier
 from cachenet.diffusion.generate import Generator
 from cachenet.exceptions import CachenetError, ConfigError
@@ -260,9 +259,7 @@ class CloudServer:
                  "max_queue_delay_us %d)", card.name, card.version, c.host, self.port,
                  card.device, c.max_batch_size, c.max_queue_delay_us)
         if c.ready_file is not None:
-            tmp = c.ready_file.with_name(c.ready_file.name + ".tmp")
-            tmp.write_text(json.dumps(ready))
-            tmp.replace(c.ready_file)
+            strictjson.write(c.ready_file, ready, indent=None)
         self.notifier.ready(f"serving {card.name} {card.version} on port {self.port}")
         if c.specialize:
             self.specializer_task = asyncio.create_task(self.run_specializer(),

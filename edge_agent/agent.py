@@ -28,7 +28,6 @@ request, see :mod:`edge_agent.reload`). No torch.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import queue
@@ -41,7 +40,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from cachenet.core import tensors
+from cachenet.core import strictjson, tensors
 from cachenet.core.audit import Audit
 from cachenet.core.notify import Notifier
 from cachenet.core.runtime import CacheModel, load_cache_model
@@ -162,9 +161,7 @@ class EdgeAgent:
                  self.endpoint, f"{escalation.address} ({escalation.protocol})"
                  if escalation else "none (edge only)", c.deadline_ms)
         if c.ready_file is not None:
-            tmp = c.ready_file.with_name(c.ready_file.name + ".tmp")
-            tmp.write_text(json.dumps(ready))
-            tmp.replace(c.ready_file)
+            strictjson.write(c.ready_file, ready, indent=None)
         # The bundle is loaded and verified, the socket bound, the cloud's client made.
         self.notifier.ready(f"serving {self.model.manifest.name} {self.model.version} on "
                             f"{self.endpoint}")

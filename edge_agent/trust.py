@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from cachenet.core import strictjson
 from cachenet.core.manifest import read_manifest
 from cachenet.core.signing import CLOUD_ONLY, check_signature, load_public_key
 from cachenet.exceptions import IntegrityError
@@ -91,9 +92,7 @@ class Trust:
             return
         if when > self._mark():
             self.mark.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.mark.with_name(self.mark.name + ".tmp")
-            tmp.write_text(json.dumps({"created": when.isoformat()}))
-            tmp.replace(self.mark)
+            strictjson.write(self.mark, {"created": when.isoformat()}, indent=None)
 
     @staticmethod
     def _floor(created: object) -> datetime.datetime:

@@ -112,10 +112,10 @@ def test_only_sim_and_the_cli_start_the_daemons():
 EDGE = textwrap.dedent("""
     import importlib, json, pkgutil, sys
 
-    class NoTorch:  # as on a Raspberry Pi: torch cannot be imported at all
+    class NoTorch:  # as on a Raspberry Pi: only the base install, no torch, no scipy
         def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError(f"torch is blocked (import of {name})")
+            if name.split(".")[0] in ("torch", "scipy", "sklearn"):
+                raise ImportError(f"{name.split('.')[0]} is blocked (import of {name})")
             return None
 
     sys.meta_path.insert(0, NoTorch())
@@ -129,6 +129,8 @@ EDGE = textwrap.dedent("""
     for package in ("cachenet.core", "cachenet.layercache", "cachenet.protocol", "edge_agent"):
         for name in modules(package):
             importlib.import_module(name)
+    from cachenet.core.calibration import clopper_pearson_upper  # the device's own bound
+    bound = clopper_pearson_upper(3, 1000, 0.05)
     ours = sorted(m for m in sys.modules if m.split(".")[0] in
                   ("cachenet", "edge_agent", "cloud_server"))
     torch = sorted(m for m in sys.modules if m.split(".")[0] == "torch")
@@ -137,7 +139,7 @@ EDGE = textwrap.dedent("""
         refused = None
     except Exception as exc:
         refused = f"{type(exc).__name__}: {exc}"
-    print(json.dumps({"ours": ours, "torch": torch, "toolchain": refused}))
+    print(json.dumps({"ours": ours, "torch": torch, "toolchain": refused, "bound": bound}))
 """)
 
 
@@ -147,6 +149,7 @@ def test_the_edge_loads_exactly_core_layercache_protocol_and_edge_agent_without_
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["torch"] == []
+    assert 0.0077 < result["bound"] < 0.0078  # Beta(4, 997)'s 0.95 quantile, without scipy
     layers = {layer(m) for m in result["ours"]}
     assert layers == {"top", "exceptions", "core", "layercache", "protocol", "edge_agent"}, \
         result["ours"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cachenet.cli.diffusion import add_diffusion, add_generate
 from cachenet.cli.signing import add_signing
+from cachenet.core import strictjson
 from cachenet.core.gate import SCORES
 from cachenet.exceptions import CachenetError
 
@@ -161,17 +162,6 @@ def _configs(args: argparse.Namespace, dataset_spec: str):
     return full_cfg, distill_cfg
 
 
-def _finite(value):
-    """NaN (e.g. agreement when the edge answers nothing) as null: strict JSON has no NaN."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) \
         else format(value, spec)
@@ -227,7 +217,7 @@ def _run_build(args: argparse.Namespace) -> int:
                    reference_dir=args.reference_dir, cached_teacher=args.cached_teacher)
     print(format_report(report))
     if args.json:
-        print(json.dumps(_finite(report.to_dict()), default=float))
+        print(strictjson.dumps(report.to_dict()))
     return 0
 
 
@@ -273,7 +263,7 @@ def _run_demo(args: argparse.Namespace) -> int:
                                bundle=args.bundle, partition_trainer=args.partition_trainer)
         print(format_drift(drift))
         if args.json:
-            print(json.dumps(drift))
+            print(strictjson.dumps(drift))
         return 0 if drift["failed_requests"] == 0 else 1
     results = run_demo(rtt_ms=args.rtt_ms, requests=args.requests, mean_run=args.mean_run,
                        seed=args.seed, cache_dir=args.cache_dir, rebuild=args.rebuild,
@@ -281,7 +271,7 @@ def _run_demo(args: argparse.Namespace) -> int:
                        bundle=args.bundle)
     print(format_table(results, args.rtt_ms, args.requests))
     if args.json:
-        print(json.dumps(results))
+        print(strictjson.dumps(results))
     return 0
 
 
@@ -341,7 +331,7 @@ def _run_layercache(args: argparse.Namespace) -> int:
                   f"{_fmt(1 - c.get('disagreement_ucb', 1.0), '.4f')})")
     print(f"bundle {args.out} version {report['version']}")
     if args.json:
-        print(json.dumps(_finite(report)))
+        print(strictjson.dumps(report))
     return 0
 
 
@@ -406,7 +396,7 @@ def _run_models(args: argparse.Namespace) -> int:
     else:
         rows = store.list(agent=args.agent)
     if args.json:
-        print(json.dumps([r.to_dict() for r in rows]))
+        print(strictjson.dumps([r.to_dict() for r in rows]))
         return 0
     if not rows:
         print(f"no versions stored for agent {args.agent}")

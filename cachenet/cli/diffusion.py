@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cachenet.core import strictjson
 from cachenet.exceptions import CachenetError
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ def _run_generate(args: argparse.Namespace) -> int:
           f"server total {t['total_us'] / 1e6:.3f} s)")
     print(f"wrote {args.out}")
     if args.json:
-        print(json.dumps({"out": str(args.out), "model": model_name,
+        print(strictjson.dumps({"out": str(args.out), "model": model_name,
                           "shape": list(images.shape), **t}))
     return 0
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from cachenet.core import strictjson
 from cachenet.core.manifest import (
     FORMAT_VERSION,
     MANIFEST,
@@ -114,7 +115,7 @@ def write_bundle(root: Path, fields: dict[str, Any], files: dict[str, Path]) -> 
             validate(data)
         except ManifestError as exc:
             raise ManifestError(f"cannot write the bundle {root}: {exc}") from None
-        (staging / MANIFEST).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        (staging / MANIFEST).write_text(strictjson.dumps(data, indent=2) + "\n")
         os.chmod(staging, 0o755)
         if root.exists():
             old = root.with_name(f".{root.name}.old-{os.getpid()}")

@@ -25,11 +25,20 @@ Two modes:
 
 The inputs are each calibration example's gate score and whether the cache
 model's label equals the full model's label; ground-truth labels are not used.
+Where no threshold passes, the gate answers nothing: its agreement is None (no
+accepted input has one) and ``reason`` says why.
+
+:func:`fixed_sequence` is the search itself, over any sequence of candidates
+given as accepted and disagreeing counts: the layer caches'
+joint calibration (:mod:`cachenet.layercache.calibrate`) runs the same one.
+numpy only (the bound is found by bisection on the binomial distribution), so
+a device computes exactly what the build machine does.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -41,15 +50,38 @@ from cachenet.exceptions import CalibrationError
 NEVER = 1.0 + 1e-6
 
 
-def clopper_pearson_upper(k: int, n: int, delta: float) -> float:
-    """One-sided (1 - delta) upper confidence bound on a rate with k events in n trials."""
-    if n <= 0:
-        return 1.0
-    if k >= n:
-        return 1.0
-    from scipy.stats import beta
+def _log_binom_cdf(k: int, n: int, p: float) -> float:
+    """``log P(X <= k)`` for ``X ~ Binomial(n, p)``, 0 <= k < n, 0 < p < 1."""
+    i = np.arange(1, k + 1, dtype=np.float64)
+    log_comb = np.concatenate(([0.0], np.cumsum(np.log(n - i + 1) - np.log(i))))
+    j = np.arange(k + 1, dtype=np.float64)
+    terms = log_comb + j * math.log(p) + (n - j) * math.log1p(-p)
+    top = float(terms.max())
+    return top + math.log(float(np.exp(terms - top).sum()))
 
-    return float(beta.ppf(1.0 - delta, k + 1, n - k))
+
+def clopper_pearson_upper(k: int, n: int, delta: float) -> float:
+    """One-sided (1 - delta) upper confidence bound on a rate with k events in n trials:
+    the ``p`` at which ``P(Binomial(n, p) <= k) = delta`` (the Beta(k + 1, n - k)
+    quantile), found by bisection on the binomial distribution; numpy only, so the device
+    computes what the build machine does."""
+    if n <= 0 or k >= n:
+        return 1.0
+    if k < 0:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if k == 0:  # closed form: (1 - p)^n = delta
+        return float(-math.expm1(math.log(delta) / n))
+    level = math.log(delta)
+    lo, hi = k / n, 1.0
+    for _ in range(200):  # P(X <= k) falls as p grows; stop at float precision
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        if _log_binom_cdf(k, n, mid) > level:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 def min_testable_n(epsilon: float, delta: float, k: int = 0) -> int:
@@ -80,6 +112,42 @@ def first_tested_n(n_total: int, epsilon: float, delta: float, tolerate: int = 1
     return min_testable_n(epsilon, delta)
 
 
+@dataclass(frozen=True)
+class Passed:
+    """The last candidate of a fixed sequence that passed: its index in the sequence, its
+    accepted count ``n``, its disagreements ``k`` among them and their upper bound."""
+
+    index: int
+    n: int
+    k: int
+    ucb: float
+
+
+def fixed_sequence(counts: Iterable[tuple[int, int]], *, n_total: int, target: float,
+                   delta: float, tolerate: int = 1) -> Passed | None:
+    """The one fixed-sequence Clopper-Pearson search, for the gate and the layer caches.
+
+    ``counts`` gives, in the order fixed in advance (the most conservative candidate
+    first), each candidate's accepted count and its disagreements among them; it may
+    be a generator, read only as far as the search goes. Candidates accepting fewer
+    than :func:`first_tested_n` are skipped (that depends on counts alone); the search
+    stops at the first candidate whose upper bound on the disagreement exceeds ``1 -
+    target``, and returns the last that passed, or None."""
+    if not (0.0 < target < 1.0) or not (0.0 < delta < 1.0):
+        raise CalibrationError(f"target {target} and delta {delta} must lie in (0, 1)")
+    eps = 1.0 - target
+    n_min = first_tested_n(n_total, eps, delta, tolerate)
+    best: Passed | None = None
+    for i, (n, k) in enumerate(counts):
+        if n < n_min:
+            continue
+        ucb = clopper_pearson_upper(k, n, delta)
+        if ucb > eps:
+            break
+        best = Passed(i, n, k, ucb)
+    return best
+
+
 @dataclass
 class Calibration:
     score: str
@@ -90,12 +158,21 @@ class Calibration:
     n: int
     n_accepted: int
     hit_rate: float
-    agreement: float  # empirical, among accepted calibration inputs
+    #: empirical, among accepted calibration inputs; None where none is accepted
+    agreement: float | None
     disagreement_ucb: float
     feasible: bool
+    #: why the gate answers nothing, where it does not
+    reason: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def answers_nothing(cls, score: str, mode: str, target: float, delta: float, n: int,
+                        reason: str, *, feasible: bool = False) -> Calibration:
+        """A threshold above every score (:data:`NEVER`): everything escalates."""
+        return cls(score, NEVER, mode, target, delta, n, 0, 0.0, None, 1.0, feasible, reason)
 
 
 def _check(conf: np.ndarray, agree: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,12 +189,14 @@ def _check(conf: np.ndarray, agree: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def evaluate(conf: np.ndarray, agree: np.ndarray, threshold: float) -> dict:
-    """Hit rate and agreement among accepted inputs at ``threshold``."""
+    """Hit rate and agreement among accepted inputs at ``threshold`` (agreement None where
+    nothing is accepted)."""
     conf, agree = _check(conf, agree)
     accepted = conf >= threshold
     n_acc = int(accepted.sum())
     return {"n": len(conf), "n_accepted": n_acc, "hit_rate": n_acc / len(conf),
-            "agreement": float(agree[accepted].mean()) if n_acc else float("nan"),
+            "disagreements": int((~agree[accepted]).sum()),
+            "agreement": float(agree[accepted].mean()) if n_acc else None,
             "overall_agreement": float(agree.mean())}
 
 
@@ -128,29 +207,22 @@ def calibrate_agreement(conf: np.ndarray, agree: np.ndarray, *, score: str,
     if not (0.0 < target < 1.0) or not (0.0 < delta < 1.0):
         raise CalibrationError(f"target {target} and delta {delta} must lie in (0, 1)")
     conf, agree = _check(conf, agree)
-    eps = 1.0 - target
     order = np.argsort(-conf, kind="stable")
     sorted_conf, sorted_dis = conf[order], np.cumsum(~agree[order])
-    n_min = first_tested_n(len(conf), eps, delta, tolerate)
-    best: tuple[float, int, int, float] | None = None
-    for j in range(1, steps + 1):
-        idx = min(len(conf), math.ceil(j * len(conf) / steps)) - 1
-        t = float(sorted_conf[idx])
-        n = int(np.searchsorted(-sorted_conf, -t, side="right"))  # ties included
-        if n < n_min:
-            continue
-        k = int(sorted_dis[n - 1])
-        ucb = clopper_pearson_upper(k, n, delta)
-        if ucb > eps:
-            break
-        if best is None or t < best[0]:
-            best = (t, n, k, ucb)
+    # The candidates, from the highest threshold down: the score at every 1% of the set,
+    # each accepting every input that ties with it.
+    thresholds = [float(sorted_conf[min(len(conf), math.ceil(j * len(conf) / steps)) - 1])
+                  for j in range(1, steps + 1)]
+    accepted = [int(np.searchsorted(-sorted_conf, -t, side="right")) for t in thresholds]
+    best = fixed_sequence(((n, int(sorted_dis[n - 1])) for n in accepted), n_total=len(conf),
+                          target=target, delta=delta, tolerate=tolerate)
     if best is None:
-        return Calibration(score, NEVER, "agreement", target, delta, len(conf), 0, 0.0,
-                           float("nan"), 1.0, False)
-    t, n, k, ucb = best
-    return Calibration(score, t, "agreement", target, delta, len(conf), n, n / len(conf),
-                       1.0 - k / n, ucb, True)
+        return Calibration.answers_nothing(
+            score, "agreement", target, delta, len(conf),
+            f"no threshold keeps the disagreement's {1 - delta:.0%} upper bound at or under "
+            f"{1 - target:.4g} on {len(conf)} calibration inputs: everything escalates")
+    return Calibration(score, thresholds[best.index], "agreement", target, delta, len(conf),
+                       best.n, best.n / len(conf), 1.0 - best.k / best.n, best.ucb, True)
 
 
 def calibrate_budget(conf: np.ndarray, agree: np.ndarray, *, score: str,
@@ -161,11 +233,11 @@ def calibrate_budget(conf: np.ndarray, agree: np.ndarray, *, score: str,
     conf, agree = _check(conf, agree)
     n_keep = math.ceil((1.0 - escalation_budget) * len(conf))
     if n_keep == 0:
-        return Calibration(score, NEVER, "budget", escalation_budget, delta, len(conf), 0, 0.0,
-                           float("nan"), 1.0, True)
+        return Calibration.answers_nothing(score, "budget", escalation_budget, delta,
+                                           len(conf), "the escalation budget is 1: "
+                                           "everything escalates", feasible=True)
     t = float(np.sort(conf)[::-1][n_keep - 1])
     ev = evaluate(conf, agree, t)
-    k = ev["n_accepted"] - round(ev["agreement"] * ev["n_accepted"])
     return Calibration(score, t, "budget", escalation_budget, delta, len(conf),
                        ev["n_accepted"], ev["hit_rate"], ev["agreement"],
-                       clopper_pearson_upper(k, ev["n_accepted"], delta), True)
+                       clopper_pearson_upper(ev["disagreements"], ev["n_accepted"], delta), True)

@@ -28,7 +28,9 @@ Schema (fields not listed are kept and not interpreted)::
     files          {bundle path: {sha256: 64 hex digits, bytes: int >= 0}}, non-empty
     signature      string | null                                (optional)
 
-Every file the manifest uses must be listed in ``files``. Standard library only.
+Every file the manifest uses must be listed in ``files``. No number in any
+field, listed or not, is NaN or infinite: strict JSON has neither, and a figure
+that does not exist is null. Standard library only.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from typing import Any
 from cachenet.core.gate import SCORES
 from cachenet.core.prior import SECTION as PRIOR_SECTION
 from cachenet.core.prior import from_manifest as prior_from_manifest
+from cachenet.core.strictjson import nonfinite
 from cachenet.core.tensors import DTYPES
 from cachenet.exceptions import ManifestError
 
@@ -277,6 +280,9 @@ def validate(data: object) -> dict[str, Any]:
     """``data`` if it is a manifest this cachenet can use (see the module docstring)."""
     if not isinstance(data, dict):
         raise ManifestError("the manifest must be a JSON object")
+    bad = nonfinite(data)
+    if bad is not None:  # NaN or an infinity: in no field, known or not
+        raise ManifestError(f"'{bad[0]}' is {bad[1]}; a manifest holds finite numbers only")
     missing = [k for k in REQUIRED_FIELDS if k not in data]
     if missing:
         raise ManifestError(f"the manifest lacks the field(s) {', '.join(missing)}")

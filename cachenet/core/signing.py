@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import base64
 import copy
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from cachenet.core import strictjson
 from cachenet.exceptions import ConfigError, IntegrityError
 
 PREFIX = "ed25519:"
@@ -43,8 +43,8 @@ def signed_bytes(data: dict[str, Any]) -> bytes:
     """What the signature covers: the device view, without the signature, canonical."""
     view = device_view(data)
     view.pop("signature", None)
-    return json.dumps(view, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode()
+    return strictjson.dumps(view, sort_keys=True, separators=(",", ":"),
+                            ensure_ascii=False).encode()
 
 
 def generate_keys(out: Path) -> tuple[Path, Path]:
@@ -125,6 +125,4 @@ def sign_bundle(root: Path, key: Any) -> None:
     from cachenet.core.manifest import MANIFEST, read_manifest
 
     data = read_manifest(root).data
-    tmp = root / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(sign_manifest(data, key), indent=2) + "\n")
-    tmp.replace(root / MANIFEST)
+    strictjson.write(root / MANIFEST, sign_manifest(data, key), indent=2)

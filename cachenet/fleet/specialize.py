@@ -127,9 +127,9 @@ class Comparison:
     classes: tuple[int, ...]
     threshold: float  # the candidate's, calibrated on the calibration draw
     candidate_hit_rate: float
-    candidate_agreement: float
+    candidate_agreement: float | None  # None where it answers nothing
     current_hit_rate: float
-    current_agreement: float
+    current_agreement: float | None
     n_calib: int
     n_eval: int
     calibration: dict[str, Any]
@@ -147,8 +147,9 @@ def calibrate_answerable(conf: np.ndarray, agree: np.ndarray, *, score_kind: str
     """Calibrate among the inputs a model may answer: not ``other`` (confidence 0)."""
     ok = conf > 0
     if not ok.any():
-        return calib_mod.Calibration(score_kind, calib_mod.NEVER, "agreement", target, delta,
-                                     len(conf), 0, 0.0, float("nan"), 1.0, False)
+        return calib_mod.Calibration.answers_nothing(
+            score_kind, "agreement", target, delta, len(conf),
+            "the model calls every calibration input 'other'")
     return calib_mod.calibrate_agreement(conf[ok], agree[ok], score=score_kind, target=target,
                                          delta=delta)
 
@@ -176,7 +177,8 @@ def answer_as_agent(model: Scored, general: Scored, general_threshold: float, *,
     general_stage = cascade.Stage(Gate(score_kind, general_threshold))
     if model.partition is None:  # the general model runs at the threshold it shipped with
         cal = calib_mod.Calibration(score_kind, general_threshold, "shipped", target, delta,
-                                    0, 0, float("nan"), float("nan"), float("nan"), True)
+                                    0, 0, 0.0, None, 1.0, True,
+                                    "the general model keeps the threshold it shipped with")
         stage = general_stage
     else:
         lab_c, conf_c = cascade.read(model.calib, score_kind, model.partition)
@@ -196,7 +198,7 @@ def system_outcome(model: Scored, general: Scored, general_threshold: float, *,
                         score_kind=score_kind, target=target, delta=delta)
     n = int(a.local.sum())
     return a.calibration, {"hit_rate": n / len(a.local), "agreement":
-                           float((a.labels == full_eval)[a.local].mean()) if n else float("nan")}
+                           float((a.labels == full_eval)[a.local].mean()) if n else None}
 
 
 def compare(candidate: Scored, current: Scored, general: Scored, general_threshold: float, *,

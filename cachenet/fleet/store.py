@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -28,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cachenet.core import strictjson
 from cachenet.core.bundle import verify_bundle
 from cachenet.core.ids import check_agent_id
 from cachenet.core.manifest import MANIFEST, read_manifest, safe_relpath
@@ -109,7 +109,7 @@ class ModelStore:
         tmp.write_text(name + "\n")
         os.replace(tmp, d / "current")
         with (d / "history.jsonl").open("a") as f:
-            f.write(json.dumps({"time": time.time(), "current": name, **event}) + "\n")
+            f.write(strictjson.dumps({"time": time.time(), "current": name, **event}) + "\n")
 
     def push(self, bundle: Path, *, agent: str = DEFAULT_AGENT) -> StoredVersion:
         """Verify ``bundle``, store it as the agent's newest version, make it current."""

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from cachenet.core.calibration import NEVER, clopper_pearson_upper, first_tested_n
+from cachenet.core.calibration import NEVER, fixed_sequence
 from cachenet.exceptions import CalibrationError
 
 
@@ -45,11 +45,12 @@ class CascadeCalibration:
     n: int
     n_accepted: int
     hit_rate: float
-    agreement: float  # among the inputs the caches answer
+    agreement: float | None  # among the inputs the caches answer (None: they answer none)
     disagreement_ucb: float
     feasible: bool
     hits_per_rule: list[int] = field(default_factory=list)
     disagreements_per_rule: list[int] = field(default_factory=list)
+    reason: str | None = None  # why the caches answer nothing, where they do not
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,27 +115,27 @@ def calibrate_cascade(confs: list[np.ndarray], labels: list[np.ndarray],
     if not (0.0 < target < 1.0) or not (0.0 < delta < 1.0):
         raise CalibrationError(f"target {target} and delta {delta} must lie in (0, 1)")
     c, lab, ref = _check(confs, labels, reference)
-    eps, n_total = 1.0 - target, len(ref)
+    n_total = len(ref)
     levels = np.linspace(0.0, max_level, steps + 1)
     shapes = np.stack([rule_thresholds(c[r], lab[r] == ref, levels) for r in range(len(c))])
-    n_min = first_tested_n(n_total, eps, delta, tolerate)
-    best = None
-    for j, e in enumerate(levels):
-        first, agree = evaluate_cascade(c, lab, ref, shapes[:, j])
-        n_acc = int((first >= 0).sum())
-        if n_acc < n_min:
-            continue
-        k = int((~agree[first >= 0]).sum())
-        ucb = clopper_pearson_upper(k, n_acc, delta)
-        if ucb > eps:
-            break
-        best = (j, e, first, agree, n_acc, k, ucb)
+
+    def counts():  # the cascade simulated level by level, as far as the search goes
+        for j in range(len(levels)):
+            first, agree = evaluate_cascade(c, lab, ref, shapes[:, j])
+            yield int((first >= 0).sum()), int((~agree[first >= 0]).sum())
+
+    best = fixed_sequence(counts(), n_total=n_total, target=target, delta=delta,
+                          tolerate=tolerate)
     if best is None:
-        return CascadeCalibration([NEVER] * len(c), 0.0, target, delta, n_total, 0, 0.0,
-                                  float("nan"), 1.0, False, [0] * len(c), [0] * len(c))
-    j, e, first, agree, n_acc, k, ucb = best
+        return CascadeCalibration(
+            [NEVER] * len(c), 0.0, target, delta, n_total, 0, 0.0, None, 1.0, False,
+            [0] * len(c), [0] * len(c),
+            reason=f"no level keeps the cascade's disagreement bound at or under "
+                   f"{1 - target:.4g} on {n_total} calibration inputs: no rule answers")
+    j = best.index
+    first, agree = evaluate_cascade(c, lab, ref, shapes[:, j])
     return CascadeCalibration(
-        [float(t) for t in shapes[:, j]], float(e), target, delta, n_total, n_acc,
-        n_acc / n_total, 1.0 - k / n_acc, ucb, True,
+        [float(t) for t in shapes[:, j]], float(levels[j]), target, delta, n_total, best.n,
+        best.n / n_total, 1.0 - best.k / best.n, best.ucb, True,
         [int((first == r).sum()) for r in range(len(c))],
         [int(((first == r) & ~agree).sum()) for r in range(len(c))])

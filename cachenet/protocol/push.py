@@ -13,10 +13,10 @@ edge runs it.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from cachenet.core import strictjson
 from cachenet.core.bundle import verify_bundle
 from cachenet.core.manifest import check_version, safe_relpath
 from cachenet.core.signing import device_view, sign_manifest
@@ -44,7 +44,7 @@ def iter_push(bundle: Path, push_id: str, *, chunk_bytes: int = CHUNK_BYTES,
         whole.update(blobs[name])
     yield pb.PushMessage(header=pb.BundleHeader(
         push_id=push_id, version=manifest.version,
-        manifest_json=json.dumps(view, indent=2).encode(),
+        manifest_json=strictjson.dumps(view, indent=2).encode(),
         files=[pb.FileEntry(name=n, size=len(blobs[n]), sha256=manifest.files[n]["sha256"])
                for n in names],
         sha256=whole.hexdigest()))

@@ -42,7 +42,7 @@ class RunResult:
         sources = np.asarray(self.sources)
         return {"accuracy": float((self.labels == y).mean()),
                 "agreement": float((self.labels == full)[known].mean()) if known.any()
-                else float("nan"),
+                else None,
                 "mean_ms": float(lat.mean()), "p50_ms": float(np.percentile(lat, 50)),
                 "p99_ms": float(np.percentile(lat, 99)),
                 "escalation_rate": float(np.isin(sources, ["cloud", "edge-fallback"]).mean()
@@ -92,7 +92,8 @@ def format_table(results: dict[str, dict[str, float]], rtt_ms: float, n: int) ->
     for name in SYSTEMS:
         row = results[name]
         lines.append(f"  {name:<11}" + "".join(
-            f"{row[c]:>16.4f}" if c in ("accuracy", "agreement", "escalation_rate")
+            f"{'n/a':>16}" if row[c] is None
+            else f"{row[c]:>16.4f}" if c in ("accuracy", "agreement", "escalation_rate")
             else f"{row[c]:>16.2f}" for c in cols))
     c, o = results["cachenet"], results["cloud_only"]
     lines.append(f"  cachenet mean latency = {c['mean_ms'] / o['mean_ms']:.3f} x cloud-only; "

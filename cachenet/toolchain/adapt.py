@@ -92,9 +92,13 @@ def calibrate_section(logits: np.ndarray, full_labels: np.ndarray, y: np.ndarray
                                           score=config.score, target=target, delta=delta)
     section = {**config.to_dict(), "threshold": cal.threshold,
                "prior": [float(p) for p in shipped], "calibration": cal.to_dict()}
-    log.info("label-shift gate: threshold %.6f, %.1f%% of simulated stream inputs answered "
-             "(agreement %.4f, bound %.4f)", cal.threshold, 100 * cal.hit_rate, cal.agreement,
-             1 - cal.disagreement_ucb)
+    if cal.feasible:
+        log.info("label-shift gate: threshold %.6f, %.1f%% of simulated stream inputs "
+                 "answered (agreement %.4f, bound %.4f)", cal.threshold, 100 * cal.hit_rate,
+                 cal.agreement, 1 - cal.disagreement_ucb)
+    else:
+        log.warning("label-shift gate: it answers nothing the shipped gate does not: %s",
+                    cal.reason)
     return section
 
 

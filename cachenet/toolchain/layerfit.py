@@ -56,6 +56,7 @@ from cachenet.layercache import (
     calibrate_cascade,
 )
 from cachenet.toolchain.layerselect import Costs, measure_costs, select
+from cachenet.toolchain.seeds import training_seed
 from cachenet.toolchain.sites import Staged
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ def train_head(feats: np.ndarray, teacher: np.ndarray, *, hidden: int, epochs: i
                seed: int, score: str = "max_softmax") -> HeadCache:
     """A head on ``feats`` distilled from the ``teacher`` logits (no labels); the
     standardisation of the features is folded into its first layer."""
+    seed = training_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     mean, std = feats.mean(0), feats.std(0) + 1e-6
@@ -166,7 +168,7 @@ def make_candidates(cfg: LayerCacheConfig, feats: list[np.ndarray], teacher: np.
     labels = teacher.argmax(1)
     sure = softmax(teacher).max(1) >= cfg.fill_confidence
     out = []
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(training_seed(cfg.seed))
     for site, f in enumerate(feats):
         for kind in (k for k in KIND_ORDER if k in cfg.kinds):
             if kind == "learned":
@@ -178,7 +180,8 @@ def make_candidates(cfg: LayerCacheConfig, feats: list[np.ndarray], teacher: np.
                 cache.fill(f[keep], labels[keep])
             else:
                 cache = KeyCache.fit(KeyConfig(teacher.shape[1], cfg.akey_dim, cfg.akey_step,
-                                               seed=cfg.seed, cells=cfg.grid ** 2), f)
+                                               seed=training_seed(cfg.seed),
+                                               cells=cfg.grid ** 2), f)
                 cache.fill(f[sure], labels[sure])
             out.append(Candidate(site, kind, cache))
     return out
@@ -244,7 +247,7 @@ def fit_candidates(staged_model: Staged, input_shape: tuple[int, ...], fit_x: np
     from cachenet.toolchain.sites import all_features
 
     site_macs, full_macs = staged_model.cumulative_macs(input_shape)
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(training_seed(cfg.seed))
     x = fit_x[np.sort(rng.permutation(len(fit_x))[:cfg.fit_limit])]
     fit_feats, own = all_features(staged_model, x)
     knn = replace(cfg.knn, capacity=knn_capacity(cfg, full_macs))
@@ -323,7 +326,7 @@ def choose(prep: Prepared, cfg: LayerCacheConfig) -> FittedCascade:
         thresholds = [thresholds[i] for i in answering]
         for key in ("hits_per_rule", "disagreements_per_rule"):
             calib[key] = [calib[key][i] for i in answering]
-        log.info("layer caches: %s; calibrated hit rate %.3f at agreement %.4f (bound %.4f)",
+        log.info("layer caches: %s; calibrated hit rate %.3f at agreement %s (bound %.4f)",
                  [f"{names[prep.cands[j].site]}:{prep.cands[j].kind}" for j in kept],
                  result.hit_rate, result.agreement, result.disagreement_ucb)
     calib["workload"] = cfg.workload

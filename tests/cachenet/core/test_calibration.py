@@ -8,8 +8,10 @@ from cachenet.core.calibration import (
     clopper_pearson_upper,
     evaluate,
     first_tested_n,
+    fixed_sequence,
     min_testable_n,
 )
+from cachenet.core.strictjson import dumps
 from cachenet.exceptions import CalibrationError
 
 
@@ -69,11 +71,41 @@ def test_lower_target_gives_higher_hit_rate():
     assert loose.hit_rate > strict.hit_rate
 
 
-def test_infeasible_target_escalates_everything():
+def test_infeasible_target_escalates_everything_and_says_why_in_strict_json():
     conf = np.linspace(0, 1, 100)
     cal = calibrate_agreement(conf, np.ones(100, bool), score="max_softmax", target=0.99)
     assert not cal.feasible and cal.threshold == NEVER and cal.hit_rate == 0.0
     assert evaluate(conf, np.ones(100, bool), cal.threshold)["n_accepted"] == 0
+    # No accepted input, so no agreement: null in the manifest, not NaN, with the reason.
+    assert cal.agreement is None and "100 calibration inputs" in cal.reason
+    assert '"agreement": null' in dumps(cal.to_dict())
+    assert evaluate(conf, np.ones(100, bool), NEVER)["agreement"] is None
+    everything = calibrate_budget(conf, np.ones(100, bool), score="margin",
+                                  escalation_budget=1.0)
+    assert everything.agreement is None and "budget" in everything.reason
+    dumps(everything.to_dict())
+
+
+def test_the_bound_is_the_beta_quantile_without_scipy():
+    beta = pytest.importorskip("scipy.stats").beta
+    for n in (1, 7, 100, 473, 5000, 60_000):
+        for k in sorted({0, 1, 2, n // 10, n // 2, n - 1} - set(range(n, n + 3))):
+            for delta in (0.01, 0.05, 0.2):
+                assert clopper_pearson_upper(k, n, delta) == pytest.approx(
+                    float(beta.ppf(1 - delta, k + 1, n - k)), abs=1e-10), (k, n, delta)
+
+
+def test_the_fixed_sequence_stops_at_the_first_failure_and_skips_untestable_counts():
+    # (accepted, disagreements) per candidate, most conservative first.
+    seq = [(100, 0), (600, 0), (800, 1), (900, 40), (1000, 1)]
+    best = fixed_sequence(iter(seq), n_total=1000, target=0.99, delta=0.05)
+    # (100, 0) is below the first tested count; (900, 40) fails, so (1000, 1) is never
+    # reached although it would pass alone.
+    assert best is not None and (best.index, best.n, best.k) == (2, 800, 1)
+    assert fixed_sequence(iter([(900, 40), (1000, 0)]), n_total=1000, target=0.99,
+                          delta=0.05) is None
+    with pytest.raises(CalibrationError, match="target"):
+        fixed_sequence([], n_total=10, target=1.0, delta=0.05)
 
 
 def test_budget_mode_escalates_at_most_the_budget():

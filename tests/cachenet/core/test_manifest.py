@@ -68,6 +68,16 @@ BAD = {
                            "'input.normalization'"),
     "scale negative": (lambda d: d["input"]["normalization"].update(scale=-1),
                        "'input.normalization'"),
+    # no NaN or infinity in any field, read or not: strict JSON has neither
+    "calibration agreement NaN": (
+        lambda d: d["label_shift"]["calibration"].update(agreement=float("nan")),
+        r"'label_shift.calibration.agreement' is nan; a manifest holds finite numbers only"),
+    "metric infinite": (lambda d: d["metrics"].update(cache_accuracy=float("inf")),
+                        "'metrics.cache_accuracy' is inf"),
+    "prior -infinity": (lambda d: d["label_shift"]["prior"].__setitem__(3, float("-inf")),
+                        r"'label_shift.prior\[3\]' is -inf"),
+    "unknown field NaN": (lambda d: d.update(notes={"x": [1.0, float("nan")]}),
+                          r"'notes.x\[1\]' is nan"),
 }
 
 
@@ -86,6 +96,8 @@ def test_the_good_manifest_passes_and_the_built_output_width_is_checked(good):
 
 
 @pytest.mark.parametrize("raw,match", [
+    (b'{"format": 1, "gate": {"threshold": NaN}}', "'gate.threshold' is nan"),
+    (b'{"format": 1, "x": [Infinity]}', r"'x\[0\]' is inf"),
     (b"[" * 100_000, "not readable JSON"),
     (b"\xff\xfe", "not readable JSON"),
     (b"[1, 2]", "must be a JSON object"),
