@@ -14,6 +14,7 @@ from cachenet.diffusion.nets import DiffusionModel, build, load_checkpoint, save
 from cachenet.diffusion.stepcache.l2c import RouterConfig, train_router
 from cachenet.diffusion.train import DiffusionTrainConfig, train_denoiser
 from cachenet.exceptions import DatasetError, ModelError
+from cachenet.toolchain.seeds import key_parts
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def training_key(arch: str, options: dict, cfg: DiffusionTrainConfig,
                  images: np.ndarray) -> str:
     """What a trained model depends on, hashed: the architecture and its options, the
     training configuration, and the images (their shape and a sample of their bytes)."""
-    h = hashlib.sha256(json.dumps({"arch": arch, "options": options, "cfg": cfg.to_dict()},
+    h = hashlib.sha256(json.dumps({"arch": arch, "options": options, "cfg": cfg.to_dict(),
+                                   **({"seeds": key_parts()} if key_parts() else {})},
                                   sort_keys=True).encode())
     h.update(repr(images.shape).encode())
     h.update(np.ascontiguousarray(images[::max(1, len(images) // 256)]).tobytes())

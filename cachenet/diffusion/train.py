@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from cachenet.diffusion.nets import DiffusionModel
+from cachenet.toolchain.seeds import training_seed
 from cachenet.toolchain.train import lr_factor, train_device
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,10 @@ def train_denoiser(model: DiffusionModel, images: np.ndarray, labels: np.ndarray
     from tqdm import tqdm
 
     device = train_device()
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)  # batches, flips, dropped labels
-    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # timesteps, noise
+    seed = training_seed(cfg.seed)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # batches, flips, dropped labels
+    noise_gen = torch.Generator(device=device).manual_seed(seed + 1)  # timesteps, noise
     net = model.net.to(device).train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

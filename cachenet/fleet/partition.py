@@ -35,6 +35,7 @@ from torch import nn
 
 from cachenet.exceptions import ConfigError, TrainingStopped
 from cachenet.fleet.replay import ReplayData
+from cachenet.toolchain.seeds import training_seed
 from cachenet.toolchain.train import augment_batch
 
 #: The agent's hard examples: inputs and the full model's labels for them.
@@ -126,10 +127,11 @@ def train_partition(base: nn.Module, classes: tuple[int, ...], replay: ReplayDat
     """Fine-tune a partition model for ``classes`` (see the module docstring); raises
     :class:`~cachenet.exceptions.TrainingStopped` as soon as ``should_stop`` says so."""
     cfg = cfg or FinetuneConfig()
-    rng = np.random.default_rng(cfg.seed)
+    seed = training_seed(cfg.seed)
+    rng = np.random.default_rng(seed)
     x, t = _training_set(classes, replay, hard, cfg, rng)
     model = partition_model(base, classes)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     per_epoch = max(1, -(-len(x) // cfg.batch_size))
     epochs = max(cfg.epochs, -(-cfg.min_steps // per_epoch))

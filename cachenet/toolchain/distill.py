@@ -22,6 +22,7 @@ from cachenet.toolchain.models import (
     load_checkpoint,
     save_checkpoint,
 )
+from cachenet.toolchain.seeds import key_parts, training_seed
 from cachenet.toolchain.train import TrainConfig, fit, predict_logits
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def obtain_cache_model(splits: Splits, full: FullModel, spec: ModelSpec, *,
     if cached_teacher:
         teacher.append("cached-teacher-views")
     key = hashlib.sha256(json.dumps(
-        [spec.to_dict(), cfg.to_dict(), data_fingerprint(splits), *teacher],
+        [spec.to_dict(), cfg.to_dict(), data_fingerprint(splits), *teacher, *key_parts()],
         sort_keys=True).encode()).hexdigest()[:16]
     ckpt = cache_dir / "models" / f"cache-{spec.arch}-{splits.name}-{key}.pt"
     found = cached_checkpoint(cache_dir, ckpt.name, reference_dir)
@@ -140,7 +141,7 @@ def obtain_cache_model(splits: Splits, full: FullModel, spec: ModelSpec, *,
         model, _, meta = load_checkpoint(found)
         log.info("reusing the distilled cache model %s", found)
         return model, {**meta, "source": "cached", "checkpoint": str(found)}
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(training_seed(cfg.seed))
     model = build_model(spec)
     log.info("distilling %s from the full model (%s)", spec.arch, cfg)
     views = None

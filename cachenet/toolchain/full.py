@@ -39,6 +39,7 @@ from cachenet.toolchain.models import (
     load_torchscript,
     save_checkpoint,
 )
+from cachenet.toolchain.seeds import key_parts, training_seed
 from cachenet.toolchain.train import TrainConfig, accuracy, fit, predict_logits
 
 log = logging.getLogger(__name__)
@@ -165,15 +166,15 @@ def _registered_full_model(splits: Splits, full: str, cfg: TrainConfig, cache_di
                            progress: bool, reference_dir: Path | None) -> FullModel:
     """A registered architecture trained on ``splits`` once, then taken from the cache."""
     spec = arch_spec(full, splits)
-    key = hashlib.sha256(json.dumps([spec.to_dict(), cfg.to_dict(), data_fingerprint(splits)],
-                                    sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([spec.to_dict(), cfg.to_dict(), data_fingerprint(splits),
+                                     *key_parts()], sort_keys=True).encode()).hexdigest()[:16]
     ckpt = cache_dir / "models" / f"full-{full}-{splits.name}-{key}.pt"
     found = cached_checkpoint(cache_dir, ckpt.name, reference_dir)
     if found is not None:
         model, spec, meta = load_checkpoint(found)
         log.info("reusing the trained full model %s", found)
         return FullModel(model, spec, "cached", {**meta, "checkpoint": str(found)})
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(training_seed(cfg.seed))
     model = build_model(spec)
     log.info("training full model %s on %d examples (%s)", full, len(splits.train), cfg)
     history = fit(model, splits.train, cfg, checkpoint=ckpt.with_name(ckpt.name + ".partial"),

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cachenet.toolchain.data import ArrayDataset
+from cachenet.toolchain.seeds import training_seed
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,9 @@ def fit(model: nn.Module, data: ArrayDataset, cfg: TrainConfig, *,
     model.to(device)
     if teacher is not None:
         teacher.to(device)
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    seed = training_seed(cfg.seed)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     opt = _make_optimizer(model, cfg)
     steps_per_epoch = max(1, math.ceil(len(data) / cfg.batch_size))
     total_steps = steps_per_epoch * cfg.epochs
@@ -236,4 +238,4 @@ def fit(model: nn.Module, data: ArrayDataset, cfg: TrainConfig, *,
         teacher.cpu()
     return {"device": device.type, "epochs": state["epoch"], "steps": state["step"],
             "total_steps": total_steps, "elapsed_s": round(time.monotonic() - started, 2),
-            "losses": state["losses"]}
+            "losses": state["losses"], "seed": seed}

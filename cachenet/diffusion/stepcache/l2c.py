@@ -34,6 +34,7 @@ from cachenet.diffusion.samplers import ddim, ddim_step
 from cachenet.diffusion.stepcache.base import StepConfig, register
 from cachenet.diffusion.stepcache.fora import BranchCache
 from cachenet.exceptions import ConfigError
+from cachenet.toolchain.seeds import training_seed
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def train_router(model: DiffusionModel, cfg: RouterConfig, device: torch.device 
     for p in net.parameters():
         p.requires_grad_(False)
     started = time.monotonic()
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    gen = torch.Generator(device="cpu").manual_seed(training_seed(cfg.seed))
     k = model.num_classes
     ts = model.schedule.timesteps(cfg.steps)
     acp = model.schedule.alphas_cumprod()
