@@ -170,6 +170,16 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
+def _toml() -> Any:
+    """The TOML parser: the standard library's from Python 3.11, tomli on 3.10 (JetPack 6
+    on a Jetson ships 3.10); the two share their API."""
+    try:
+        import tomllib  # novermin: 3.10 takes the branch below
+    except ModuleNotFoundError:
+        import tomli as tomllib
+    return tomllib
+
+
 def read_file(path: Path) -> dict[str, Any]:
     """Settings from a JSON or TOML file; unknown keys are an error."""
     try:
@@ -178,9 +188,7 @@ def read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     try:
         if path.suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
+            data = _toml().loads(text)
         else:
             data = json.loads(text)
     except Exception as exc:  # json and tomllib raise their own types
