@@ -50,6 +50,7 @@ from cachenet.protocol.client import from_param, to_param
 from cachenet.protocol.v1 import generate_pb2 as gpb
 from cachenet.protocol.v1 import generate_pb2_grpc as gpb_grpc  # the servicer base class
 from cachenet.protocol.v1 import inference_pb2 as pb
+from cloud_server.config import MAX_GENERATIONS
 from cloud_server.inference import RequestError
 from cloud_server.wire import Undecodable, lenient_parser, reject_unknown_fields
 
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = gpb.DESCRIPTOR.services_by_name["GenerationService"].full_name
 #: Generations admitted at once by default (the one running included).
-MAX_PENDING = 8
+MAX_PENDING = MAX_GENERATIONS
 #: Longest request id (echoed in every progress message), name, and params map.
 MAX_ID, MAX_NAME, MAX_PARAMS = 128, 64, 16
 

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import os
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +37,14 @@ from cachenet.diffusion.generate import Generator
 from cachenet.exceptions import CachenetError, ConfigError
 from cachenet.fleet.store import ModelStore
 from cachenet.protocol.client import CHANNEL_OPTIONS
-from cachenet.protocol.tls import TLSFiles, server_credentials
+from cachenet.protocol.tls import server_credentials
 from cachenet.protocol.v1 import control_pb2, control_pb2_grpc
 from cachenet.protocol.v1 import inference_pb2 as pb
 from cloud_server.batcher import DynamicBatcher
+from cloud_server.config import ServerConfig
 from cloud_server.control import ControlService
-from cloud_server.generate import MAX_PENDING, GenerationService, load_generator
 from cloud_server.generate import SERVICE_NAME as GENERATION_SERVICE_NAME
+from cloud_server.generate import GenerationService, load_generator
 from cloud_server.generate import add_to_server as add_generation_to_server
 from cloud_server.inference import InferenceCore, ModelCard
 from cloud_server.layered import LayeredStats, layered_runner, load_layer_cascade
@@ -53,7 +54,7 @@ from cloud_server.oip import SERVICE_NAME as OIP_SERVICE_NAME
 from cloud_server.oip import OIPService
 from cloud_server.oip import add_to_server as add_oip_to_server
 from cloud_server.service import InferenceService, add_to_server
-from cloud_server.specializer import Specializer, SpecializerConfig, build_specializer
+from cloud_server.specializer import Specializer, build_specializer
 
 log = logging.getLogger(__name__)
 
@@ -82,52 +83,6 @@ class ServerParts:
     oip: OIPService | None = None  # the Open Inference Protocol (KServe v2)
 
 
-@dataclass
-class ServerConfig:
-    bundle: Path
-    host: str = "127.0.0.1"
-    port: int = 0
-    device: str | None = None
-    max_batch_size: int = 32
-    max_queue_delay_us: int = 0
-    max_queue_size: int = 1024
-    store: Path | None = None  # serve the control plane (model push) from this store
-    #: specialise cache models per agent and push them (needs ``store``)
-    specialize: bool = False
-    replay: str | None = None  # replay data for specialisation (default: the bundle's)
-    library: Path | None = None  # partition models, kept across runs (default: store/library)
-    specializer: SpecializerConfig | None = None
-    report_interval_s: int = 30  # how often agents send stats reports
-    grace_s: float = 10.0
-    stats_interval_s: float = 30.0
-    ready_file: Path | None = None
-    layer_cache: bool = False  # serve with the bundle's layer caches
-    layer_cache_refresh: float | None = None  # share of hits re-checked (None: the bundle's)
-    #: diffusion checkpoints to generate with, by name (the first is the default)
-    diffusion: dict[str, Path] = field(default_factory=dict)
-    max_generations: int = MAX_PENDING  # generations queued or running at once
-    max_image_steps: int | None = None  # the work one generation may ask for (None: default)
-    signing_key: Path | None = None  # sign every version stored (agents that pin the key)
-    #: TLS: the fleet's CA and the cloud's certificate and key; mutual unless told not to
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_cert: bool = True
-    #: Prometheus metrics on this port (0: any free one; None: off), bound to metrics_host
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
-    #: a plaintext gRPC server with only the health service, for probes that cannot show
-    #: a client certificate (Kubernetes' gRPC probes) when the main port is mutual TLS
-    health_port: int | None = None
-
-    def tls(self) -> TLSFiles | None:
-        if self.tls_cert is None and self.tls_key is None and self.tls_ca is None:
-            return None
-        if self.tls_cert is None or self.tls_key is None or self.tls_ca is None:
-            raise ConfigError("TLS needs --tls-ca, --tls-cert and --tls-key together")
-        return TLSFiles(self.tls_ca, self.tls_cert, self.tls_key)
-
-
 def load_card_and_runner(bundle: Path, device: str | None, *, layer_cache: bool = False,
                          refresh_rate: float | None = None, stats: LayeredStats | None = None):
     """The model card and ``run_batch`` of the bundle's full model; with ``layer_cache``,
@@ -148,18 +103,17 @@ def load_card_and_runner(bundle: Path, device: str | None, *, layer_cache: bool 
     return card, torch_runner(model, dev)
 
 
-async def create_server(card: ModelCard, run_batch, *, host: str = "127.0.0.1", port: int = 0,
-                        max_batch_size: int = 32, max_queue_delay_us: int = 0,
-                        max_queue_size: int = 1024, store: Path | None = None,
-                        report_interval_s: int = 30, signing_key: Any = None,
-                        tls: TLSFiles | None = None, require_client_cert: bool = True,
-                        generator: Generator | None = None,
-                        max_generations: int = MAX_PENDING) -> tuple[grpc.aio.Server, int]:
-    """A started batcher and a bound (not yet started) gRPC server; call in a running loop.
-    With ``generator``, the server also generates images (``GenerationService``)."""
-    batcher = DynamicBatcher(run_batch, max_batch_size=max_batch_size,
-                             max_queue_delay_us=max_queue_delay_us,
-                             max_queue_size=max_queue_size)
+async def create_server(card: ModelCard, run_batch, config: ServerConfig | None = None, *,
+                        signing_key: Any = None, generator: Generator | None = None
+                        ) -> tuple[grpc.aio.Server, int]:
+    """A started batcher and a bound (not yet started) gRPC server for ``config``'s host,
+    port, batching, store and TLS (default: :class:`ServerConfig`'s); call in a running
+    loop. With ``generator``, the server also generates images (``GenerationService``)."""
+    c = config or ServerConfig()
+    host, port, tls = c.host, c.port, c.tls()
+    batcher = DynamicBatcher(run_batch, max_batch_size=c.max_batch_size,
+                             max_queue_delay_us=c.max_queue_delay_us,
+                             max_queue_size=c.max_queue_size)
     core = InferenceCore(card, batcher)
     service = InferenceService(core)
     oip = OIPService(core)
@@ -171,20 +125,20 @@ async def create_server(card: ModelCard, run_batch, *, host: str = "127.0.0.1", 
     names = [SERVICE_NAME, OIP_SERVICE_NAME,
              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
     control = None
-    if store is not None:
-        control = ControlService(ModelStore(store, signing_key=signing_key),
-                                 stats_interval_s=report_interval_s)
+    if c.store is not None:
+        control = ControlService(ModelStore(c.store, signing_key=signing_key),
+                                 stats_interval_s=c.report_interval_s)
         control_pb2_grpc.add_ControlServiceServicer_to_server(control, server)
         names.append(control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name)
     generation = None
     if generator is not None:
-        generation = GenerationService(generator, max_pending=max_generations)
+        generation = GenerationService(generator, max_pending=c.max_generations)
         add_generation_to_server(generation, server)
         names.append(GENERATION_SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
     if tls is not None:
         bound = server.add_secure_port(f"{host}:{port}", server_credentials(
-            tls, require_client_cert=require_client_cert))
+            tls, require_client_cert=c.tls_client_cert))
     else:
         if host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("serving PLAINTEXT on %s: inputs travel in the clear and agents are "
@@ -224,8 +178,8 @@ class CloudServer:
 
     async def startup(self) -> None:
         c = self.config
-        if c.specialize and c.store is None:
-            raise ConfigError("specialisation pushes through the model store: give --store")
+        if c.bundle is None:
+            raise ConfigError("no bundle configured (--bundle or CACHENET_BUNDLE)")
         self.layered = LayeredStats() if c.layer_cache else None
         card, runner = load_card_and_runner(c.bundle, c.device, layer_cache=c.layer_cache,
                                             refresh_rate=c.layer_cache_refresh,
@@ -233,12 +187,7 @@ class CloudServer:
         generator = (load_generator(c.diffusion, c.device, max_image_steps=c.max_image_steps)
                      if c.diffusion else None)
         self.server, self.port = await create_server(
-            card, runner, host=c.host, port=c.port, max_batch_size=c.max_batch_size,
-            max_queue_delay_us=c.max_queue_delay_us, max_queue_size=c.max_queue_size,
-            store=c.store, report_interval_s=c.report_interval_s,
-            signing_key=self.signing_key(), tls=c.tls(),
-            require_client_cert=c.tls_client_cert, generator=generator,
-            max_generations=c.max_generations)
+            card, runner, c, signing_key=self.signing_key(), generator=generator)
         # Every port is bound before any of them serves: one that cannot be bound stops
         # the start with nothing serving half-way.
         ready: dict[str, Any] = {"port": self.port, "pid": os.getpid()}
@@ -287,7 +236,7 @@ class CloudServer:
             spec = await asyncio.to_thread(build_specializer, c.bundle,
                                            ModelStore(c.store, signing_key=self.signing_key()),
                                            replay=c.replay, device=c.device,
-                                           config=c.specializer, library_dir=c.library)
+                                           config=c.specializer(), library_dir=c.library)
         except CachenetError as exc:
             log.error("specialisation is off: %s", exc)
             return

@@ -1,97 +1,90 @@
-"""Edge agent configuration: defaults < config file < ``CACHENET_*`` environment < flags."""
+"""The edge agent's settings: defaults < config file < ``CACHENET_*`` environment < flags,
+read by the loader both daemons share (:mod:`cachenet.core.settings`)."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import socket
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from cachenet.core import settings
 from cachenet.core.audit import AuditConfig
+from cachenet.core.settings import setting
 from cachenet.exceptions import ConfigError
 
 
 @dataclass
 class AgentConfig:
-    bundle: Path | None = None
-    #: ZeroMQ endpoint the ROUTER socket binds; port 0 picks a free port.
-    bind: str = "tcp://127.0.0.1:5555"
-    #: host:port of the cloud server (its control plane, and where escalations go unless
-    #: ``escalate_to`` says otherwise); a comma-separated list of replicas' ip:port, or
-    #: dns:///NAME:PORT, balances over them. None (and no ``escalate_to``): edge only.
-    cloud: str | None = None
-    #: the escalation target's protocol: ``cachenet`` (cachenet.v1) or ``oip`` (the Open
-    #: Inference Protocol: Triton, KServe, MLServer), its address (default: ``cloud``),
-    #: and on an OIP server the model's name and version and the names of its input and
-    #: of its output of logits (edge_agent.escalation)
-    escalate: str = "cachenet"
-    escalate_to: str | None = None
-    escalate_model: str = ""
-    escalate_model_version: str = ""
-    escalate_input: str = "input"
-    escalate_output: str = "logits"
-    #: deadline of one escalation, ms; past it the agent answers with its own prediction.
-    deadline_ms: float = 250.0
-    #: ONNX Runtime intra-op threads.
-    threads: int = 1
-    precision: str = "fp32"
-    agent_id: str = socket.gethostname()
-    #: latencies kept for the percentiles in ``stats``.
-    latency_window: int = 10_000
-    #: most escalations in flight at once; beyond it, unsure inputs fall back at once.
-    max_inflight: int = 256
-    #: the largest message the local socket accepts (ZMQ_MAXMSGSIZE); a peer that sends a
-    #: bigger one is disconnected before the frame is buffered
-    max_message_bytes: int = 8 << 20
-    ready_file: Path | None = None
-    log_level: str = "INFO"
-    #: Prometheus metrics on this port (0: any free one; None: off), bound to metrics_host
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
-    #: subscribe to the cloud's control plane for pushed bundles (needs ``cloud``).
-    control: bool = True
-    token: str = ""
-    #: the fleet's public key (``cachenet keys``' signing.pub): bundles it does not verify
-    #: are refused, at start and when pushed
-    trusted_key: Path | None = None
-    #: accept a pushed bundle created before the running one
-    allow_rollback: bool = False
-    #: spool the inputs answered at the edge while the cloud was away, and upload them
-    #: when it is back (``spool_dir``: default ``.spool`` beside the bundle)
-    spool: bool = True
-    spool_dir: Path | None = None
-    spool_max_items: int = 100_000
-    spool_max_bytes: int = 64 << 20
-    spool_max_age_s: float = 7 * 86400.0
-    #: TLS to the cloud: the fleet's CA, and this agent's certificate and key (mutual TLS,
-    #: ``cachenet certs``); unset, the links are plaintext (logged loudly)
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    #: where pushed bundles are installed; default: ``.pushed`` beside the bundle.
-    state_dir: Path | None = None
-    keep_bundles: int = 3
-    #: partition models (pushed specialised cache models) held at once, LRU.
-    partition_models: int = 3
-    #: serve through the bundle's layer caches when it carries them (``cachenet layercache``)
-    layer_cache: bool = True
-    #: re-weight the general model's posterior by the stream's class prior, where the
-    #: bundle carries a calibrated label-shift gate (``label_shift``)
-    label_shift: bool = True
-    #: escalate float32 inputs made of 8-bit pixels as those uint8 levels (lossless, 4x
-    #: fewer bytes up); the cloud turns them back into the same float32
-    native_uplink: bool = True
-    #: share of edge answers also sent to the cloud to audit the agreement online
-    audit_rate: float = 0.02
-    #: share audited in the 40 edge answers after a change (start, stream move, swap)
-    audit_burst_rate: float = 0.25
-    #: the audit's bound holds with confidence 1 - audit_alpha, at all times at once
-    audit_alpha: float = 0.05
-    #: edge answers a step that broke the target stays dropped (doubled on repeats)
-    audit_cooldown: int = 500
+    """The agent's settings (:mod:`cachenet.core.settings`: defaults < ``--config`` file <
+    ``CACHENET_*`` variables < flags)."""
+
+    bundle: Path | None = setting(None, "cache bundle directory")
+    bind: str = setting("tcp://127.0.0.1:5555", "ZeroMQ endpoint the ROUTER socket binds "
+                        "(port 0: any free one)")
+    cloud: str | None = setting(None, "cloud server host:port: its control plane, and where "
+                                "escalations go; a list ip:port,ip:port or dns:///NAME:PORT "
+                                "balances over replicas (unset: edge only)")
+    escalate: Literal["cachenet", "oip"] = setting(
+        "cachenet", "the escalation target's protocol: cachenet.v1 or the Open Inference "
+        "Protocol (Triton, KServe, MLServer)")
+    escalate_to: str | None = setting(None, "where escalations go, if not --cloud (same forms)")
+    escalate_model: str = setting("", "the full model's name on the OIP server")
+    escalate_model_version: str = setting("", "and its version (empty: the server's)")
+    escalate_input: str = setting("input", "the model's input name on the OIP server")
+    escalate_output: str = setting("logits", "its output of N x K logits; labels and "
+                                   "confidences are derived from it")
+    deadline_ms: float = setting(250.0, "deadline of one escalation, ms; past it the agent "
+                                 "answers with its own prediction")
+    threads: int = setting(1, "ONNX Runtime intra-op threads")
+    precision: Literal["fp32", "int8"] = setting("fp32", "the bundle's model variant to run")
+    agent_id: str = setting(socket.gethostname(), "this agent's name (default: the host name)")
+    latency_window: int = setting(10_000, "latencies kept for the percentiles in stats")
+    max_inflight: int = setting(256, "most escalations in flight at once; beyond it, unsure "
+                                "inputs fall back at once")
+    max_message_bytes: int = setting(8 << 20, "the largest message the local socket accepts "
+                                     "(ZMQ_MAXMSGSIZE); a bigger one disconnects its sender")
+    ready_file: Path | None = setting(None, "write {endpoint, pid} here once serving")
+    log_level: str = setting("INFO", "logging level")
+    metrics_port: int | None = setting(None, "serve Prometheus metrics on this port (0: any; "
+                                       "unset: off)")
+    metrics_host: str = setting("127.0.0.1", "address the metrics port binds")
+    control: bool = setting(True, "subscribe to the cloud's control plane for pushed bundles")
+    token: str = setting("", "token the control plane asks of this agent")
+    trusted_key: Path | None = setting(None, "the fleet's public key (cachenet keys' "
+                                       "signing.pub): refuse bundles it does not verify")
+    allow_rollback: bool = setting(False, "accept a pushed bundle older than the running one")
+    spool: bool = setting(True, "spool inputs answered while the cloud was away and upload "
+                          "them when it is back")
+    spool_dir: Path | None = setting(None, "where they wait (default: spool-<agent id> in the "
+                                     "state directory)")
+    spool_max_items: int = setting(100_000, "most inputs spooled")
+    spool_max_bytes: int = setting(64 << 20, "most bytes spooled")
+    spool_max_age_s: float = setting(7 * 86400.0, "age past which a spooled input is dropped")
+    tls_ca: Path | None = setting(None, "TLS to the cloud: the fleet's CA (PEM; unset: "
+                                  "plaintext, logged loudly)")
+    tls_cert: Path | None = setting(None, "TLS: this agent's certificate (PEM, cachenet certs)")
+    tls_key: Path | None = setting(None, "TLS: this agent's private key (PEM)")
+    state_dir: Path | None = setting(None, "where pushed bundles are installed (default: "
+                                     ".pushed beside the bundle)")
+    keep_bundles: int = setting(3, "pushed bundles kept installed")
+    partition_models: int = setting(3, "partition models (pushed specialised cache models) "
+                                    "held at once, LRU")
+    layer_cache: bool = setting(True, "serve through the bundle's layer caches when it "
+                                "carries them")
+    label_shift: bool = setting(True, "re-weight the cache model by the stream's class "
+                                "prior, where the bundle carries a calibrated label-shift gate")
+    native_uplink: bool = setting(True, "escalate camera frames as their uint8 levels "
+                                  "(lossless, 4x fewer bytes up)")
+    audit_rate: float = setting(0.02, "share of edge answers also checked by the cloud")
+    audit_burst_rate: float = setting(0.25, "share audited in the 40 edge answers after a "
+                                      "change (start, stream move, swap)")
+    audit_alpha: float = setting(0.05, "the audit's bound holds with confidence 1 - alpha, "
+                                 "at all times at once")
+    audit_cooldown: int = setting(500, "edge answers a step that broke the target stays "
+                                  "dropped (doubled on repeats)")
 
     def __post_init__(self) -> None:
         if self.bundle is not None:
@@ -108,8 +101,6 @@ class AgentConfig:
         if (self.tls_cert is None) != (self.tls_key is None) or (
                 self.tls_cert is not None and self.tls_ca is None):
             raise ConfigError("tls_cert and tls_key go together, with tls_ca")
-        if isinstance(self.control, str):
-            self.control = self.control.lower() not in ("0", "false", "no", "off")
         if not math.isfinite(self.deadline_ms) or self.deadline_ms <= 0:
             raise ConfigError(f"deadline_ms must be > 0, got {self.deadline_ms}")
         if min(self.threads, self.max_inflight, self.latency_window, self.partition_models) < 1:
@@ -121,8 +112,6 @@ class AgentConfig:
         AuditConfig(rate=self.audit_rate, alpha=self.audit_alpha, cooldown=self.audit_cooldown,
                     burst_rate=self.audit_burst_rate)
         self.escalation_target()  # a bad protocol, model or replica list: refused now
-        if self.precision not in ("fp32", "int8"):
-            raise ConfigError(f"precision must be fp32 or int8, got '{self.precision}'")
 
     def escalation_target(self) -> Any:
         """Where unsure inputs go (:class:`edge_agent.escalation.EscalationTarget`), or
@@ -149,73 +138,9 @@ class AgentConfig:
         return AuditConfig(rate=self.audit_rate, target=target or 0.99, alpha=self.audit_alpha,
                            cooldown=self.audit_cooldown, burst_rate=self.audit_burst_rate)
 
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
 
-
-def _coerce(name: str, value: Any) -> Any:
-    kind = {f.name: f.type for f in fields(AgentConfig)}[name]
-    if value is None or not isinstance(value, str):
-        return value
-    if "bool" in str(kind):
-        return value.strip().lower() not in ("0", "false", "no", "off", "")
-    try:
-        if "float" in str(kind):
-            return float(value)
-        if "int" in str(kind):
-            return int(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got '{value}'") from None
-    return value
-
-
-def _toml() -> Any:
-    """The TOML parser: the standard library's from Python 3.11, tomli on 3.10 (JetPack 6
-    on a Jetson ships 3.10); the two share their API."""
-    try:
-        import tomllib  # novermin: 3.10 takes the branch below
-    except ModuleNotFoundError:
-        import tomli as tomllib
-    return tomllib
-
-
-def read_file(path: Path) -> dict[str, Any]:
-    """Settings from a JSON or TOML file; unknown keys are an error."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    try:
-        if path.suffix == ".toml":
-            data = _toml().loads(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # json and tomllib raise their own types
-        raise ConfigError(f"config file {path} does not parse: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a table/object of settings")
-    unknown = sorted(set(data) - set(AgentConfig.field_names()))
-    if unknown:
-        raise ConfigError(f"config file {path}: unknown setting(s) {unknown}")
-    return data
-
-
-def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    env = os.environ if environ is None else environ
-    return {name: env[f"CACHENET_{name.upper()}"] for name in AgentConfig.field_names()
-            if f"CACHENET_{name.upper()}" in env}
-
-
-def load_config(*, file: Path | None = None, environ: dict[str, str] | None = None,
-                **overrides: Any) -> AgentConfig:
-    """Merge the layers; ``overrides`` (flags) whose value is None are ignored."""
-    merged: dict[str, Any] = {}
-    if file is not None:
-        merged.update(read_file(file))
-    merged.update(from_env(environ))
-    merged.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(merged) - set(AgentConfig.field_names()))
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {unknown}")
-    return AgentConfig(**{k: _coerce(k, v) for k, v in merged.items()})
+def load_config(*, file: Path | None = None, environ: Mapping[str, str] | None = None,
+                **flags: Any) -> AgentConfig:
+    """The agent's settings from ``file``, ``environ`` (default: the process's) and
+    ``flags`` (by setting name; None: not given), each overriding the one before."""
+    return settings.load(AgentConfig, file=file, environ=environ, flags=flags)

@@ -14,6 +14,7 @@ import torch
 
 from cachenet.diffusion.generate import Generator
 from cachenet.diffusion.nets import DiffusionModel, build
+from cloud_server.config import ServerConfig
 from cloud_server.generate import GenerationService
 from cloud_server.inference import ModelCard
 from cloud_server.server import create_server
@@ -63,8 +64,8 @@ def serve(generator: Generator | None, *, classify=None, **kwargs: object) -> It
     async def main() -> None:
         card, run_batch = classifier()
         run_batch = classify or run_batch
-        server, port = await create_server(card, run_batch, generator=generator,
-                                           **kwargs)  # type: ignore[arg-type]
+        server, port = await create_server(card, run_batch, ServerConfig(port=0, **kwargs),
+                                           generator=generator)
         await server.start()
         stop = asyncio.Event()
         box.update(port=port, loop=asyncio.get_running_loop(), stop=stop,
@@ -78,9 +79,18 @@ def serve(generator: Generator | None, *, classify=None, **kwargs: object) -> It
         if server.cachenet.generation is not None:
             await server.cachenet.generation.stop()
 
-    thread = threading.Thread(target=lambda: asyncio.run(main()), name="cloud", daemon=True)
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # shown by the test, not lost in the thread
+            box["error"] = exc
+            ready.set()
+
+    thread = threading.Thread(target=run, name="cloud", daemon=True)
     thread.start()
     assert ready.wait(30), "the server did not start"
+    if "error" in box:
+        raise AssertionError(f"the server did not start: {box['error']!r}")
     try:
         yield Served(box["port"], box["service"], generator,  # type: ignore[arg-type]
                      box["parts"])

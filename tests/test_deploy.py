@@ -25,11 +25,25 @@ import pytest
 from cachenet.protocol.client import CloudClient
 from cachenet.sim.daemon import Process
 from cloud_server.__main__ import make_parser as cloud_parser
+from cloud_server.config import load_config as cloud_config
 from edge_agent.__main__ import make_parser as edge_parser
 from edge_agent.client import EdgeClient
+from edge_agent.config import load_config as edge_config
 from tests.processes import SINGLE_THREAD
 
 ROOT = Path(__file__).resolve().parents[1]
+DAEMONS = {"cachenet-edge": (edge_parser, edge_config),
+           "cachenet-cloud": (cloud_parser, cloud_config)}
+
+
+def daemon_settings(binary: str, argv: list[str]):
+    """What the daemon's flags (and nothing of this machine's environment) set: the
+    settings loader refuses a flag, or a value, the daemon would refuse."""
+    parser, load = DAEMONS[binary]
+    args = vars(parser().parse_args(argv))  # SystemExit on a flag the daemon does not take
+    args.pop("config")  # a file on the device, not here
+    return load(environ={}, **args)
+
 DEPLOY = ROOT / "deploy"
 
 
@@ -126,22 +140,19 @@ def unit(name: str) -> configparser.ConfigParser:
     return parser
 
 
-@pytest.mark.parametrize("name, parser", [("cachenet-edge.service", edge_parser),
-                                          ("cachenet-cloud.service", cloud_parser)])
-def test_unit_files_notify_and_run_flags_the_daemons_take(name, parser):
+@pytest.mark.parametrize("name", ["cachenet-edge.service", "cachenet-cloud.service"])
+def test_unit_files_notify_and_run_flags_the_daemons_take(name):
     service = unit(name)["Service"]
     assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
     assert int(service["WatchdogSec"]) > 0 and service["KillSignal"] == "SIGTERM"
     assert service["User"] != "root" and service["Restart"] == "on-failure"
     argv = shlex.split(service["ExecStart"])
-    assert Path(argv[0]).name in ("cachenet-edge", "cachenet-cloud")
-    parser().parse_args(argv[1:])  # SystemExit on a flag the daemon does not take
+    assert Path(argv[0]).name in DAEMONS
+    daemon_settings(Path(argv[0]).name, argv[1:])
 
 
 def test_the_units_edge_config_is_one_the_agent_loads():
-    from edge_agent.config import load_config
-
-    config = load_config(file=DEPLOY / "systemd" / "edge.toml", environ={})
+    config = edge_config(file=DEPLOY / "systemd" / "edge.toml", environ={})
     assert config.escalation_target().address == "cloud.example:50051"
     assert config.trusted_key and config.tls_cert and config.tls_key  # signed, mutual TLS
 
@@ -156,15 +167,14 @@ def dockerfile(name: str) -> dict[str, list[str]]:
     return out
 
 
-@pytest.mark.parametrize("name, parser, binary", [
-    ("edge.Dockerfile", edge_parser, "cachenet-edge"),
-    ("cloud.Dockerfile", cloud_parser, "cachenet-cloud")])
-def test_images_run_non_root_in_exec_form(name, parser, binary):
+@pytest.mark.parametrize("name, binary", [("edge.Dockerfile", "cachenet-edge"),
+                                          ("cloud.Dockerfile", "cachenet-cloud")])
+def test_images_run_non_root_in_exec_form(name, binary):
     d = dockerfile(name)
     user = d["USER"][-1]
     assert user not in ("root", "0")
     assert json.loads(d["ENTRYPOINT"][-1]) == [binary]  # exec form: signals reach it
-    parser().parse_args(json.loads(d["CMD"][-1]))
+    daemon_settings(binary, json.loads(d["CMD"][-1]))
     installs = " ".join(r for r in d["RUN"] if "pip install" in r)
     if binary == "cachenet-edge":
         assert "[build]" not in installs and "torch" not in installs.lower()
@@ -177,17 +187,17 @@ def test_the_kubernetes_manifests_fit_the_cloud():
     docs = {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "k8s" / "cloud.yaml").read_text())}
     pod = docs["Deployment"]["spec"]["template"]
     container = pod["spec"]["containers"][0]
-    args = cloud_parser().parse_args(container["args"])
+    args = daemon_settings("cachenet-cloud", container["args"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": args.port, "health": int(args.health_port),
-                     "metrics": int(args.metrics_port)}
+    assert ports == {"grpc": args.port, "health": args.health_port,
+                     "metrics": args.metrics_port}
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["grpc"]["port"] == ports["health"]
     assert container["readinessProbe"]["grpc"]["service"] == "cachenet.v1.InferenceService"
     annotations = pod["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == ports["metrics"]
-    assert pod["spec"]["terminationGracePeriodSeconds"] > args.grace
+    assert pod["spec"]["terminationGracePeriodSeconds"] > args.grace_s
     assert pod["spec"]["securityContext"]["runAsNonRoot"]
     assert container["resources"]["requests"]["cpu"]
     service = docs["Service"]["spec"]

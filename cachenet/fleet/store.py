@@ -11,6 +11,10 @@ place, and ``current`` is replaced with ``os.replace``, so a reader never sees a
 half-written version and a crash leaves the previous state. Operations on one
 agent hold an exclusive lock. The last ``keep`` versions are kept (never the
 current one is pruned). ``default`` is the fleet-wide agent name.
+
+A pushed bundle is stored only once it loads as an agent loads it (its model in
+ONNX Runtime, checked against its canaries, and its layer caches): a store never
+makes current what no agent can run.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from cachenet.core import strictjson
 from cachenet.core.bundle import verify_bundle
 from cachenet.core.ids import check_agent_id
 from cachenet.core.manifest import MANIFEST, read_manifest, safe_relpath
+from cachenet.core.runtime import load_cache_model
 from cachenet.core.signing import sign_bundle
-from cachenet.exceptions import BundleError, ConfigError
+from cachenet.exceptions import BundleError, CachenetError, ConfigError
+from cachenet.layercache.edge import load_edge_layers
 
 DEFAULT_AGENT = "default"
 
@@ -54,6 +60,15 @@ def _names(path: Path, wanted: str) -> bool:
     """Does ``wanted`` (a bundle version or a sequence number) name this stored version?"""
     seq, version = path.name.split("-", 1)
     return version == wanted or (wanted.isdigit() and int(seq) == int(wanted))
+
+
+def _loads_on_an_agent(root: Path, source: Path) -> None:
+    """BundleError unless the bundle at ``root`` loads as an agent loads it."""
+    try:
+        load_edge_layers(load_cache_model(root).manifest)
+    except CachenetError as exc:
+        raise BundleError(f"refusing {source}: an agent could not load it: "
+                          f"{str(exc)[:300]}") from None
 
 
 def default_store_dir() -> Path:
@@ -124,6 +139,7 @@ class ModelStore:
                 if self.signing_key is not None:
                     sign_bundle(staging / "b", self.signing_key)
                 verify_bundle(staging / "b")  # what was written, not what was read
+                _loads_on_an_agent(staging / "b", bundle)
                 (staging / "b").rename(d / "versions" / name)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)

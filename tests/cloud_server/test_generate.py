@@ -25,7 +25,8 @@ from cachenet.exceptions import (
 from cachenet.protocol.client import GenerateClient, make_generate_request
 from cachenet.protocol.v1 import generate_pb2 as gpb
 from cachenet.protocol.v1 import generate_pb2_grpc as gpb_grpc
-from cloud_server.__main__ import _diffusion_models, make_parser
+from cloud_server.__main__ import make_parser
+from cloud_server.config import load_config
 from cloud_server.generate import Stopper, load_generator
 from tests.generating import CLASSES, serve, tiny_models
 from tests.processes import start_cloud, wait_until
@@ -282,15 +283,18 @@ def test_concurrent_requests_all_get_answers(client, served):
 
 
 def test_diffusion_flags_name_checkpoints(tmp_path):
-    args = make_parser().parse_args(["--bundle", "b", "--diffusion", "a=x.pt",
-                                     "--diffusion", "b=y.pt"])
-    assert {k: str(v) for k, v in _diffusion_models(args.diffusion).items()} == {
+    def diffusion(argv, env=None):
+        args = vars(make_parser().parse_args(["--bundle", "b", *argv]))
+        args.pop("config")
+        return {k: str(v) for k, v in load_config(environ=env or {}, **args).diffusion.items()}
+
+    assert diffusion(["--diffusion", "a=x.pt", "--diffusion", "b=y.pt"]) == {
         "a": "x.pt", "b": "y.pt"}
-    with pytest.raises(Exception, match="twice"):
-        _diffusion_models(make_parser().parse_args(
-            ["--bundle", "b", "--diffusion", "a=x", "--diffusion", "a=y"]).diffusion)
-    with pytest.raises(SystemExit):
-        make_parser().parse_args(["--bundle", "b", "--diffusion", "no-equals"])
+    assert diffusion([], {"CACHENET_DIFFUSION": "a=x.pt,b=y.pt"}) == {"a": "x.pt", "b": "y.pt"}
+    with pytest.raises(ConfigError, match="twice"):
+        diffusion(["--diffusion", "a=x", "--diffusion", "a=y"])
+    with pytest.raises(ConfigError, match=r"^--diffusion: expected NAME=PATH"):
+        diffusion(["--diffusion", "no-equals"])
     models = tiny_models()
     save_checkpoint(tmp_path / "dit.pt", models["routed"])
     generator = load_generator({"d": tmp_path / "dit.pt"}, "cpu", max_count=2)

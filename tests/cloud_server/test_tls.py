@@ -28,8 +28,8 @@ def certs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cloud(certs, tmp_path_factory):
-    tls = TLSFiles(certs / "ca.pem", certs / "cloud.pem", certs / "cloud.key")
-    with serve(None, store=tmp_path_factory.mktemp("store"), tls=tls) as s:
+    with serve(None, store=tmp_path_factory.mktemp("store"), tls_ca=certs / "ca.pem",
+               tls_cert=certs / "cloud.pem", tls_key=certs / "cloud.key") as s:
         yield s
 
 
@@ -114,7 +114,7 @@ def test_certificates_are_for_one_use_and_agents_are_not_hosts(certs, tmp_path):
 
 def test_a_ca_without_the_cloud_certificate_is_refused_not_plaintext(certs):
     from cachenet.exceptions import ConfigError
-    from cloud_server.server import ServerConfig
+    from cloud_server.config import ServerConfig
 
     with pytest.raises(ConfigError, match="together"):
         ServerConfig(bundle=certs, tls_ca=certs / "ca.pem").tls()

@@ -61,6 +61,22 @@ def test_a_damaged_bundle_is_not_stored(bundle_copy, tmp_path):
     assert store.list() == []
 
 
+def test_a_bundle_no_agent_can_load_is_not_made_current(digits_bundle, tmp_path):
+    """Every file matches its hash, but the manifest says 2-channel inputs for a model that
+    takes one: the agent would refuse it, so the store does, before it is current."""
+    from cachenet.core.bundle import repack
+
+    m = verify_bundle(digits_bundle[0])
+    bad = repack(digits_bundle[0], tmp_path / "bad",
+                 fields={"input": {**m.input, "shape": [-1, 2, 8, 8]}, "label_shift": None})
+    store = ModelStore(tmp_path / "store")
+    store.push(digits_bundle[0])
+    with pytest.raises(BundleError, match="an agent could not load it"):
+        store.push(bad.root)
+    assert [v.version for v in store.list()] == [m.version]
+    assert store.current().version == m.version
+
+
 def test_models_cli(digits_bundle, tmp_path):
     env = {**os.environ, "CACHENET_STORE": str(tmp_path / "store")}
 
