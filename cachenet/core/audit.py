@@ -22,8 +22,10 @@ so by Ville's inequality ``P(exists n: M_n(p) >= 1/alpha) <= alpha``, and
 ``1 - alpha``. The mixing prior ``Beta(1, (1 - eps) / eps)`` has its mean at
 the tolerated rate ``eps = 1 - target``, where the test needs its power.
 
-The rule (:class:`Audit`): a step whose *lower* bound rises above ``eps`` breaks
-the target (the evidence is significant at ``alpha``); it is dropped, so its
+The rule (:class:`ErrorBound`, the one rule of online error control: the agent's
+audit and the layer caches' auto-refresh, in the cloud and on the edge, both
+apply it): a step whose *lower* bound rises above ``eps`` breaks the target (the
+evidence is significant at ``alpha``). The audit (:class:`Audit`) drops it, so its
 inputs escalate, for ``cooldown`` requests, doubled at each repeated drop, and
 comes back with its counts restarted. The *upper* bound is the guarantee the
 agent reports (``agreement_bound``: the agreement is at least this, at
@@ -95,6 +97,37 @@ def confidence_sequence(k: int, n: int, alpha: float, a: float = 1.0, b: float =
 
 
 @dataclass(frozen=True)
+class ErrorBound:
+    """The one rule of online error control: the anytime-valid ``1 - alpha`` interval of a
+    disagreement rate, with the Beta-mixture's mean at the tolerated rate, and the test
+    that says a rate breaks the agreement ``target``. Valid however often it is checked."""
+
+    target: float = 0.99
+    alpha: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target < 1.0 or not 0.0 < self.alpha < 1.0:
+            raise ConfigError(f"target {self.target} and alpha {self.alpha} must lie in (0, 1)")
+
+    @property
+    def mixing(self) -> tuple[float, float]:
+        """The Beta prior of the mixture: mean at ``1 - target``."""
+        eps = 1.0 - self.target
+        return 1.0, (1.0 - eps) / eps
+
+    def interval(self, k: int, n: int) -> tuple[float, float]:
+        """(lower, upper) on the disagreement rate after ``k`` disagreements in ``n``."""
+        return confidence_sequence(k, n, self.alpha, *self.mixing)
+
+    def broken(self, k: int, n: int) -> bool:
+        """Do ``k`` disagreements in ``n`` show, at ``alpha``, a rate above ``1 - target``?
+        That is, is the interval's lower end above it: the wealth against the tolerated
+        rate, which falls as the rate rises to ``k / n``, has reached ``1 / alpha``."""
+        eps = 1.0 - self.target
+        return k > eps * n and log_martingale(k, n, eps, *self.mixing) >= -math.log(self.alpha)
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     """``rate``: share of edge answers audited; ``target``: the agreement to hold;
     ``alpha``: the bound's error probability; ``cooldown``: requests a breaking step
@@ -126,10 +159,8 @@ class AuditConfig:
             raise ConfigError("audit cooldown and max_inflight must be >= 1")
 
     @property
-    def mixing(self) -> tuple[float, float]:
-        """The Beta prior of the mixture: mean at ``1 - target``."""
-        eps = 1.0 - self.target
-        return 1.0, (1.0 - eps) / eps
+    def rule(self) -> ErrorBound:
+        return ErrorBound(self.target, self.alpha)
 
 
 @dataclass
@@ -160,6 +191,7 @@ class Audit:
     config: AuditConfig = field(default_factory=AuditConfig)
 
     def __post_init__(self) -> None:
+        self.rule = self.config.rule
         self.steps = {s: StepAudit() for s in STEPS}
         self.requests = 0  # requests seen: the clock of the cooldowns
         self.inflight = 0
@@ -245,13 +277,13 @@ class Audit:
             s.add(not agree, epoch=False)  # dropped already, or from an epoch that is over
             return False
         s.add(not agree)
-        lower, _ = self.bound(s.k, s.n)
-        if lower <= 1.0 - self.config.target:
+        if not self.rule.broken(s.k, s.n):
             return False
         self._drop(s)
         log.warning("audit: step %s breaks the agreement target %.3g (%d disagreements in %d "
                     "audits, lower bound %.4f); dropped for %d requests", step,
-                    self.config.target, s.k, s.n, lower, s.dropped_until - self.requests)
+                    self.config.target, s.k, s.n, self.bound(s.k, s.n)[0],
+                    s.dropped_until - self.requests)
         return True
 
     def unanswered(self, reason: str) -> None:
@@ -261,8 +293,7 @@ class Audit:
         self.paused = reason
 
     def bound(self, k: int, n: int) -> tuple[float, float]:
-        a, b = self.config.mixing
-        return confidence_sequence(k, n, self.config.alpha, a, b)
+        return self.rule.interval(k, n)
 
     def snapshot(self) -> dict[str, Any]:
         """Counts and bounds. ``agreement_bound`` pools every step and epoch: it is the

@@ -2,36 +2,26 @@
 
 A share ``rate`` of a rule's hits is not answered from the cache: the request
 goes on to the full model (in the cloud) or to the cloud (on the edge), and
-the cached label is compared with the full model's. While the disagreements
-seen are consistent with the agreement target, nothing changes. When they are
-not, that is when the chance of seeing ``k`` or more disagreements in ``n``
-re-checks at a disagreement rate of ``1 - target`` falls below ``delta`` (a
-one-sided binomial test), the rule is *tightened*: its threshold moves half
-way to 1 (a smaller radius, a higher count, a surer head), and counting starts
-again. The hits picked are every ``round(1 / rate)``-th, so runs repeat.
+the cached label is compared with the full model's. Each comparison is one draw
+of the rule's disagreement, and the counts are watched after every batch of
+re-checks, so the test is the audit's anytime-valid one
+(:class:`cachenet.core.audit.ErrorBound`: a fixed-n test checked that often would
+be crossed by chance). While the disagreements seen are consistent with the
+agreement target, nothing changes. When the bound's lower end rises above
+``1 - target``, the rule is *tightened*: its threshold moves half way to 1 (a
+smaller radius, a higher count, a surer head), and counting starts again, as the
+audit restarts a step it brings back. The hits picked are every
+``round(1 / rate)``-th, so runs repeat.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from cachenet.core.audit import ErrorBound
 from cachenet.exceptions import ConfigError
-
-
-def binomial_tail(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p); pure Python (the edge has no scipy)."""
-    if k <= 0:
-        return 1.0
-    if k > n:
-        return 0.0
-    if p <= 0.0:
-        return 0.0
-    below = sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
-                         + i * math.log(p) + (n - i) * math.log1p(-p)) for i in range(k))
-    return max(0.0, 1.0 - below)
 
 
 def tightened(threshold: float) -> float:
@@ -43,18 +33,19 @@ def tightened(threshold: float) -> float:
 class Refresh:
     rate: float = 0.05
     target: float = 0.99
-    delta: float = 0.05
+    alpha: float = 0.05
     hits: int = 0  # hits seen, for picking
     n: int = 0  # re-checks since the last tightening
     k: int = 0  # disagreements among them
     checked: int = 0  # re-checks in all
     disagreed: int = 0
     tightenings: int = 0
+    rule: ErrorBound = field(init=False)
 
     def __post_init__(self) -> None:
-        if not (0.0 <= self.rate <= 1.0 and 0.0 < self.target < 1.0 and 0.0 < self.delta < 1.0):
-            raise ConfigError(f"refresh rate {self.rate}, target {self.target} and delta "
-                              f"{self.delta} must lie in [0, 1], (0, 1) and (0, 1)")
+        if not 0.0 <= self.rate <= 1.0:
+            raise ConfigError(f"refresh rate {self.rate} must lie in [0, 1]")
+        self.rule = ErrorBound(self.target, self.alpha)
 
     def pick(self, n_hits: int) -> np.ndarray:
         """Which of the next ``n_hits`` hits to re-check."""
@@ -66,13 +57,13 @@ class Refresh:
         return picked
 
     def record(self, agree: np.ndarray) -> bool:
-        """Count re-checks; True when the rule must tighten (its error broke the bound)."""
+        """Count re-checks; True when the rule must tighten (its error broke the target)."""
         agree = np.asarray(agree, bool)
         self.n += len(agree)
         self.k += int((~agree).sum())
         self.checked += len(agree)
         self.disagreed += int((~agree).sum())
-        if self.k and binomial_tail(self.k, self.n, 1.0 - self.target) < self.delta:
+        if self.rule.broken(self.k, self.n):
             self.n = self.k = 0
             self.tightenings += 1
             return True

@@ -157,7 +157,7 @@ def load_cascade(spec: LayerCacheSpec, root: Path, num_classes: int, *,
     target, delta = float(d.get("target", 0.99)), float(d.get("delta", 0.05))
     rules = []
     for entry in d["rules"]:
-        refresh = Refresh(rate, target, delta) if rate > 0 else None
+        refresh = Refresh(rate, target, alpha=delta) if rate > 0 else None
         try:
             rules.append(_rule(root, entry, spec.site_names.index(entry["site"]), refresh,
                                num_classes))

@@ -380,7 +380,7 @@ def to_cascade(fitted: FittedCascade, num_classes: int, *, refresh_rate: float =
     """The cascade ``fitted`` describes, with copies of its tables (what a server loading
     its bundle section would hold)."""
     rules = [Rule(c.site, f"{fitted.site_names[c.site]}:{c.kind}", copy.deepcopy(c.cache), t,
-                  Refresh(refresh_rate, target, delta) if refresh_rate > 0 else None)
+                  Refresh(refresh_rate, target, alpha=delta) if refresh_rate > 0 else None)
              for c, t in zip(fitted.rules, fitted.thresholds, strict=True)]
     return LayerCascade(fitted.site_names, fitted.site_macs, fitted.full_macs, rules,
                         num_classes, fill_confidence)

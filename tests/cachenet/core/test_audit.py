@@ -32,7 +32,7 @@ def test_the_bound_covers_the_true_rate_at_every_moment_at_the_stated_confidence
     the share of seeds where the interval ever excludes the rate stays under alpha
     (a fixed-n bound checked this often would not)."""
     alpha, n, seeds = 0.1, 400, 300
-    a, b = AuditConfig(target=0.99).mixing
+    a, b = AuditConfig(target=0.99).rule.mixing
     missed = 0
     for seed in range(seeds):
         draws = np.random.default_rng(seed).random(n) < rate

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
+from cachenet.core.audit import ErrorBound
 from cachenet.layercache import KeyCache, KeyConfig, LayerCascade, Refresh, Rule
-from cachenet.layercache.control import binomial_tail
 
 
 class ToyRunner:
@@ -74,7 +73,7 @@ def test_tables_learn_only_the_full_models_sure_answers():
 
 
 def test_refresh_re_checks_a_share_of_hits_and_tightens_a_rule_that_errs():
-    x, w, cascade = setup(Refresh(rate=1.0, target=0.99, delta=0.05))
+    x, w, cascade = setup(Refresh(rate=1.0, target=0.99, alpha=0.05))
     rule = cascade.rules[0]
     wrong = ((x @ w).argmax(1) + 1) % 4
     rule.cache.fill(x, wrong)  # every entry disagrees with the model
@@ -91,8 +90,19 @@ def test_refresh_picks_every_nth_hit():
     assert not Refresh(rate=0.0).pick(5).any()
 
 
-def test_binomial_tail():
-    assert binomial_tail(0, 10, 0.1) == 1.0
-    assert binomial_tail(11, 10, 0.1) == 0.0
-    assert binomial_tail(1, 10, 0.1) == pytest.approx(1 - 0.9 ** 10)
-    assert binomial_tail(10, 10, 0.5) == pytest.approx(0.5 ** 10)
+def test_refresh_checked_after_every_re_check_stays_valid():
+    """Re-checks are counted as they come, and the rule is tested after each: a fixed-n
+    binomial test peeked at that often tightens a rule that holds its target far more
+    often than its delta. The anytime-valid bound does not (and is the audit's own)."""
+    rng = np.random.default_rng(0)
+    runs, checks = 200, 2000
+    tightened = 0
+    for _ in range(runs):  # a rule at exactly its tolerated rate, 1 in 100
+        r = Refresh(rate=1.0, target=0.99, alpha=0.05)
+        tightened += any(r.record(np.array([ok])) for ok in rng.random(checks) >= 0.01)
+    assert tightened / runs <= 0.05
+    assert r.rule == ErrorBound(0.99, 0.05)
+    # A rule that errs at 5 times its rate is tightened, and soon.
+    r = Refresh(rate=1.0, target=0.99, alpha=0.05)
+    n = next(i for i, ok in enumerate(rng.random(checks) >= 0.05) if r.record(np.array([ok])))
+    assert r.tightenings == 1 and n < 1000
