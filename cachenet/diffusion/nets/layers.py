@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cachenet.toolchain.models.flops import macs_by_unit
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embeddings of (possibly fractional) timesteps, N -> N x dim."""
@@ -40,51 +42,20 @@ class ConditionEmbedding(nn.Module):
 
 class AttentionCore(nn.Module):
     """Scaled dot-product attention over (N, heads, L, d) tensors; its own module so
-    that :func:`unit_macs` counts the two matrix products."""
+    that the MAC counter counts the two matrix products (:meth:`macs`)."""
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v)
 
-
-def _leaf_macs(m: nn.Module, inputs: tuple, out: torch.Tensor) -> int:
-    """Multiply-adds of one call of a leaf module, for the first item of the batch."""
-    if isinstance(m, nn.Conv2d):
-        k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
-        return int(out[0].numel()) * k
-    if isinstance(m, nn.Linear):
-        return int(out[0].numel()) * m.in_features
-    if isinstance(m, AttentionCore):
+    @staticmethod
+    def macs(inputs: tuple, out: torch.Tensor) -> int:
+        """One item's multiply-adds: Q K^T and the weights times V."""
         q, k = inputs[0], inputs[1]
         heads, lq, d = q.shape[1:]
         return 2 * heads * lq * k.shape[2] * d
-    return 0
 
 
 def unit_macs(model: nn.Module, units: list[str], run: Callable[[], object]) -> dict[str, int]:
-    """Multiply-adds per unit of one image's full forward pass.
-
-    Hooks every convolution, linear layer and attention core, runs ``run()`` (a
-    full forward pass on a batch), and adds each leaf's count to the longest
-    unit name that prefixes its qualified name. Every leaf must fall in a unit.
-    """
-    totals = dict.fromkeys(units, 0)
-    by_len = sorted(units, key=len, reverse=True)
-    handles = []
-    for name, m in model.named_modules():
-        if not isinstance(m, (nn.Conv2d, nn.Linear, AttentionCore)):
-            continue
-        owner = next((u for u in by_len if name == u or name.startswith(u + ".")), None)
-        if owner is None:
-            raise ValueError(f"module {name} lies in no unit of {units}")
-
-        def hook(m: nn.Module, inp: tuple, out: torch.Tensor, owner: str = owner) -> None:
-            totals[owner] += _leaf_macs(m, inp, out)
-
-        handles.append(m.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for h in handles:
-            h.remove()
-    return totals
+    """Multiply-adds per unit of one image's full forward pass: the MAC counter
+    (:func:`cachenet.toolchain.models.flops.macs_by_unit`) over the denoiser's units."""
+    return macs_by_unit(model, units, run)

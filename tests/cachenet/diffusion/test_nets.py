@@ -22,7 +22,10 @@ def test_noise_prediction_has_the_image_shape_and_units_cover_every_mac(arch):
     assert all(v >= 0 for v in macs.values()) and sum(macs.values()) > 0
 
 
-def test_unit_macs_add_up_to_the_convolutions_and_linears_plus_attention():
+def test_one_counter_counts_units_the_whole_net_and_attention_alike():
+    from cachenet.diffusion.nets.layers import AttentionCore
+    from cachenet.toolchain.models.flops import macs_by_unit
+
     model = tiny_models()["unet"]
 
     class Wrapped(torch.nn.Module):
@@ -34,11 +37,14 @@ def test_unit_macs_add_up_to_the_convolutions_and_linears_plus_attention():
             z = torch.zeros(len(x), dtype=torch.long)
             return self.net(x, z, z)
 
-    dense = count_macs(Wrapped(), model.image_shape)
+    wrapped = Wrapped()
     macs = model.unit_macs()
-    attention = sum(macs.values()) - dense
+    assert count_macs(wrapped, model.image_shape) == sum(macs.values())
+    cores = [n for n, m in wrapped.named_modules() if isinstance(m, AttentionCore)]
+    by = macs_by_unit(wrapped, ["", *cores],
+                      lambda: wrapped(torch.zeros(1, *model.image_shape)))
     # attention at 8x8 (64 tokens, 32 channels): one going down, two going up, the middle's
-    assert attention == 4 * (2 * 64 * 64 * 32)
+    assert len(cores) == 4 and sum(by[c] for c in cores) == 4 * (2 * 64 * 64 * 32)
 
 
 def test_a_checkpoint_round_trips(tmp_path):
