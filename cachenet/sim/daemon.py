@@ -2,11 +2,14 @@
 
 Each child runs ``python -m MODULE ... --ready-file F`` in its own session and
 writes ``F`` (JSON: its port or endpoint, its pid) once it serves; callers wait
-on that file, not on the clock. Used by the demo, the benchmarks and the tests.
+on that file, not on the clock. :mod:`cachenet.sim.fleet` starts a whole fleet of
+them (the cloud, the WAN, the agents); the tests and the benchmarks start single
+daemons with this.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -61,4 +64,12 @@ class Process:
                 self.proc.wait()
             except ProcessLookupError:
                 pass
+        return self.proc.returncode
+
+    def kill(self) -> int:
+        """SIGKILL the process group at once, as a crash would; the exit status."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # gone already
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
         return self.proc.returncode
