@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import logging
 import signal
-import tempfile
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from cachenet.exceptions import CachenetError
-from cachenet.sim.daemon import Process
+from cachenet.sim.fleet import Fleet, FleetConfig
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +118,7 @@ def run_demo(*, rtt_ms: float = 40.0, requests: int = 400, mean_run: float = 20.
     """Run the demo; returns the results keyed by system (see module docstring). With
     ``bundle`` (a digits bundle), the demo runs it instead of building its own."""
     from cachenet.sim.stream import class_run_stream
-    from cachenet.sim.wan import LinkProfile, ProxyThread
+    from cachenet.sim.wan import LinkProfile
     from cachenet.toolchain.data import default_cache_dir, load_splits
 
     cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
@@ -131,20 +129,10 @@ def run_demo(*, rtt_ms: float = 40.0, requests: int = 400, mean_run: float = 20.
     idx = class_run_stream(splits.test.y, requests, mean_run=mean_run, seed=seed)
     x, y = splits.test.x[idx], splits.test.y[idx]
     deadline = deadline_ms if deadline_ms is not None else max(250.0, 4 * rtt_ms)
-    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="cachenet-demo-") as tmp:
-        work = Path(tmp)
-        cloud = Process("cloud_server", ["--bundle", str(bundle), "--port", "0"], work)
-        stack.callback(cloud.stop)
-        cloud_port = cloud.wait_ready()["port"]
-        proxy = stack.enter_context(ProxyThread(("127.0.0.1", cloud_port),
-                                                LinkProfile.from_rtt(rtt_ms)))
-        edge = Process("edge_agent", ["--bundle", str(bundle), "--bind", "tcp://127.0.0.1:0",
-                                      "--cloud", f"127.0.0.1:{proxy.port}",
-                                      "--deadline-ms", str(deadline),
-                                      "--spool-dir", str(work / "spool")], work)
-        stack.callback(edge.stop)
-        endpoint = edge.wait_ready()["endpoint"]
-        runs = {name: run_stream(endpoint, x, policy=policy, timeout=deadline / 1e3 + 5)
+    config = FleetConfig(bundle, link=LinkProfile.from_rtt(rtt_ms), deadline_ms=deadline)
+    with Fleet(config) as fleet:
+        runs = {name: run_stream(fleet.agents[0].endpoint, x, policy=policy,
+                                 timeout=deadline / 1e3 + 5)
                 for name, policy in SYSTEMS.items()}
     # The full model's answers: the cloud-only run, where the cloud did answer.
     full = runs["cloud_only"].labels

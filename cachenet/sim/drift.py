@@ -20,14 +20,13 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cachenet.exceptions import CachenetError
-from cachenet.sim.daemon import Process
+from cachenet.sim.fleet import Fleet, FleetConfig
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +115,10 @@ def run_drift_demo(*, rtt_ms: float = 40.0, after: int = 300, max_wait_s: float 
     ``bundle`` (a digits bundle), it runs that instead of building its own;
     ``partition_trainer`` is how the cloud makes partition models
     (:data:`cachenet.fleet.partition.TRAINERS`)."""
-    from cachenet.protocol.client import CloudClient
     from cachenet.sim.demo import digits_bundle
-    from cachenet.sim.wan import LinkProfile, ProxyThread
+    from cachenet.sim.wan import LinkProfile
     from cachenet.toolchain.data import default_cache_dir, load_splits
     from cloud_server.server import SPECIALIZER_HEALTH
-    from edge_agent.client import EdgeClient
 
     cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
     started = time.monotonic()
@@ -129,39 +126,30 @@ def run_drift_demo(*, rtt_ms: float = 40.0, after: int = 300, max_wait_s: float 
               else ensure_drift_bundle(cache_dir, progress=progress))
     splits = load_splits("digits", seed=0)
     deadline = max(250.0, 4 * rtt_ms)
-    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="cachenet-drift-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="cachenet-drift-") as tmp:
         work = Path(tmp)
-        cloud = Process("cloud_server", [
-            "--bundle", str(bundle), "--port", "0", "--store", str(work / "store"),
-            "--specialize", "--specialize-interval", "3", "--report-interval", "1",
-            "--target", str(DRIFT_TARGET), "--escalation-trigger", "0.05",
-            "--partition-trainer", partition_trainer], work)
-        stack.callback(cloud.stop)
-        port = cloud.wait_ready()["port"]
-        with CloudClient(f"127.0.0.1:{port}") as direct:  # the specialiser labels its data
-            direct.wait_serving(SPECIALIZER_HEALTH, timeout=120)
-        proxy = stack.enter_context(ProxyThread(("127.0.0.1", port),
-                                                LinkProfile.from_rtt(rtt_ms)))
-        edge = Process("edge_agent", [
-            "--bundle", str(bundle), "--bind", "tcp://127.0.0.1:0", "--agent-id", "camera-1",
-            "--cloud", f"127.0.0.1:{proxy.port}", "--deadline-ms", str(deadline),
-            "--spool-dir", str(work / "spool")], work)
-        stack.callback(edge.stop)
-        client = stack.enter_context(EdgeClient(edge.wait_ready()["endpoint"]))
-        results = []
-        for n, classes in enumerate(phases):
-            px, py = _phase_stream(splits.test.x, splits.test.y, classes)
-            results.append(run_phase(client, px, py, classes, after=after,
-                                     max_wait_s=max_wait_s, timeout=deadline / 1e3 + 5,
-                                     seed=seed + n))
-        final = client.stats()
+        config = FleetConfig(
+            bundle, link=LinkProfile.from_rtt(rtt_ms), deadline_ms=deadline, workdir=work,
+            agent_ids=("camera-1",), cloud_args=(
+                "--store", str(work / "store"), "--specialize", "--specialize-interval", "3",
+                "--report-interval", "1", "--target", str(DRIFT_TARGET),
+                "--escalation-trigger", "0.05", "--partition-trainer", partition_trainer),
+            wait_for=(SPECIALIZER_HEALTH,))  # the specialiser labels its data first
+        with Fleet(config) as fleet, fleet.agents[0].client() as client:
+            results = []
+            for n, classes in enumerate(phases):
+                px, py = _phase_stream(splits.test.x, splits.test.y, classes)
+                results.append(run_phase(client, px, py, classes, after=after,
+                                         max_wait_s=max_wait_s, timeout=deadline / 1e3 + 5,
+                                         seed=seed + n))
+            final = client.stats()
+            logs = [fleet.cloud.log_path, fleet.agents[0].process.log_path]
         pushes = final["control"]  # every push, refused on arrival or not
         audit = final.get("audit") or {}
-        if keep_logs is not None:
+        if keep_logs is not None:  # the processes have stopped: their logs are complete
             keep_logs.mkdir(parents=True, exist_ok=True)
-            stack.close()
-            for proc in (cloud, edge):
-                (keep_logs / proc.log_path.name).write_bytes(proc.log_path.read_bytes())
+            for path in logs:
+                (keep_logs / path.name).write_bytes(path.read_bytes())
     return {"scenario": "drift", "rtt_ms": rtt_ms, "target": DRIFT_TARGET, "phases": results,
             "pushes_applied": pushes["applied"], "pushes_rejected": pushes["rejected"],
             "failed_requests": sum(p["failed"] for p in results),
