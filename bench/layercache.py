@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Layer caches, measured: Freeze Inference's measurement reproduced, each kind and all
 together on ``iid``, ``runs50`` and ``video``, and the cloud's throughput with and without.
 
@@ -27,7 +26,7 @@ For each full model (our ResNet-20 from ``--bundle``, and the ResNet-18 of
    caches (:func:`cloud_server.layered.layered_runner`) against without
    (:func:`cloud_server.model.torch_runner`), alternated in one run.
 
-    python bench/layercache.py --bundle bundles/cifar [--quick] [--device cuda]
+    python -m bench.layercache --bundle bundles/cifar [--quick] [--device cuda]
 
 Results: ``bench/results/layercache.json``, ``layercache.md``, and plots.
 """
@@ -44,10 +43,9 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.layercache_report import write_report  # noqa: E402
+from bench import provenance
+from bench.layercache_report import write_report
+from bench.provenance import ROOT
 
 KIND_SETS = {"akey": ("akey",), "knn": ("knn",), "learned": ("learned",),
              "all": ("akey", "knn", "learned")}
@@ -365,20 +363,17 @@ def load_models(args: argparse.Namespace) -> dict[str, Any]:
     return models
 
 
-def throughput_only(args: argparse.Namespace) -> int:
+def throughput_only(args: argparse.Namespace, argv: list[str] | None) -> int:
     from threadpoolctl import threadpool_limits
-
-    from bench.suite import machine
 
     threadpool_limits(1, user_api="blas")
     with np.load(args.frames) as f:
         fleet = f["frames"].astype(np.float32) / 255.0
     rows = [r for b in args.throughput_only for r in bundle_throughput(b, fleet, args.device,
                                                                        args.batch)]
-    out = {"rows": rows, "machine": machine(), "frames": str(args.frames),
-           "command": "python bench/layercache.py " + " ".join(sys.argv[1:])}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "layercache-throughput.json").write_text(json.dumps(out, indent=1) + "\n")
+    provenance.write(args.out / "layercache-throughput.json",
+                     {"rows": rows, "frames": str(args.frames)},
+                     provenance.provenance("bench.layercache", argv))
     return 0
 
 
@@ -410,8 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=Path, help="frames written by --export-frames")
     p.add_argument("--batch", type=int, nargs="+", default=[32])
     args = p.parse_args(argv)
+    provenance.start()
     if args.throughput_only:
-        return throughput_only(args)
+        return throughput_only(args, argv)
     if args.bundle is None:
         p.error("--bundle is required")
     if args.quick:
@@ -421,7 +417,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from threadpoolctl import threadpool_limits
 
-    from bench.suite import machine
     from cachenet.core.bundle import verify_bundle
     from cachenet.toolchain.data import load_splits
 
@@ -433,19 +428,16 @@ def main(argv: list[str] | None = None) -> int:
         return export_frames(args, splits)
     results = {name: measure_model(name, model, splits, args)
                for name, model in load_models(args).items()}
-    out = {"models": results, "machine": machine(), "requests": args.requests,
-           "fit": args.fit, "seed": args.seed, "device": args.device,
-           "wall_s": round(time.monotonic() - started, 1),
-           "command": "python bench/layercache.py " + " ".join(sys.argv[1:] if argv is None
-                                                               else argv)}
+    stamp = provenance.provenance("bench.layercache", argv)
+    out = {"models": results, "requests": args.requests, "fit": args.fit, "seed": args.seed,
+           "device": args.device, "wall_s": round(time.monotonic() - started, 1)}
     for m in results.values():
-        m["command"], m["device"] = out["command"], args.device
-    args.out.mkdir(parents=True, exist_ok=True)
+        m["provenance"], m["device"] = stamp, args.device
     previous = args.out / "layercache.json"
-    if previous.exists():  # models measured by an earlier command stay, with their command
+    if previous.exists():  # models measured by an earlier command stay, with their provenance
         kept = json.loads(previous.read_text()).get("models", {})
         out["models"] = {**{k: v for k, v in kept.items() if k not in results}, **results}
-    (args.out / "layercache.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
+    out = provenance.write(args.out / "layercache.json", out, stamp, default=float)
     write_report(out, args.out)
     print(f"wrote {args.out}/layercache.json and layercache.md in {out['wall_s']} s")
     return 0

@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.provenance import command_of, machine_of
+
 GOALS = {"iid_half_macs": 0.50, "agreement": 0.99, "video_first_half": 0.85,
          "throughput": 1.5, "lookup_share": 0.10, "wan_speedup": 10.0,
          "wan_accuracy_points": 1.0}
@@ -133,15 +135,19 @@ def _plots(result: dict[str, Any], out: Path) -> list[str]:
 def write_report(result: dict[str, Any], out: Path) -> None:
     wan_file = out / "layercache-wan.json"
     wan = json.loads(wan_file.read_text()) if wan_file.exists() else None
-    lines = ["# Layer caches", "", f"Command: `{result['command']}`, on "
-             f"{result['machine']['cpus']} CPUs ({result['machine']['platform']}), GPU "
-             f"{result['machine']['gpu']}, device {result['device']}; {result['requests']} "
+    machine = machine_of(result)
+    commit = (result.get("provenance") or {}).get("commit") or "unknown"
+    lines = ["# Layer caches", "", f"Command: `{command_of(result)}` at commit {commit}, on "
+             f"{machine.get('cpus')} CPUs ({machine.get('platform')}), GPU "
+             f"{machine.get('gpu')}, device {result['device']}; {result['requests']} "
              f"requests per trace, caches fitted on {result['fit']} training images; "
              f"{result['wall_s']} s.", "", "## Goals", ""]
     lines += _goals(result["models"], wan)
     for name, m in result["models"].items():
         pot = m["oracle_potential"]["test_iid"]
-        lines += ["", f"## {name}", "", f"Command: `{m.get('command', result['command'])}` "
+        measured_by = command_of(m) if m.get("provenance") or m.get("command") \
+            else command_of(result)  # each model keeps the command that measured it
+        lines += ["", f"## {name}", "", f"Command: `{measured_by}` "
                   f"(device {m.get('device', result['device'])}, {m.get('seconds', '?')} s).",
                   "", f"{len(m['site_names'])} sites; full model {m['full_macs'] / 1e6:.1f} M MACs "
                   f"per input ({m['views']} view(s)); half of it is reached at site "
@@ -169,7 +175,7 @@ def write_report(result: dict[str, Any], out: Path) -> None:
         lines += ["", f"![sites](layercache-sites-{name}.png) "
                   f"![frontier](layercache-frontier-{name}.png)"]
     if wan:
-        lines += ["", "## Video at 4g, end to end", "", f"Command: `{wan['command']}`.", "",
+        lines += ["", "## Video at 4g, end to end", "", f"Command: `{command_of(wan)}`.", "",
                   "| system | mean ms | p50 ms | p95 ms | accuracy | escalated | answered by "
                   "edge layer caches |", "|---|---|---|---|---|---|---|"]
         for system, r in wan["rows"].items():
@@ -180,8 +186,8 @@ def write_report(result: dict[str, Any], out: Path) -> None:
     if gpu_file.exists():
         gpu = json.loads(gpu_file.read_text())
         lines += ["", "## Cloud throughput, bundles as `cachenet-cloud --layer-cache` loads them",
-                  "", f"Command: `{gpu['command']}`, GPU {gpu['machine']['gpu']}, "
-                  f"{gpu['machine']['cpus']} CPUs; frames: a fleet of cameras "
+                  "", f"Command: `{command_of(gpu)}`, GPU {machine_of(gpu).get('gpu')}, "
+                  f"{machine_of(gpu).get('cpus')} CPUs; frames: a fleet of cameras "
                   "(`--export-frames`), one frame of each camera per batch.", "",
                   "| bundle | full model | device | batch | frames/s without | with | ratio | "
                   "answered by caches |", "|---|---|---|---|---|---|---|---|"]

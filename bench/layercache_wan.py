@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """The ``video`` trace end to end at 4g: cloud_only, cachenet and cachenet_layercache.
 
 Real daemons on loopback, the WAN proxy between agent and cloud (the suite's
@@ -14,32 +13,29 @@ ZeroMQ API as an application sends them:
 
 Each system gets a fresh agent (its tables start as the bundle ships them).
 
-    python bench/layercache_wan.py --bundle bundles/cifar --layered bundles/cifar-layered
+    python -m bench.layercache_wan --bundle bundles/cifar --layered bundles/cifar-layered
 
-Writes ``layercache-wan.json`` beside ``layercache.json``; ``bench/layercache.py``
+Writes ``layercache-wan.json`` beside ``layercache.json``; ``python -m bench.layercache``
 puts it in the report.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.suite import NETWORKS  # noqa: E402
-from bench.traces import make_trace, trace_inputs  # noqa: E402
-from cachenet.sim.daemon import Process  # noqa: E402
-from cachenet.sim.wan import ProxyThread  # noqa: E402
+from bench import provenance
+from bench.layered import AGENT_ARGS, AGENT_ENV
+from bench.provenance import ROOT
+from bench.suite import NETWORKS
+from bench.traces import make_trace, trace_inputs
+from cachenet.sim.fleet import Fleet, FleetConfig
 
 DEADLINE_MS = 2000
 
@@ -70,27 +66,16 @@ def summary(run: dict[str, np.ndarray], y: np.ndarray) -> dict[str, Any]:
 
 def run_wan(bundle: Path, layered: Path, x: np.ndarray, y: np.ndarray, warm: np.ndarray,
             network: str) -> dict[str, Any]:
-    from edge_agent.client import EdgeClient
-
     rows = {}
     systems = (("cloud_only", bundle, "cloud", ()), ("cachenet", bundle, "auto", ()),
                ("cachenet_layercache", layered, "auto", ("--layer-cache",)))
     with tempfile.TemporaryDirectory(prefix="cachenet-lc-wan-") as tmp:
-        work = Path(tmp)
         for system, b, policy, flags in systems:
-            with ExitStack() as stack:
-                cloud = Process("cloud_server", ["--bundle", str(b), "--port", "0",
-                                                 "--log-level", "WARNING", *flags], work)
-                stack.callback(cloud.stop)
-                proxy = stack.enter_context(ProxyThread(
-                    ("127.0.0.1", cloud.wait_ready()["port"]), NETWORKS[network]))
-                edge = Process("edge_agent", ["--bundle", str(b), "--bind", "tcp://127.0.0.1:0",
-                                              "--cloud", f"127.0.0.1:{proxy.port}",
-                                              "--deadline-ms", str(DEADLINE_MS),
-                                              "--log-level", "WARNING", "--no-spool"], work,
-                               env={"OMP_NUM_THREADS": "1"})
-                stack.callback(edge.stop)
-                client = stack.enter_context(EdgeClient(edge.wait_ready()["endpoint"]))
+            config = FleetConfig(b, link=NETWORKS[network], workdir=Path(tmp), name=system,
+                                 cloud_args=("--log-level", "WARNING", *flags),
+                                 deadline_ms=DEADLINE_MS, agent_args=AGENT_ARGS,
+                                 agent_env=AGENT_ENV)
+            with Fleet(config) as fleet, fleet.agents[0].client() as client:
                 for frame in warm:  # connections and sessions; never seen again
                     client.infer(frame, policy="cloud", timeout=30)
                 rows[system] = summary(stream(client, x, policy), y)
@@ -109,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
+    provenance.start()
     if not Path(args.dataset).exists():
         print(f"skipped: data set {args.dataset} not found", file=sys.stderr)
         return 0
@@ -121,10 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     x, y = trace_inputs("video", splits.test.x, idx, args.seed), splits.test.y[idx]
     warm = splits.calib.x[:5]
     result = run_wan(args.bundle, args.layered, x, y, warm, args.network)
-    result["command"] = "python bench/layercache_wan.py " + " ".join(
-        sys.argv[1:] if argv is None else argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "layercache-wan.json").write_text(json.dumps(result, indent=1) + "\n")
+    provenance.write(args.out / "layercache-wan.json", result,
+                     provenance.provenance("bench.layercache_wan", argv))
     return 0
 
 

@@ -22,15 +22,14 @@ from __future__ import annotations
 import collections
 import re
 import time
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.layered import fresh_agent
-from cachenet.sim.daemon import Process
-from cachenet.sim.wan import LinkProfile, ProxyThread
+from bench.layered import AGENT_ARGS, AGENT_ENV
+from cachenet.sim.fleet import Agent, Fleet, FleetConfig
 
 #: The specialiser's log lines for a check's outcome and for a partition model trained.
 CHECK_LINE = re.compile(r"specialisation check for \S+: (\w+)")
@@ -41,46 +40,42 @@ REPORT_INTERVAL_S = 1
 
 
 class SpecializingCloud:
+    """The specialising cloud behind its own WAN (a :class:`~cachenet.sim.fleet.Fleet`
+    with no agent of its own: each run starts a fresh one), entered on ``stack``."""
+
     def __init__(self, stack: ExitStack, *, bundle: Path, dataset: str, work: Path,
                  library: Path, deadline_ms: float) -> None:
         from cachenet.core.bundle import verify_bundle
-        from cachenet.protocol.client import CloudClient
         from cloud_server.server import SPECIALIZER_HEALTH
 
-        self.bundle, self.work, self.deadline_ms = bundle, work, deadline_ms
         # Specialise at the agreement target the general model was calibrated to (a
         # bundle calibrated to an escalation budget has none: the default, 0.99).
         cal = verify_bundle(bundle).gate.get("calibration", {})
         target = cal.get("target", 0.99) if cal.get("mode") == "agreement" else 0.99
-        self.cloud = Process("cloud_server", [
-            "--target", str(target),
-            "--bundle", str(bundle), "--port", "0", "--store", str(work / "store"),
-            "--library", str(library), "--specialize", "--replay", dataset,
-            "--specialize-interval", str(CHECK_INTERVAL_S),
-            "--report-interval", str(REPORT_INTERVAL_S), "--log-level", "INFO"],
-            work, tag="-specializing", nice=10)
-        stack.callback(self.cloud.stop)
-        port = self.cloud.wait_ready()["port"]
-        with CloudClient(f"127.0.0.1:{port}") as direct:  # it labels its replay data first
-            direct.wait_serving(SPECIALIZER_HEALTH, timeout=600)
-        self.proxy = stack.enter_context(ProxyThread(("127.0.0.1", port), LinkProfile()))
-
-    def configure(self, profile: LinkProfile) -> None:
-        self.proxy.configure(profile)
+        self.fleet = stack.enter_context(Fleet(FleetConfig(
+            bundle, agents=0, workdir=work, name="specializing", cloud_nice=10,
+            cloud_args=("--target", str(target), "--store", str(work / "store"),
+                        "--library", str(library), "--specialize", "--replay", dataset,
+                        "--specialize-interval", str(CHECK_INTERVAL_S),
+                        "--report-interval", str(REPORT_INTERVAL_S), "--log-level", "INFO"),
+            # It labels its replay data before it specialises: minutes for a large model.
+            wait_for=(SPECIALIZER_HEALTH,), ready_timeout_s=600,
+            deadline_ms=deadline_ms, agent_args=AGENT_ARGS, agent_env=AGENT_ENV)))
 
     def finish(self, out: Path) -> dict[str, Any]:
         """Stop the cloud, keep its log in ``out``, and count what its specialiser did."""
-        self.cloud.stop()
-        text = self.cloud.log_path.read_text(errors="replace")
+        self.fleet.stop_cloud()
+        assert self.fleet.cloud is not None
+        text = self.fleet.cloud.log_path.read_text(errors="replace")
         (out / "specializing-cloud.log").write_text(text)
         outcomes = collections.Counter(m.group(1) for m in CHECK_LINE.finditer(text))
         return {"checks": dict(outcomes), "partitions_trained": text.count(TRAINED),
                 "log": "specializing-cloud.log"}
 
-    def agent(self, agent_id: str):
-        """A fresh agent of this cloud: (its client, its psutil process)."""
-        return fresh_agent(self.bundle, self.proxy.port, self.work, agent_id,
-                           self.deadline_ms, {"CACHENET_STATE_DIR": str(self.work / agent_id)})
+    def agent(self, agent_id: str) -> AbstractContextManager[Agent]:
+        """A fresh agent of this cloud, with a state directory of its own, for a ``with``
+        block (an :class:`~cachenet.sim.fleet.Agent`)."""
+        return self.fleet.agent(agent_id)
 
 
 def pushes(stats: dict[str, Any]) -> dict[str, int]:

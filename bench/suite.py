@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """The benchmark suite: systems compared on the same traces, through the emulated WAN.
 
 One cloud server and one edge agent run as processes on loopback with the WAN
@@ -26,7 +25,7 @@ API, one at a time, as an application would:
 Results go to ``bench/results/``: ``summary.json`` (one row per stream, network
 and system), ``report.md``, PNG plots, and the traces as ``traces/*.npz``.
 
-    python bench/suite.py --bundle bundles/cifar [--quick]
+    python -m bench.suite --bundle bundles/cifar [--quick]
 
 The data set is ``../shared/data/cifar10-jpg.zip`` unless ``--dataset`` says
 otherwise; without it the suite says so and exits.
@@ -37,7 +36,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import platform
 import sys
 import tempfile
 import time
@@ -47,14 +45,13 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.layered import LayeredCloud, fresh_agent  # noqa: E402
-from bench.specializing import SpecializingCloud, oracle_answer, pushes  # noqa: E402
-from bench.traces import TRACES, make_trace, save_trace, trace_inputs  # noqa: E402
-from cachenet.sim.daemon import Process  # noqa: E402
-from cachenet.sim.wan import LinkProfile, ProxyThread  # noqa: E402
+from bench import provenance
+from bench.layered import AGENT_ARGS, AGENT_ENV, layered_fleet
+from bench.provenance import ROOT
+from bench.specializing import SpecializingCloud, oracle_answer, pushes
+from bench.traces import TRACES, make_trace, save_trace, trace_inputs
+from cachenet.sim.fleet import Fleet, FleetConfig
+from cachenet.sim.wan import LinkProfile
 
 NETWORKS: dict[str, LinkProfile] = {
     "lan": LinkProfile.from_rtt(2.0),
@@ -174,19 +171,6 @@ def audit_figures(stats: dict[str, Any], n: int) -> dict[str, Any]:
             **{f"step_{k}": v / n for k, v in sorted(steps.items())}}
 
 
-def machine() -> dict[str, Any]:
-    import grpc
-    import onnxruntime
-    import psutil
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"platform": platform.platform(), "python": platform.python_version(), "gpu": gpu,
-            "cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "grpcio": grpc.__version__}
-
-
 def labels_for(bundle: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(general cache model's logits, full model's labels) on ``x``, as agent and cloud
     compute them."""
@@ -217,11 +201,8 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
               networks: tuple[str, ...], requests: int, seed: int, micro: dict | None,
               library: Path, layered_bundle: Path | None = None,
               specialize: bool = True) -> dict[str, Any]:
-    import psutil
-
     from cachenet.core.bundle import verify_bundle
     from cachenet.toolchain.data import load_splits
-    from edge_agent.client import EdgeClient
 
     manifest = verify_bundle(bundle)
     splits = load_splits(dataset, seed=int(manifest.data["dataset"]["seed"]))
@@ -234,23 +215,19 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
         specializing = (SpecializingCloud(stack, bundle=bundle, dataset=dataset, work=work,
                                           library=library, deadline_ms=DEADLINE_MS)
                         if specialize else None)
-        layered = (LayeredCloud(stack, bundle=layered_bundle, work=work,
-                                deadline_ms=DEADLINE_MS) if layered_bundle else None)
+        layered = (stack.enter_context(layered_fleet(layered_bundle, work, DEADLINE_MS))
+                   if layered_bundle else None)
         systems = tuple(s for s in SYSTEMS if specialize or s != "cachenet_specialized")
         systems += (LAYERED,) if layered else ()
-        cloud = Process("cloud_server", ["--bundle", str(bundle), "--port", "0",
-                                         "--log-level", "WARNING"], work)
-        stack.callback(cloud.stop)
-        proxy = stack.enter_context(ProxyThread(("127.0.0.1", cloud.wait_ready()["port"]),
-                                                LinkProfile()))
-        edge = Process("edge_agent", ["--bundle", str(bundle), "--bind", "tcp://127.0.0.1:0",
-                                      "--cloud", f"127.0.0.1:{proxy.port}", "--deadline-ms",
-                                      str(DEADLINE_MS), "--log-level", "WARNING",
-                                      "--no-spool"], work,
-                       env={"OMP_NUM_THREADS": "1"})
-        stack.callback(edge.stop)
-        client = stack.enter_context(EdgeClient(edge.wait_ready()["endpoint"]))
-        agent_proc = psutil.Process(edge.proc.pid)
+        fleet = stack.enter_context(Fleet(FleetConfig(
+            bundle, workdir=work, cloud_args=("--log-level", "WARNING"),
+            deadline_ms=DEADLINE_MS, agent_args=AGENT_ARGS, agent_env=AGENT_ENV)))
+        proxy = fleet.proxy
+        client = stack.enter_context(fleet.agents[0].client())
+        agent_proc = fleet.agents[0].psutil()
+        # Every WAN of the run (each cloud has its own), set to the same network.
+        fleets = [fleet, *([specializing.fleet] if specializing else []),
+                  *([layered] if layered else [])]
         for name in traces:
             idx = make_trace(name, splits.test.y, requests, seed=seed)
             save_trace(out / "traces" / f"{name}.npz", name, idx, splits.test.y, seed)
@@ -258,17 +235,16 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
             cache_logits, full_lab = labels_for(bundle, x)
             offline[name] = {"cache_logits": cache_logits, "full_labels": full_lab, "y": y}
             for net in networks:
-                proxy.configure(NETWORKS[net])
-                if specializing is not None:
-                    specializing.configure(NETWORKS[net])
-                if layered:
-                    layered.configure(NETWORKS[net])
+                for f in fleets:
+                    f.configure(NETWORKS[net])
                 for i in range(5):  # warm-up: connections, sessions
                     client.infer(x[i], policy="cloud", timeout=10)
                 for system in systems:
                     extra: dict[str, Any] = {}
                     if system == LAYERED:
-                        with layered.agent(f"{system}-{name}-{net}") as (own, proc):
+                        with layered.agent(f"{system}-{name}-{net}") as agent, \
+                                agent.client() as own:
+                            proc = agent.psutil()
                             warm_up(own, x[0])
                             run, up, down, cpu = measure(own, proc, layered.proxy, x, system,
                                                          full_lab)
@@ -279,17 +255,20 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
                                                               run["answered_by"]]))}
                         extra |= audit_figures(stats, len(x))
                     elif system in SPECIALIZING and specializing is not None:
-                        with specializing.agent(f"{system}-{name}-{net}") as (own, proc):
+                        with specializing.agent(f"{system}-{name}-{net}") as agent, \
+                                agent.client() as own:
+                            proc = agent.psutil()
                             warm_up(own, x[0])
-                            run, up, down, cpu = measure(own, proc, specializing.proxy, x,
+                            run, up, down, cpu = measure(own, proc, specializing.fleet.proxy, x,
                                                          system, full_lab)
                             wait_audits(own)
                             stats = own.stats()
                             extra = (pushes(stats) | audit_figures(stats, len(x))
                                      | first_push(run))
                     elif system in ("cachenet", "oracle"):  # a fresh agent: the run's prior, audit
-                        with fresh_agent(bundle, proxy.port, work, f"{system}-{name}-{net}",
-                                         DEADLINE_MS) as (own, proc):
+                        with fleet.agent(f"{system}-{name}-{net}") as agent, \
+                                agent.client() as own:
+                            proc = agent.psutil()
                             warm_up(own, x[0])
                             run, up, down, cpu = measure(own, proc, proxy, x, system, full_lab)
                             wait_audits(own)
@@ -310,8 +289,7 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
         specialization = specializing.finish(out) if specializing is not None else None
     return {"rows": rows, "latencies": latencies, "offline": offline, "micro": micro,
             "specialization": specialization,
-            "gate_score": manifest.gate["score"],
-            "machine": machine(), "bundle": str(bundle), "dataset": dataset,
+            "gate_score": manifest.gate["score"], "bundle": str(bundle), "dataset": dataset,
             "requests": requests, "seed": seed}
 
 
@@ -338,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the specialising cloud's partition-model library, kept between "
                         "runs (default: under the cache directory, per bundle version)")
     args = p.parse_args(argv)
+    provenance.start()
     if args.dataset != "digits" and not Path(args.dataset).exists():
         print(f"skipped: data set {args.dataset} not found (the suite needs CIFAR-10 from "
               "../shared/data, or --dataset)", file=sys.stderr)
@@ -373,8 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                        library=library, layered_bundle=args.layered_bundle,
                        specialize=not args.no_specialize)
     result["wall_s"] = round(time.monotonic() - started, 1)
-    result["command"] = "python bench/suite.py " + " ".join(sys.argv[1:] if argv is None
-                                                            else argv)
+    result["provenance"] = provenance.provenance("bench.suite", argv)
     write_outputs(result, args.out, quick=args.quick)
     print(f"wrote {args.out} in {result['wall_s']} s")
     return 0

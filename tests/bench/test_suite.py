@@ -38,7 +38,10 @@ def test_quick_suite_on_digits_writes_rows_report_and_plots(digits_bundle, layer
                  "--requests", "40", "--no-micro", "--out", str(tmp_path),
                  "--library", str(tmp_path / "library"),
                  "--layered-bundle", str(layered_bundle)]) == 0
-    rows = json.loads((tmp_path / "summary.json").read_text())
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["provenance"]["command"].startswith("python -m bench.suite --bundle ")
+    assert summary["provenance"]["machine"]["cpus"] >= 1
+    rows = summary["rows"]
     assert len(rows) == 2 * 2 * 7  # traces x networks x systems, every one run
     by = {(r["stream"], r["network"], r["system"]): r for r in rows}
     for stream in ("runs50", "iid"):
@@ -63,6 +66,7 @@ def test_quick_suite_on_digits_writes_rows_report_and_plots(digits_bundle, layer
             assert cachenet["class_changes"] >= (1 if stream == "runs50" else 0)
     assert by["runs50", "4g", "cloud_only"]["p50_ms"] >= 50.0  # crossed the 50 ms WAN
     report = (tmp_path / "report.md").read_text()
+    assert "    python -m bench.suite --bundle" in report and "Commit: " in report
     assert "## What the specialising cloud did" in report
     assert "specialisation ready" in (tmp_path / "specializing-cloud.log").read_text()
     assert "## Headline: runs50 at 4g" in report and "cachenet_specialized" in report
