@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Twenty pushes under load, ten of them hostile, to an agent that pins the fleet's key.
 
 A real cloud serves the full model; a :class:`~cachenet.sim.hostile.HostileFront`
@@ -17,7 +16,7 @@ the reason it was refused); hostile bundles applied (must be 0); good ones appli
 (must be 10); whether the agent is still subscribed at the end; and the versions
 that answered requests (no hostile version may appear).
 
-    python bench/pushes.py --bundle bundles/digits
+    python -m bench.pushes --bundle bundles/digits
 
 Results: ``bench/results/pushes.json``.
 """
@@ -26,25 +25,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from cachenet.core.bundle import repack  # noqa: E402
-from cachenet.core.signing import generate_keys, load_private_key, sign_bundle  # noqa: E402
-from cachenet.protocol.push import iter_push  # noqa: E402
-from cachenet.protocol.v1 import control_pb2 as pb  # noqa: E402
-from cachenet.sim import hostile as h  # noqa: E402
-from cachenet.sim.daemon import Process  # noqa: E402
-from cachenet.sim.load import Load  # noqa: E402
-from cachenet.toolchain.data import load_splits  # noqa: E402
-from edge_agent.client import EdgeClient  # noqa: E402
+from bench import provenance
+from bench.provenance import ROOT
+from cachenet.core.bundle import repack
+from cachenet.core.signing import generate_keys, load_private_key, sign_bundle
+from cachenet.protocol.push import iter_push
+from cachenet.protocol.v1 import control_pb2 as pb
+from cachenet.sim import hostile as h
+from cachenet.sim.fleet import Fleet, FleetConfig
+from cachenet.sim.load import Load
+from cachenet.toolchain.data import load_splits
 
 
 def oversize(bundle: Path, push_id: str, key) -> list[pb.PushMessage]:
@@ -105,73 +101,47 @@ def hostile_pushes(bundle: Path, fleet, other) -> list[tuple[str, str, Callable[
     ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, required=True)
     ap.add_argument("--dataset", default="digits")
     ap.add_argument("--gap", type=float, default=2.0, help="seconds between pushes")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pushes.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    provenance.start()
     x = load_splits(args.dataset).test.x
     tmp = Path(tempfile.mkdtemp(prefix="pushes-"))
     private, public = generate_keys(tmp / "fleet")
     other, _ = generate_keys(tmp / "other")
-    fleet, other = load_private_key(private), load_private_key(other)
+    fleet_key, other = load_private_key(private), load_private_key(other)
     agent_bundle = repack(args.bundle, tmp / "agent-bundle").root
-    sign_bundle(agent_bundle, fleet)
+    sign_bundle(agent_bundle, fleet_key)
 
-    cloud = Process("cloud_server", ["--bundle", str(args.bundle), "--port", "0",
-                                     "--store", str(tmp / "store")], tmp)
-    cloud.wait_ready(120)
-    front = h.HostileFront(f"127.0.0.1:{cloud.info['port']}")
-    server, port = h.start_front(front)
-    agent = Process("edge_agent", [
-        "--bundle", str(agent_bundle), "--bind", "tcp://127.0.0.1:0",
-        "--cloud", f"127.0.0.1:{port}", "--agent-id", "cam-push", "--deadline-ms", "2000",
-        "--trusted-key", str(public), "--spool-dir", str(tmp / "spool")], tmp)
-    agent.wait_ready(120)
-    load = Load(agent.info["endpoint"], x, cloud_every=3)
+    # No WAN: the hostile front stands where it would, between the agent and the cloud.
+    config = FleetConfig(args.bundle, agents=0, link=None, workdir=tmp,
+                         agent_bundle=agent_bundle, deadline_ms=2000,
+                         cloud_args=("--store", str(tmp / "store")),
+                         agent_args=("--trusted-key", str(public),
+                                     "--spool-dir", str(tmp / "spool")))
     rows: list[dict] = []
-    try:
-        if not front.subscribed.wait(60):
-            raise SystemExit("the agent never subscribed")
-        load.__enter__()
-        bad = hostile_pushes(agent_bundle, fleet, other)
-        for n in range(20):
-            if n % 2 == 0:
-                good = repack(agent_bundle, tmp / f"good-{n}", fields={"name": f"good-{n}"})
-                sign_bundle(good.root, fleet)
-                kind, expected, version = "good", "", good.version
-                messages = list(iter_push(good.root, f"g-{n}"))
-            else:
-                kind, expected, make = bad[n // 2]
-                messages = make()
-                version = messages[0].header.version
-            front.pushes.put(messages)
-            deadline = time.monotonic() + 60
-            while len(front.acks) <= n and time.monotonic() < deadline:
-                time.sleep(0.05)
-            ack = front.acks[n] if len(front.acks) > n else None
-            rows.append({"push": n + 1, "kind": kind, "hostile": kind != "good",
-                         "version": version, "acked": ack is not None,
-                         "applied": bool(ack and ack.applied),
-                         "reason": ack.reason if ack else "no ack within 60 s",
-                         "expected": expected,
-                         "as_expected": bool(ack) and (ack.applied == (kind == "good"))
-                         and expected in ack.reason})
-            print(json.dumps(rows[-1]), flush=True)
-            time.sleep(args.gap)
-        with EdgeClient(agent.info["endpoint"]) as client:
-            stats = client.stats()
-    finally:
-        load.__exit__()
-        agent.stop()
-        server.stop(0)
-        front.close()
-        cloud.stop()
+    with Fleet(config) as fleet:
+        front = h.HostileFront(f"127.0.0.1:{fleet.cloud_port}")
+        server, port = h.start_front(front)
+        try:
+            agent = fleet.start_agent("cam-push", cloud=f"127.0.0.1:{port}")
+            load = Load(agent.endpoint, x, cloud_every=3)
+            if not front.subscribed.wait(60):
+                raise SystemExit("the agent never subscribed")
+            with load:
+                rows = run_pushes(front, agent_bundle, fleet_key, other, tmp, args.gap)
+                stats = agent.stats()
+            fleet.stop_agent(agent)  # before its cloud's front goes
+        finally:
+            server.stop(0)
+            front.close()
     hostile_versions = {r["version"] for r in rows if r["hostile"]}
-    out = {"command": " ".join(sys.argv), "requests": load.sent,
+    out = {"requests": load.sent,
            "sources": dict(load.sources), "failed": load.failed,
            "pushes": len(rows), "good_applied": sum(r["applied"] for r in rows
                                                     if not r["hostile"]),
@@ -183,9 +153,39 @@ def main() -> None:
            "model_version": stats["model"]["version"],
            "last_good_version": [r["version"] for r in rows if not r["hostile"]][-1],
            "control": stats.get("control"), "pushes_detail": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    out = provenance.write(args.out, out, provenance.provenance("bench.pushes", argv))
     print(json.dumps({k: v for k, v in out.items() if k != "pushes_detail"}, indent=1))
+
+
+def run_pushes(front, agent_bundle: Path, fleet, other, tmp: Path, gap: float) -> list[dict]:
+    """The 20 pushes, good and hostile in turn, each waited for (its ack) and recorded."""
+    rows: list[dict] = []
+    bad = hostile_pushes(agent_bundle, fleet, other)
+    for n in range(20):
+        if n % 2 == 0:
+            good = repack(agent_bundle, tmp / f"good-{n}", fields={"name": f"good-{n}"})
+            sign_bundle(good.root, fleet)
+            kind, expected, version = "good", "", good.version
+            messages = list(iter_push(good.root, f"g-{n}"))
+        else:
+            kind, expected, make = bad[n // 2]
+            messages = make()
+            version = messages[0].header.version
+        front.pushes.put(messages)
+        deadline = time.monotonic() + 60
+        while len(front.acks) <= n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ack = front.acks[n] if len(front.acks) > n else None
+        rows.append({"push": n + 1, "kind": kind, "hostile": kind != "good",
+                     "version": version, "acked": ack is not None,
+                     "applied": bool(ack and ack.applied),
+                     "reason": ack.reason if ack else "no ack within 60 s",
+                     "expected": expected,
+                     "as_expected": bool(ack) and (ack.applied == (kind == "good"))
+                     and expected in ack.reason})
+        print(json.dumps(rows[-1]), flush=True)
+        time.sleep(gap)
+    return rows
 
 
 if __name__ == "__main__":

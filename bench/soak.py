@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """A soak through mutual TLS: an agent escalating to the cloud for ``--minutes`` while the
 cloud pushes it a newly signed bundle every ``--push-every`` seconds; the memory (RSS) of
 both daemons sampled every 5 s.
@@ -8,7 +7,7 @@ and the agent pins the key. Reported: requests, answers by source, failures, pus
 applied, and each daemon's RSS after the warm-up (the first ``--warmup`` seconds)
 against its largest and smallest later value.
 
-    python bench/soak.py --bundle bundles/digits [--minutes 10]
+    python -m bench.soak --bundle bundles/digits [--minutes 10]
 
 Results: ``bench/results/soak.json``.
 """
@@ -25,19 +24,17 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from cachenet.core.bundle import repack  # noqa: E402
-from cachenet.core.signing import generate_keys  # noqa: E402
-from cachenet.protocol.tls import make_fleet_certs  # noqa: E402
-from cachenet.sim.daemon import Process  # noqa: E402
-from cachenet.sim.load import Load  # noqa: E402
-from cachenet.toolchain.data import load_splits  # noqa: E402
-from edge_agent.client import EdgeClient  # noqa: E402
+from bench import provenance
+from bench.provenance import ROOT
+from cachenet.core.bundle import repack
+from cachenet.core.signing import generate_keys
+from cachenet.protocol.tls import make_fleet_certs
+from cachenet.sim.fleet import Fleet, FleetConfig
+from cachenet.sim.load import Load
+from cachenet.toolchain.data import load_splits
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, required=True)
@@ -46,18 +43,25 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=60.0)
     ap.add_argument("--push-every", type=float, default=60.0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    provenance.start()
     x = load_splits(args.dataset).test.x
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
     make_fleet_certs(tmp / "certs", ["cam-soak"], ["localhost", "127.0.0.1"])
     private, public = generate_keys(tmp / "keys")
     c = tmp / "certs"
     store = tmp / "store"
-    cloud = Process("cloud_server", [
-        "--bundle", str(args.bundle), "--port", "0", "--store", str(store),
-        "--signing-key", str(private), "--tls-ca", str(c / "ca.pem"),
-        "--tls-cert", str(c / "cloud.pem"), "--tls-key", str(c / "cloud.key")], tmp)
-    cloud.wait_ready(120)
+    agent_bundle = tmp / "agent-bundle"
+    # No WAN: both links are mutual TLS straight to the cloud. The agent starts once the
+    # store holds a bundle (push(0) below).
+    config = FleetConfig(
+        args.bundle, agents=0, link=None, workdir=tmp, agent_bundle=agent_bundle,
+        deadline_ms=2000, cloud_args=(
+            "--store", str(store), "--signing-key", str(private), "--tls-ca", str(c / "ca.pem"),
+            "--tls-cert", str(c / "cloud.pem"), "--tls-key", str(c / "cloud.key")),
+        agent_args=("--trusted-key", str(public), "--spool-dir", str(tmp / "spool"),
+                    "--tls-ca", str(c / "ca.pem"), "--tls-cert", str(c / "agent-cam-soak.pem"),
+                    "--tls-key", str(c / "agent-cam-soak.key")))
 
     def push(n: int) -> None:
         b = repack(args.bundle, tmp / f"b{n}", fields={"name": f"soak-{n}"})  # a new version
@@ -65,40 +69,27 @@ def main() -> None:
                         "push", str(b.root), "--signing-key", str(private)], check=True,
                        capture_output=True)
 
-    push(0)
-    agent_bundle = tmp / "agent-bundle"
-    repack(args.bundle, agent_bundle)
-    subprocess.run([sys.executable, "-m", "cachenet", "sign", str(agent_bundle), "--key",
-                    str(private)], check=True, capture_output=True)
-    agent = Process("edge_agent", [
-        "--bundle", str(agent_bundle), "--bind", "tcp://127.0.0.1:0",
-        "--cloud", f"127.0.0.1:{cloud.info['port']}", "--agent-id", "cam-soak",
-        "--deadline-ms", "2000", "--trusted-key", str(public), "--spool-dir",
-        str(tmp / "spool"), "--tls-ca", str(c / "ca.pem"),
-        "--tls-cert", str(c / "agent-cam-soak.pem"), "--tls-key", str(c / "agent-cam-soak.key")],
-        tmp)
-    agent.wait_ready(120)
-    load = Load(agent.info["endpoint"], x, cloud_every=3)
-    started = time.monotonic()
-    load.__enter__()
-    procs = {"cloud": psutil.Process(cloud.proc.pid), "agent": psutil.Process(agent.proc.pid)}
-    samples: dict[str, list[tuple[float, int]]] = {k: [] for k in procs}
-    pushes, next_push = 0, args.push_every
-    try:
-        while (elapsed := time.monotonic() - started) < args.minutes * 60:
-            for k, p in procs.items():
-                samples[k].append((round(elapsed, 1), p.memory_info().rss))
-            if elapsed >= next_push:
-                pushes += 1
-                push(pushes)
-                next_push += args.push_every
-            time.sleep(5)
-        with EdgeClient(agent.info["endpoint"]) as client:
-            stats = client.stats()
-    finally:
-        load.__exit__()
-        agent.stop()
-        cloud.stop()
+    with Fleet(config) as fleet:
+        push(0)
+        repack(args.bundle, agent_bundle)
+        subprocess.run([sys.executable, "-m", "cachenet", "sign", str(agent_bundle), "--key",
+                        str(private)], check=True, capture_output=True)
+        agent = fleet.start_agent("cam-soak")
+        assert fleet.cloud is not None
+        procs = {"cloud": psutil.Process(fleet.cloud.proc.pid), "agent": agent.psutil()}
+        samples: dict[str, list[tuple[float, int]]] = {k: [] for k in procs}
+        pushes, next_push = 0, args.push_every
+        started = time.monotonic()
+        with Load(agent.endpoint, x, cloud_every=3) as load:
+            while (elapsed := time.monotonic() - started) < args.minutes * 60:
+                for k, p in procs.items():
+                    samples[k].append((round(elapsed, 1), p.memory_info().rss))
+                if elapsed >= next_push:
+                    pushes += 1
+                    push(pushes)
+                    next_push += args.push_every
+                time.sleep(5)
+            stats = agent.stats()
     memory = {}
     for k, rows in samples.items():
         after = [rss for t, rss in rows if t >= args.warmup]
@@ -108,14 +99,14 @@ def main() -> None:
                      "rss_min_mb": round(min(after) / 2**20, 1),
                      "max_change_vs_warmup": round(max(abs(r - base) for r in after) / base, 4),
                      "samples": [(t, round(r / 2**20, 1)) for t, r in rows]}
-    out = {"command": " ".join(sys.argv), "minutes": args.minutes,
+    out = {"minutes": args.minutes,
            "requests": load.sent, "sources": dict(load.sources),
            "failed": load.failed, "pushes_stored": pushes + 1,
            "pushes_applied": (stats.get("control") or {}).get("applied"),
            "pushes_rejected": (stats.get("control") or {}).get("rejected"),
            "model_version": stats["model"]["version"], "control": stats.get("control"),
            "memory": memory}
-    args.out.write_text(json.dumps(out, indent=1))
+    out = provenance.write(args.out, out, provenance.provenance("bench.soak", argv))
     summary = {k: v for k, v in out.items() if k != "memory"}
     summary["memory"] = {k: {kk: vv for kk, vv in v.items() if kk != "samples"}
                          for k, v in memory.items()}
