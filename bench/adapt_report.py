@@ -1,13 +1,12 @@
-#!/usr/bin/env python
 """The edge's adaptation, measured: one table over several suite runs (one per bundle).
 
-Reads the ``summary.json`` each ``bench/suite.py --out DIR`` run wrote and the JSON
-of ``bench/specialization.py --adapted-only --out FILE`` runs, and writes a
+Reads the ``summary.json`` each ``python -m bench.suite --out DIR`` run wrote and the
+JSON of ``python -m bench.specialization --adapted-only --out FILE`` runs, and writes a
 markdown summary of the issue's figures for each bundle: the headline (runs50 at
 4g against cloud_only and the oracle), the share of inputs each cascade step
 answered, the online audit, and the adapted against the general hit rate.
 
-    python bench/adapt_report.py --runs bench/results/adapt-r20-tinycnn ... \\
+    python -m bench.adapt_report --runs bench/results/adapt-r20-tinycnn ... \\
         --adapted bench/results/adapted-r20-tinycnn.json ... --out bench/results/adapt.md
 """
 
@@ -19,17 +18,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench import provenance
+
 GOAL_SPEEDUP, GOAL_POINTS, GOAL_ORACLE = 5.0, 1.0, 1.5
 
 
 def _rows(run: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
-    rows = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    # {"provenance", "rows"}; a list of rows before results recorded their provenance
+    rows = summary["rows"] if isinstance(summary, dict) else summary
     return {(r["stream"], r["network"], r["system"]): r for r in rows}
 
 
 def _command(run: Path) -> str:
-    for line in (run / "report.md").read_text().splitlines():
-        if line.startswith("    python bench/suite.py"):
+    summary = json.loads((run / "summary.json").read_text())
+    if isinstance(summary, dict):
+        return provenance.command_of(summary)
+    for line in (run / "report.md").read_text().splitlines():  # written before provenance
+        if line.startswith("    python bench/suite.py"):  # how reports named it then
             return line.strip()
     return "?"
 
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     lines = ["# The edge adapts to its stream: measured", "",
-             f"Written by `python bench/adapt_report.py {' '.join(sys.argv[1:])}` from the "
+             f"Written by `{provenance.command('bench.adapt_report', argv)}` from the "
              "runs below; each figure is that run's.", "",
              "## Headline: runs50 at 4g, cachenet (prior, audit, layer caches if any) on a "
              "fresh agent", "",
@@ -101,14 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "Commands:", ""] + [f"- `{run.name}`: `{_command(run)}`" for run in args.runs]
     if args.adapted:
         lines += ["", "## The general model against the same model adapted to the stream's "
-                  "prior", "", "On the stream of `bench/specialization.py` (runs of mean 50, "
-                  "two or three classes active), at each agreement target; the goal is 2x.",
+                  "prior", "", "On the stream of `python -m bench.specialization` (runs of mean "
+                  "50, two or three classes active), at each agreement target; the goal is 2x.",
                   "", "| run | target | general hit rate (agreement) | adapted hit rate "
                   "(agreement) | ratio |", "|---|---|---|---|---|"]
         for path in args.adapted:
             lines += adapted_lines(path)
         lines += ["", "Commands:", ""] + [
-            f"- `{path.stem}`: `{json.loads(path.read_text())['command']}`"
+            f"- `{path.stem}`: `{provenance.command_of(json.loads(path.read_text()))}`"
             for path in args.adapted]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

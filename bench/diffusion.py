@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Step caches for diffusion models, measured as DeepCache and Learning-to-Cache measure them.
 
 For a U-Net (DeepCache: uniform 1:N, N = 2..5, at skip branches 0 and 2; the
@@ -21,12 +20,12 @@ DDIM with fewer steps at the same multiply-adds:
 Every configuration starts from the same noise. The steps (the models made as
 ``bench/reference/README.md`` says, with ``cachenet diffusion train`` and ``router``):
 
-    python bench/diffusion.py reference --dataset ../shared/data/cifar10-jpg.zip \\
+    python -m bench.diffusion reference --dataset ../shared/data/cifar10-jpg.zip \\
         --out bench/results/diffusion-reference.npz
-    python bench/diffusion.py measure --unet models/diffusion-unet-cifar10.pt \\
+    python -m bench.diffusion measure --unet models/diffusion-unet-cifar10.pt \\
         --dit models/diffusion-dit-cifar10.pt \\
         --reference bench/results/diffusion-reference.npz --out bench/results/diffusion.json
-    python bench/diffusion.py report --results bench/results/diffusion.json
+    python -m bench.diffusion report --results bench/results/diffusion.json
 
 ``--quick`` shrinks everything to a CPU smoke run.
 """
@@ -38,19 +37,17 @@ import json
 import logging
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from cachenet.diffusion.generate import GenerateRequest, noise, sample, to_uint8  # noqa: E402
-from cachenet.diffusion.nets import DiffusionModel, load_checkpoint  # noqa: E402
-from cachenet.diffusion.quality import Judge, frechet, psnr, stats  # noqa: E402
+from bench import provenance
+from bench.provenance import ROOT
+from cachenet.diffusion.generate import GenerateRequest, noise, sample, to_uint8
+from cachenet.diffusion.nets import DiffusionModel, load_checkpoint
+from cachenet.diffusion.quality import Judge, frechet, psnr, stats
 
 log = logging.getLogger("bench.diffusion")
 JUDGE = ROOT / "bench" / "reference" / "full-resnet20-cifar10-jpg-7f7547829ab08e5f.pt"
@@ -88,6 +85,7 @@ class Bench:
         self.args, self.judge, self.ref = args, judge, ref
         self.device = torch.device(args.device)
         self.started = time.monotonic()
+        self.stamp = provenance.provenance("bench.diffusion")  # the command, the machine
         n = args.samples
         self.labels = torch.arange(n) % 10
         self.noise: torch.Tensor | None = None
@@ -177,7 +175,8 @@ class Bench:
                 "agreement_vs_uncached": round(float((r["preds"] == base["preds"]).mean()), 4)}
 
     def _save(self, out: dict) -> None:
-        Path(self.args.out).write_text(json.dumps(out, indent=1))
+        """The results so far (a long run's partial results survive an interruption)."""
+        provenance.write(Path(self.args.out), out, self.stamp)
 
 
 def cmd_reference(args: argparse.Namespace) -> None:
@@ -200,7 +199,7 @@ def cmd_measure(args: argparse.Namespace) -> None:
     with np.load(args.reference) as f:
         ref = (f["mu"], f["cov"])
         floor = float(f["floor"])
-    out = {"command": " ".join(sys.argv), "device": args.device,
+    out = {"device": args.device,
            "device_name": (torch.cuda.get_device_name() if args.device.startswith("cuda")
                            else platform.processor() or platform.machine()),
            "torch": torch.__version__, "samples": args.samples, "batch": args.batch,
@@ -266,7 +265,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             rate, batches[b] = burst(b)
             rates[b].append(rate)
     med = {b: statistics.median(r) for b, r in rates.items()}
-    out = {"command": " ".join(sys.argv), "device": args.device, "cpus": os.cpu_count(),
+    out = {"device": args.device, "cpus": os.cpu_count(),
            "torch_threads": torch.get_num_threads(),
            "model": _shown(Path(args.model)), "requests": args.requests, "steps": args.steps,
            "policy": args.policy,
@@ -274,8 +273,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
            "median_images_per_s": {str(b): round(v, 3) for b, v in med.items()},
            "batches_per_burst": {str(b): n for b, n in batches.items()},
            "speedup": round(med[args.batch_images] / med[1], 3)}
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(json.dumps(out))
+    print(json.dumps(provenance.write(Path(args.out), out,
+                                      provenance.provenance("bench.diffusion"))))
 
 
 def main() -> None:
@@ -312,6 +311,7 @@ def main() -> None:
     rep = sub.add_parser("report")
     rep.add_argument("--results", default=str(ROOT / "bench" / "results" / "diffusion.json"))
     args = p.parse_args()
+    provenance.start()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.cmd == "report":
         from bench.diffusion_report import report

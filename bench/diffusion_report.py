@@ -1,4 +1,4 @@
-"""``bench/results/diffusion.md`` and its plots from ``bench/diffusion.py measure``'s JSON.
+"""``bench/results/diffusion.md`` and its plots from ``python -m bench.diffusion measure``'s JSON.
 
 Every figure in the report is read off the JSON: the goals of the issue are checked
 row by row, and each step cache is compared with DDIM with fewer steps at the same
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import provenance
 from cachenet.diffusion.generate import image_grid
 
 GRID_ROWS = {"unet": ["none", "deepcache-3", "ddim-20"], "dit": ["none", "fora-3", "l2c-0.5"]}
@@ -222,7 +223,8 @@ def report(results: Path) -> Path:
     rows = d["rows"]
     models = d["models"]
     lines = ["# Step caches for diffusion models", "",
-             f"Measured by `{d['command']}` on {d['device_name']} (torch {d['torch']}), "
+             f"Measured by `{provenance.command_of(d)}` on {d['device_name']} "
+             f"(torch {d['torch']}), "
              f"{d['samples']} class-balanced samples per configuration, batches of "
              f"{d['batch']}, DDIM with {d['steps']} steps unless stated; every configuration "
              "starts from the same noise. FID is computed on the penultimate features of "
@@ -259,7 +261,7 @@ def report(results: Path) -> Path:
         sv = json.loads(serving.read_text())
         b = max(sv["median_images_per_s"], key=int)
         lines += ["## Serving: batching generations", "",
-                  f"`{sv['command']}` on the {sv['device']} ({sv.get('cpus')} cores, "
+                  f"`{provenance.command_of(sv)}` on the {sv['device']} ({sv.get('cpus')} cores, "
                   f"{sv.get('torch_threads')} torch threads): a burst of {sv['requests']} "
                   f"one-image requests ({sv['steps']} steps, policy {sv['policy']}) "
                   "through the generation service's queue, "

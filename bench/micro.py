@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Microbenchmarks of the serving loop, each a ratio or difference taken in one run.
 
 1. Agent overhead: p50 of a local-API round trip for an edge hit (ZeroMQ client
@@ -15,7 +14,7 @@
    requests) with dynamic batching (max_batch_size 32) against
    max_batch_size 1. Target >= 3x.
 
-    python bench/micro.py [--bundle DIR] [--seconds 5] [--json]
+    python -m bench.micro [--bundle DIR] [--seconds 5] [--json]
 
 Without --bundle it builds or reuses the demo's digits bundle.
 """
@@ -33,12 +32,10 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from cachenet.core.runtime import load_cache_model  # noqa: E402
-from cachenet.sim.daemon import Process  # noqa: E402
-from cachenet.sim.demo import ensure_bundle  # noqa: E402
+from bench import provenance
+from cachenet.core.runtime import load_cache_model
+from cachenet.sim.daemon import Process
+from cachenet.sim.demo import ensure_bundle
 
 
 def _echo_server(endpoint: str, ready) -> None:
@@ -219,6 +216,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    provenance.start()
     from cachenet.toolchain.data import default_cache_dir
 
     bundle = args.bundle or ensure_bundle(default_cache_dir(), rebuild=False, progress=False)
@@ -245,7 +243,8 @@ def main() -> int:
           f"{nb['requests_per_s']:.0f} req/s at max_batch_size 1: "
           f"{throughput['speedup']:.2f}x (target >= 3x)")
     if args.json:
-        print(json.dumps({"agent_overhead": overhead, "agent_overhead_ipc": overhead_ipc,
+        print(json.dumps({"provenance": provenance.provenance("bench.micro"),
+                          "agent_overhead": overhead, "agent_overhead_ipc": overhead_ipc,
                           "in_process": local, "cloud_throughput": throughput}))
     return 0
 

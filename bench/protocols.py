@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """What the Open Inference Protocol front end and the metrics cost, as ratios taken in one run.
 
 Two cloud processes serve the same bundle, one with ``--metrics-port`` and one without.
@@ -10,7 +9,7 @@ alternate, so drifts of the machine fall on both sides alike:
 * ``cachenet.v1`` on the cloud with metrics against the one without: what observing every
   request into histograms costs.
 
-    python bench/protocols.py --bundle bundles/digits [--seconds 5] [--rounds 3]
+    python -m bench.protocols --bundle bundles/digits [--seconds 5] [--rounds 3]
 
 Results: ``bench/results/protocols.json``.
 """
@@ -20,20 +19,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from cachenet.protocol.client import AsyncCloudClient  # noqa: E402
-from cachenet.protocol.openinference import AsyncOIPClient  # noqa: E402
-from cachenet.sim.daemon import Process  # noqa: E402
-from cachenet.toolchain.data import load_splits  # noqa: E402
+from bench import provenance
+from bench.provenance import ROOT
+from cachenet.protocol.client import AsyncCloudClient
+from cachenet.protocol.openinference import AsyncOIPClient
+from cachenet.sim.daemon import Process
+from cachenet.toolchain.data import load_splits
 
 
 async def drive(make, x: np.ndarray, clients: int, seconds: float) -> dict:
@@ -89,7 +86,7 @@ async def run(args: argparse.Namespace, plain: str, metered: str, model: str) ->
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, required=True)
@@ -98,7 +95,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "protocols.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    provenance.start()
     tmp = Path(tempfile.mkdtemp(prefix="protocols-"))
     clouds = [Process("cloud_server", ["--bundle", str(args.bundle), "--port", "0", *extra],
                       tmp, tag=tag)
@@ -115,10 +113,9 @@ def main() -> None:
     finally:
         for c in clouds:
             c.stop()
-    result = {"command": " ".join(sys.argv), "clients": args.clients,
-              "seconds_per_round": args.seconds, "rounds": args.rounds, **result}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    result = {"clients": args.clients, "seconds_per_round": args.seconds,
+              "rounds": args.rounds, **result}
+    result = provenance.write(args.out, result, provenance.provenance("bench.protocols", argv))
     print(json.dumps(result, indent=1))
 
 

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """A bundle with another full model: for measuring the cloud's layer caches on it.
 
-    python bench/swap_full.py --bundle bundles/cifar \\
+    python -m bench.swap_full --bundle bundles/cifar \\
         --full-weights ../shared/models/cifar10-resnet18.pt --out bundles/cifar-r18
 
 The copy keeps the bundle's cache model, gate and files, and serves the given
@@ -9,7 +8,7 @@ checkpoint (a cachenet checkpoint: its spec inside) as its full model, without
 test-time augmentation. Its cache model was distilled from, and its gate
 calibrated against, the *original* full model: use the result for the cloud's
 side only (``cachenet layercache --where cloud``, ``cachenet-cloud --layer-cache``),
-as ``bench/layercache.py --throughput-only`` does. Building a bundle around a
+as ``python -m bench.layercache --throughput-only`` does. Building a bundle around a
 user's model properly is ``cachenet build --full ... --full-weights ...``, which
 distils a new cache model (slow on a CPU for a ResNet-18 teacher).
 """
@@ -20,9 +19,6 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 :func:`~cachenet.protocol.push.iter_push` refuses to send a bundle that does not
 verify; :func:`raw_push` and :func:`hostile` build the messages by hand, so tests
-and ``bench/pushes.py`` can check what an agent does with pushes a well-behaved
+and ``bench.pushes`` can check what an agent does with pushes a well-behaved
 cloud never sends. :class:`HostileFront` is a gRPC server an agent takes for its
 cloud: it streams to subscribers whatever pushes are queued, records the acks,
 and forwards every other unary call to a real cloud (or, without one, answers the

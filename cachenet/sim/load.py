@@ -1,6 +1,6 @@
 """A steady load on an agent: requests one after another on a thread, outcomes counted.
 
-Used by the tests and the hardening benchmarks (``bench/soak.py``, ``bench/pushes.py``)::
+Used by the tests and the hardening benchmarks (``bench.soak``, ``bench.pushes``)::
 
     with Load(endpoint, x, policy="auto", cloud_every=3) as load:
         ...                      # the agent is kept busy meanwhile
