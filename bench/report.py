@@ -239,9 +239,9 @@ def write_outputs(result: dict[str, Any], out: Path, *, quick: bool) -> None:
         f"seed {result['seed']}; bundle `{result['bundle']}`; data `{result['dataset']}`; "
         f"wall time {result['wall_s']} s.", "",
         f"Machine: {m['platform']}, {m['cpu']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, "
-        f"GPU: {m['gpu'] or 'none'}; Python "
-        f"{m['python']}, torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}, grpcio "
-        f"{m.get('grpcio')}.", "",
+        f"GPU: {m['gpu'] or 'none'}; Python {m['python']}"
+        + "".join(f", {lib} {m[lib]}" for lib in ("torch", "onnxruntime", "grpcio", "zmq")
+                  if m.get(lib)) + ".", "",
         "Systems stream the same trace through the agent's ZeroMQ API one request at a "
         "time; latency is what the client sees. Bytes are those crossing the emulated WAN: "
         "requests and answers, and for cachenet_specialized and the oracle also their "
