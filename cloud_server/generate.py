@@ -45,14 +45,14 @@ from cachenet.diffusion.generate import (
 from cachenet.diffusion.nets import DiffusionModel, load_checkpoint
 from cachenet.diffusion.samplers import SAMPLERS
 from cachenet.diffusion.stepcache import POLICIES
-from cachenet.exceptions import ConfigError, GenerationStopped, ProtocolError
+from cachenet.exceptions import ConfigError, GenerationStopped, ProtocolError, RequestRefused
 from cachenet.protocol.client import from_param, to_param
 from cachenet.protocol.v1 import generate_pb2 as gpb
 from cachenet.protocol.v1 import generate_pb2_grpc as gpb_grpc  # the servicer base class
 from cachenet.protocol.v1 import inference_pb2 as pb
 from cloud_server.config import MAX_GENERATIONS
-from cloud_server.inference import RequestError
-from cloud_server.wire import Undecodable, lenient_parser, reject_unknown_fields
+from cloud_server.inference import refusal
+from cloud_server.wire import Undecodable, abort, lenient_parser, reject_unknown_fields
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,9 @@ def _check_sizes(request: gpb.GenerateRequest) -> None:
 
 
 def parse_request(request: gpb.GenerateRequest | Undecodable) -> GenerateRequest:
-    """The transport-neutral request, or RequestError (INVALID_ARGUMENT) saying why not."""
+    """The transport-neutral request, or RequestRefused (INVALID_ARGUMENT) saying why not."""
     if isinstance(request, Undecodable):
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+        raise RequestRefused("INVALID_ARGUMENT", request.reason, reason="undecodable")
     try:
         _check_sizes(request)
         reject_unknown_fields(request, "GenerateRequest")
@@ -106,7 +106,7 @@ def parse_request(request: gpb.GenerateRequest | Undecodable) -> GenerateRequest
                 raise ProtocolError(f"params['{key}'] has no value")
             params[key] = value
     except ProtocolError as exc:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        raise refusal(exc) from None
     return GenerateRequest(
         model=request.model_name,
         label=request.label if request.HasField("label") else None,
@@ -165,13 +165,14 @@ class Stopper:
     def __call__(self) -> bool:
         return self.left.is_set() or self.closing.is_set() or self.expired()
 
-    def status(self) -> grpc.StatusCode:
-        """Why it stopped; gRPC's own timer may end the call a hair before our clock."""
+    def status(self) -> str:
+        """Why it stopped, as a status code name; gRPC's own timer may end the call a hair
+        before our clock."""
         if self.expired(slack=0.05):
-            return grpc.StatusCode.DEADLINE_EXCEEDED
+            return "DEADLINE_EXCEEDED"
         if self.closing.is_set():
-            return grpc.StatusCode.UNAVAILABLE
-        return grpc.StatusCode.CANCELLED
+            return "UNAVAILABLE"
+        return "CANCELLED"
 
 
 @dataclasses.dataclass
@@ -211,7 +212,8 @@ class GenerationService(gpb_grpc.GenerationServiceServicer):
         try:
             self.generator.validate(req)
         except ConfigError as exc:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            raise RequestRefused("INVALID_ARGUMENT", str(exc), reason="invalid_request") \
+                from None
         return req
 
     @property
@@ -222,9 +224,9 @@ class GenerationService(gpb_grpc.GenerationServiceServicer):
     def _admit(self) -> None:
         with self._lock:
             if self._pending >= self.max_pending:
-                raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                   f"{self.max_pending} generations are queued or running; "
-                                   "try again later")
+                raise RequestRefused("RESOURCE_EXHAUSTED", f"{self.max_pending} generations "
+                                     "are queued or running; try again later",
+                                     reason="queue_full")
             self._pending += 1
 
     def _release(self, _: object = None) -> None:
@@ -243,7 +245,8 @@ class GenerationService(gpb_grpc.GenerationServiceServicer):
         with self._ready:
             if self._closing.is_set():
                 future.cancel()
-                raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+                raise RequestRefused("UNAVAILABLE", "the server is shutting down",
+                                     reason="shutting_down")
             self._jobs.append(job)
             self._ready.notify()
         return future
@@ -327,11 +330,13 @@ class GenerationService(gpb_grpc.GenerationServiceServicer):
                     done=step[0], total=step[1]))
             # Done: its callback queued the None after every step the worker queued.
             if future.cancelled():
-                raise RequestError(stop.status(), "generation dropped before it started")
+                raise RequestRefused(stop.status(), "generation dropped before it started",
+                                     reason="stopped")
             try:
                 gen, waited = future.result()
             except GenerationStopped as exc:
-                raise RequestError(stop.status(), f"generation {exc}") from None
+                raise RequestRefused(stop.status(), f"generation {exc}", reason="stopped") \
+                    from None
             yield result_message(request_id, gen, waited, received)
         finally:
             stop.left.set()  # a no-op once it finished; stops it if the caller left
@@ -349,9 +354,9 @@ class GenerationService(gpb_grpc.GenerationServiceServicer):
                 async for message in messages:
                     yield message
             self.counts["ok"] += 1
-        except RequestError as exc:
+        except RequestRefused as exc:
             self._count(exc.code)
-            await context.abort(exc.code, str(exc))
+            await abort(context, exc)
         except asyncio.CancelledError:  # gRPC ended the call: deadline, or the caller left
             self._count(stop.status())
             raise
@@ -360,12 +365,10 @@ class GenerationService(gpb_grpc.GenerationServiceServicer):
             log.exception("generation failed")
             await context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {exc}")
 
-    def _count(self, code: grpc.StatusCode) -> None:
-        key = {grpc.StatusCode.INVALID_ARGUMENT: "invalid",
-               grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded",
-               grpc.StatusCode.DEADLINE_EXCEEDED: "deadline",
-               grpc.StatusCode.CANCELLED: "cancelled",
-               grpc.StatusCode.UNAVAILABLE: "unavailable"}.get(code, "error")
+    def _count(self, code: str) -> None:
+        key = {"INVALID_ARGUMENT": "invalid", "RESOURCE_EXHAUSTED": "overloaded",
+               "DEADLINE_EXCEEDED": "deadline", "CANCELLED": "cancelled",
+               "UNAVAILABLE": "unavailable"}.get(code, "error")
         self.counts[key] += 1
 
     async def GetGeneratorInfo(self, request: gpb.GeneratorInfoRequest | Undecodable,

@@ -6,8 +6,10 @@ Inference Protocol, KServe v2 / Triton). A front end parses its wire format into
 numpy array and hands :meth:`InferenceCore.answer` a function that does so; the core
 counts the request, checks the array against the model (dtype, shape, batch size,
 finiteness), runs it through the dynamic batcher and returns an :class:`Answer`, or
-raises :class:`RequestError` with the status to answer. Adding a protocol is one new
-module that maps its messages to and from these.
+raises :class:`~cachenet.exceptions.RequestRefused` with the status to answer, its
+reason and the field at fault. Adding a protocol is one new module that maps its
+messages to and from these. :attr:`InferenceCore.capabilities` is what every front
+end declares the server takes beyond a plain request.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import grpc
 import numpy as np
 
 from cachenet.core import tensors
 from cachenet.core.gate import softmax
 from cachenet.core.ids import check_agent_id
-from cachenet.exceptions import ConfigError, ProtocolError, QueueFullError
+from cachenet.exceptions import ConfigError, ProtocolError, QueueFullError, RequestRefused
+from cachenet.protocol.client import SPOOLED, UINT8_LEVELS
 from cloud_server.batcher import DynamicBatcher
 
 log = logging.getLogger(__name__)
@@ -44,15 +46,6 @@ class ModelCard:
     input_scale: float | None = None
 
 
-class RequestError(Exception):
-    """A request the service refuses, with the status code to answer (gRPC's codes are
-    the vocabulary; a front end for another transport maps them)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 @dataclass
 class Answer:
     """The full model's answer to one request of N inputs."""
@@ -70,6 +63,15 @@ class Answer:
     full_macs: int | None = None
 
 
+def refusal(exc: Exception) -> RequestRefused:
+    """``exc`` as the refusal to answer: a ProtocolError is INVALID_ARGUMENT, with its
+    reason and field."""
+    if isinstance(exc, RequestRefused):
+        return exc
+    return RequestRefused("INVALID_ARGUMENT", str(exc), reason=getattr(exc, "reason", "")
+                          or "invalid", field=getattr(exc, "field", ""))
+
+
 def agent_for(agent_id: str, identity: str | None) -> str:
     """The agent a request speaks for: the one it names, which must be an agent id
     (INVALID_ARGUMENT); with mutual TLS only the certificate's own (PERMISSION_DENIED
@@ -80,11 +82,12 @@ def agent_for(agent_id: str, identity: str | None) -> str:
         try:
             check_agent_id(agent_id)
         except ConfigError as exc:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            raise RequestRefused("INVALID_ARGUMENT", str(exc), reason="agent_id",
+                                 field="agent_id") from None
     if identity is not None and agent_id != identity:
-        raise RequestError(grpc.StatusCode.PERMISSION_DENIED,
-                           f"this certificate is agent '{identity}'; the request says "
-                           f"'{agent_id[:128]}'")
+        raise RequestRefused("PERMISSION_DENIED", f"this certificate is agent '{identity}'; "
+                             f"the request says '{agent_id[:128]}'", reason="not_this_agent",
+                             field="agent_id")
     return agent_id
 
 
@@ -105,12 +108,13 @@ class InferenceCore:
     def check_model(self, name: str, version: str = "") -> None:
         """NOT_FOUND unless ``name`` (empty: the default) and ``version`` are served."""
         if name not in ("", self.card.name):
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown model '{name[:128]}'; "
-                               f"this server runs '{self.card.name}'")
+            raise RequestRefused("NOT_FOUND", f"unknown model '{name[:128]}'; this server runs "
+                                 f"'{self.card.name}'", reason="unknown_model",
+                                 field="model_name")
         if version not in ("", self.card.version):
-            raise RequestError(grpc.StatusCode.NOT_FOUND,
-                               f"model '{self.card.name}' has no version '{version[:64]}'; "
-                               f"it serves version '{self.card.version}'")
+            raise RequestRefused("NOT_FOUND", f"model '{self.card.name}' has no version "
+                                 f"'{version[:64]}'; it serves version '{self.card.version}'",
+                                 reason="unknown_version", field="model_version")
 
     def check(self, x: np.ndarray) -> np.ndarray:
         """``x`` as the model takes it, or ProtocolError naming what is wrong."""
@@ -119,26 +123,32 @@ class InferenceCore:
         levels = x.dtype == np.uint8 and self.card.input_scale is not None
         if x.dtype.name != self.card.input_dtype and not levels:
             raise ProtocolError(f"input dtype is {x.dtype.name}, the model takes "
-                                f"{self.card.input_dtype}")
+                                f"{self.card.input_dtype}", reason="input_dtype",
+                                field="input.dtype")
         if x.ndim != len(self.card.input_shape) + 1 or x.shape[1:] != self.card.input_shape:
             raise ProtocolError(f"input shape is {list(x.shape)}, the model takes "
-                                f"[N, {', '.join(map(str, self.card.input_shape))}]")
+                                f"[N, {', '.join(map(str, self.card.input_shape))}]",
+                                reason="input_shape", field="input.shape")
         if not 1 <= len(x) <= self.batcher.max_batch_size:
             raise ProtocolError(f"batch of {len(x)} inputs; this server takes 1 to "
-                                f"{self.batcher.max_batch_size}")
+                                f"{self.batcher.max_batch_size}", reason="batch_size",
+                                field="input.shape")
         if levels:
             x = tensors.from_levels(x, self.card.input_scale)  # type: ignore[arg-type]
         tensors.check_finite(x)
         return x
 
-    def refuse(self, exc: Exception) -> RequestError:
+    @property
+    def capabilities(self) -> list[str]:
+        """What this server takes beyond a plain request (ModelInfo.capabilities)."""
+        return [SPOOLED, *((UINT8_LEVELS,) if self.card.input_scale is not None else ())]
+
+    def refuse(self, exc: Exception) -> RequestRefused:
         """Count a request a front end refused before it could reach :meth:`answer` (it
         does not decode, names a bad agent); the error to answer it with."""
         self.counts["received"] += 1
         self._done("invalid", None, time.perf_counter())
-        if isinstance(exc, RequestError):
-            return exc
-        return RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return refusal(exc)
 
     def _done(self, outcome: str, answer: Answer | None, received: float) -> None:
         self.counts[outcome] += 1
@@ -153,39 +163,38 @@ class InferenceCore:
         self.counts["received"] += 1
         try:
             x = self.check(parse())
-        except ProtocolError as exc:
+        except (ProtocolError, RequestRefused) as exc:
             self._done("invalid", None, received)
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        except RequestError:
-            self._done("invalid", None, received)
-            raise
+            raise refusal(exc) from None
         except Exception as exc:  # a bug reading it: this request fails, clearly, alone
             log.exception("reading request %s failed", request_id[:64])
             self._done("error", None, received)
-            raise RequestError(grpc.StatusCode.INTERNAL, "cannot read the request: "
-                               f"{type(exc).__name__}") from None
+            raise RequestRefused("INTERNAL", "cannot read the request: "
+                                 f"{type(exc).__name__}", reason="internal") from None
         log.debug("queued request %s (%d inputs) from %s", request_id[:64], len(x),
                   agent_id or "-")
         try:
             result = await asyncio.wait_for(self.batcher.infer(x), timeout)
         except QueueFullError as exc:
             self._done("overloaded", None, received)
-            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+            raise RequestRefused("RESOURCE_EXHAUSTED", str(exc), reason="queue_full") from None
         except asyncio.TimeoutError:
             self._done("deadline", None, received)
-            raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                               "deadline passed while the request was queued") from None
+            raise RequestRefused("DEADLINE_EXCEEDED", "deadline passed while the request was "
+                                 "queued", reason="deadline") from None
         except Exception as exc:
             self._done("error", None, received)
-            raise RequestError(grpc.StatusCode.INTERNAL, f"model failed: {exc}") from None
+            raise RequestRefused("INTERNAL", f"model failed: {exc}", reason="model_failed") \
+                from None
         rows = result.logits  # an array, or the layer caches' rows (cloud_server.layered)
         logits = getattr(rows, "logits", rows).astype(np.float32, copy=False)
         unfit = np.flatnonzero(~np.isfinite(logits).all(1))
         if len(unfit):  # finite inputs can still overflow the model (3e38, say)
             self._done("invalid", None, received)
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"the model's output for input(s) {unfit[:8].tolist()} is not "
-                               "finite: their values lie outside what the model takes")
+            raise RequestRefused("INVALID_ARGUMENT", f"the model's output for input(s) "
+                                 f"{unfit[:8].tolist()} is not finite: their values lie "
+                                 "outside what the model takes", reason="output_not_finite",
+                                 field="input")
         labels = logits.argmax(1)
         if spooled:
             self.counts["spooled"] += 1  # answered by the agent while we were away

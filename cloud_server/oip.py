@@ -20,14 +20,16 @@ from importlib import metadata
 import grpc
 import numpy as np
 
-from cachenet.exceptions import ProtocolError
+from cachenet.exceptions import ProtocolError, RequestRefused
 from cachenet.protocol import openinference as oi
+from cachenet.protocol.client import SPOOLED
 from cachenet.protocol.oip import grpc_predict_v2_pb2 as pb
 from cachenet.protocol.tls import peer_identity
-from cloud_server.inference import Answer, InferenceCore, RequestError, agent_for
+from cloud_server.inference import Answer, InferenceCore, agent_for
 from cloud_server.wire import (
     StreamHolds,
     Undecodable,
+    abort,
     lenient_parser,
     reject_unknown_fields,
     windowed_stream,
@@ -77,7 +79,10 @@ class OIPService:
             version = metadata.version("cachenet")
         except metadata.PackageNotFoundError:  # run from a source tree, not installed
             version = "unknown"
-        return pb.ServerMetadataResponse(name="cachenet", version=version, extensions=[])
+        # The spooled parameter is cachenet's extension of the protocol: declared, so that
+        # a client sends it only where it is known.
+        return pb.ServerMetadataResponse(name="cachenet", version=version,
+                                         extensions=[f"cachenet-{SPOOLED}"])
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest | Undecodable,
                             context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
@@ -95,10 +100,10 @@ class OIPService:
     async def _metadata_check(self, request, context: grpc.aio.ServicerContext) -> None:
         try:
             if isinstance(request, Undecodable):
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+                raise RequestRefused("INVALID_ARGUMENT", request.reason, reason="undecodable")
             self.core.check_model(request.name, request.version)
-        except RequestError as exc:
-            await context.abort(exc.code, str(exc))
+        except RequestRefused as exc:
+            await abort(context, exc)
 
     # -- inference ------------------------------------------------------------------
     def _parse(self, request: pb.ModelInferRequest) -> np.ndarray:
@@ -134,9 +139,9 @@ class OIPService:
                       timeout: float | None) -> pb.ModelInferResponse:
         try:
             if isinstance(request, Undecodable):
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+                raise RequestRefused("INVALID_ARGUMENT", request.reason, reason="undecodable")
             agent, spooled = self._extras(request, identity)
-        except (RequestError, ProtocolError) as exc:
+        except (RequestRefused, ProtocolError) as exc:
             raise self.core.refuse(exc) from None
         answer = await self.core.answer(lambda: self._parse(request), request_id=request.id,
                                         agent_id=agent, spooled=spooled, timeout=timeout)
@@ -160,8 +165,8 @@ class OIPService:
                          context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         try:
             return await self._answer(request, peer_identity(context), context.time_remaining())
-        except RequestError as exc:
-            await context.abort(exc.code, str(exc))
+        except RequestRefused as exc:
+            await abort(context, exc)
             raise AssertionError("unreachable: abort raises") from None
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator, context
@@ -172,8 +177,8 @@ class OIPService:
             try:
                 return pb.ModelStreamInferResponse(
                     infer_response=await self._answer(req, identity, context.time_remaining()))
-            except RequestError as exc:
-                message = f"{exc.code.name}: {exc}"
+            except RequestRefused as exc:
+                message = f"{exc.code}: {exc}"
             except Exception as exc:  # a bug costs this request an error, not the stream
                 log.exception("stream request failed")
                 message = f"INTERNAL: {type(exc).__name__}: {exc}"

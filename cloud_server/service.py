@@ -17,15 +17,18 @@ import grpc
 import numpy as np
 
 from cachenet.core import tensors
+from cachenet.exceptions import RequestRefused
 from cachenet.protocol.tls import peer_identity
 from cachenet.protocol.v1 import inference_pb2 as pb
 from cachenet.protocol.v1 import inference_pb2_grpc as pb_grpc  # the servicer base class
-from cloud_server.inference import Answer, InferenceCore, RequestError, agent_for
+from cloud_server.inference import Answer, InferenceCore, agent_for
 from cloud_server.wire import (
     StreamHolds,
     Undecodable,
+    abort,
     lenient_parser,
     reject_unknown_fields,
+    status,
     windowed_stream,
 )
 
@@ -61,11 +64,12 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
 
     def _parse(self, request: pb.InferRequest | Undecodable) -> np.ndarray:
         if isinstance(request, Undecodable):
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+            raise RequestRefused("INVALID_ARGUMENT", request.reason, reason="undecodable")
         reject_unknown_fields(request, "InferRequest")
         self.core.check_model(request.model_name)
         if not request.HasField("input"):
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "request has no input tensor")
+            raise RequestRefused("INVALID_ARGUMENT", "request has no input tensor",
+                                 reason="no_input", field="input")
         t = request.input
         return tensors.decode(t.dtype, t.shape, t.raw_data, max_bytes=self.core.max_tensor_bytes)
 
@@ -74,7 +78,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         agent = "" if isinstance(request, Undecodable) else request.agent_id
         try:
             agent = agent_for(agent, identity)
-        except RequestError as exc:
+        except RequestRefused as exc:
             raise self.core.refuse(exc) from None
         answer = await self.core.answer(
             lambda: self._parse(request), agent_id=agent, timeout=timeout,
@@ -99,8 +103,8 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         try:
             return await self._answer(request, peer_identity(context),
                                       context.time_remaining())
-        except RequestError as exc:
-            await context.abort(exc.code, str(exc))
+        except RequestRefused as exc:
+            await abort(context, exc)
             raise AssertionError("unreachable: abort raises") from None
 
     async def StreamInfer(self, request_iterator: AsyncIterator[pb.InferRequest | Undecodable],
@@ -113,9 +117,10 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             try:
                 resp = await self._answer(req, identity, context.time_remaining())
                 return pb.StreamInferResponse(id=request_id, response=resp)
-            except RequestError as exc:
-                return pb.StreamInferResponse(id=request_id, error_code=exc.code.value[0],
-                                              error_message=str(exc))
+            except RequestRefused as exc:
+                return pb.StreamInferResponse(id=request_id, error_code=status(exc).value[0],
+                                              error_message=str(exc), error_reason=exc.reason,
+                                              error_field=exc.field)
             except Exception as exc:  # a bug costs this request an error, not the stream
                 log.exception("stream request failed")
                 return pb.StreamInferResponse(
@@ -132,4 +137,6 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         c = self.card
         return pb.ModelInfo(name=c.name, version=c.version, input_dtype=c.input_dtype,
                             input_shape=[-1, *c.input_shape], classes=c.classes,
-                            max_batch_size=self.batcher.max_batch_size, device=c.device)
+                            max_batch_size=self.batcher.max_batch_size, device=c.device,
+                            capabilities=self.core.capabilities,
+                            input_scale=c.input_scale or 0.0)

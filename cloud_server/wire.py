@@ -1,8 +1,11 @@
-"""Protobuf parsing shared by the gRPC front ends: lenient parsing, unknown fields.
+"""What the gRPC front ends share on the wire: lenient parsing, unknown fields, refusals.
 
 A request whose bytes do not parse reaches the service as :class:`Undecodable` (so it
 is answered INVALID_ARGUMENT saying so, not failed by gRPC as UNKNOWN), and fields a
 message does not define are refused by number rather than silently dropped.
+:func:`abort` answers a :class:`~cachenet.exceptions.RequestRefused` with its status,
+and its reason and field in the trailing metadata, where
+:func:`cachenet.protocol.client.to_cloud_error` reads them back.
 :func:`windowed_stream` answers a bidirectional stream with bounded backpressure.
 """
 
@@ -13,10 +16,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import grpc
 from google.protobuf import message as pb_message
 from google.protobuf import unknown_fields
 
-from cachenet.exceptions import ProtocolError
+from cachenet.exceptions import ProtocolError, RequestRefused
+from cachenet.protocol.client import FIELD_KEY, REASON_KEY
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -27,6 +32,21 @@ class Undecodable:
     """Stands in for a request whose bytes do not parse, so it gets INVALID_ARGUMENT."""
 
     reason: str
+
+
+def status(exc: RequestRefused) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, exc.code, grpc.StatusCode.UNKNOWN)
+
+
+def details(exc: RequestRefused) -> tuple[tuple[str, str], ...]:
+    """A refusal's reason and field, as trailing metadata (printable ASCII only)."""
+    return tuple((k, v.encode("ascii", "replace").decode()[:200])
+                 for k, v in ((REASON_KEY, exc.reason), (FIELD_KEY, exc.field)) if v)
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: RequestRefused) -> None:
+    """End the call with ``exc``'s status, message and details (raises, as abort does)."""
+    await context.abort(status(exc), str(exc), trailing_metadata=details(exc))
 
 
 def lenient_parser(cls: type[pb_message.Message]):
@@ -44,7 +64,7 @@ def reject_unknown_fields(msg: pb_message.Message, where: str, *, speaks: str = 
     if len(unknown):
         numbers = sorted({f.field_number for f in unknown})
         raise ProtocolError(f"{where} has unknown field number(s) {numbers}; this server "
-                            f"speaks {speaks}")
+                            f"speaks {speaks}", reason="unknown_field", field=where)
     for fd, value in msg.ListFields():
         if fd.message_type is None:
             continue

@@ -18,14 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-
-class NonFiniteError(ValueError):
-    """A value to be written as JSON holds NaN or an infinity; ``field`` says where."""
-
-    def __init__(self, field: str, value: float) -> None:
-        super().__init__(f"'{field}' is {value}: JSON written by cachenet holds finite numbers "
-                         "only (a figure that does not exist is null)")
-        self.field = field
+from cachenet.exceptions import NonFiniteError
 
 
 def nonfinite(obj: Any, where: str = "") -> tuple[str, float] | None:

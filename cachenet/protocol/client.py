@@ -1,10 +1,15 @@
 """Clients for the cloud's services, and the one place gRPC errors become ours.
 
 :func:`map_grpc_errors` turns a :class:`grpc.RpcError` into the matching
-:class:`~cachenet.exceptions.CloudError`; every caller of the cloud goes
-through it. :class:`CloudClient` (blocking) and :class:`AsyncCloudClient`
+:class:`~cachenet.exceptions.CloudError`, with the server's structured details (its
+reason and the field at fault, from the trailing metadata); every caller of the
+cloud goes through it. :class:`CloudClient` (blocking) and :class:`AsyncCloudClient`
 (asyncio, used by the edge agent) wrap the inference service's stubs;
-:class:`GenerateClient` (blocking) the generation service's.
+:class:`GenerateClient` (blocking) the generation service's. What a server takes
+beyond a plain request it declares (:meth:`AsyncCloudClient.capabilities`: uint8
+pixel levels, the spooled field); a client asks, and never guesses from an error.
+:func:`channel_options` gives the channels gRPC's own retry policy (one more try
+on UNAVAILABLE, within the call's deadline) and round-robin balancing.
 
     with CloudClient("127.0.0.1:50051") as cloud:
         answer = cloud.infer(batch, timeout=0.5)
@@ -19,8 +24,9 @@ through it. :class:`CloudClient` (blocking) and :class:`AsyncCloudClient`
 from __future__ import annotations
 
 import itertools
+import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +59,8 @@ _BY_CODE: dict[grpc.StatusCode, type[CloudError]] = {
     grpc.StatusCode.UNIMPLEMENTED: CloudRejected,
 }
 
-#: Channel options shared by the clients: messages up to 64 MiB, fast reconnects.
+#: Channel options shared by the clients: messages up to 64 MiB, fast reconnects (gRPC
+#: jitters its reconnect backoff by 20%, so a fleet does not reconnect in lockstep).
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 << 20),
     ("grpc.max_receive_message_length", 64 << 20),
@@ -62,12 +69,50 @@ CHANNEL_OPTIONS = [
     ("grpc.enable_retries", 0),
 ]
 
+#: The inference methods, as gRPC's service config names them.
+INFER_METHOD = ("cachenet.v1.InferenceService", "Infer")
+OIP_INFER_METHOD = ("inference.GRPCInferenceService", "ModelInfer")
+#: gRPC's own retry policy for escalations: a call that fails UNAVAILABLE (a replica went
+#: away under it; nothing ran) is tried once more, on another replica where the channel
+#: balances, within the same deadline. Never CANCELLED (it may have run).
+RETRY_POLICY = {"maxAttempts": 2, "initialBackoff": "0.005s", "maxBackoff": "0.05s",
+                "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
+
+#: Trailing metadata a refusal's details travel in (``cloud_server.wire.abort``).
+REASON_KEY, FIELD_KEY = "cachenet-reason", "cachenet-field"
+#: Capabilities a server declares: float32 inputs may come as their uint8 pixel levels;
+#: InferRequest.spooled is known (``ModelInfo.capabilities``; the OIP front end lists
+#: them in ``ServerMetadata.extensions``, prefixed ``cachenet-``).
+UINT8_LEVELS, SPOOLED = "uint8-levels", "spooled"
+
+
+def channel_options(*, balanced: bool = False, retry: Sequence[tuple[str, str]] = ()
+                    ) -> list[tuple[str, Any]]:
+    """:data:`CHANNEL_OPTIONS`, with round-robin over every address the target resolves to
+    (``balanced``) and :data:`RETRY_POLICY` for the methods ``retry`` names."""
+    config: dict[str, Any] = {}
+    if balanced:
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
+    if retry:
+        config["methodConfig"] = [{"name": [{"service": s, "method": m} for s, m in retry],
+                                   "retryPolicy": RETRY_POLICY}]
+    options = [o for o in CHANNEL_OPTIONS if o[0] != "grpc.enable_retries"]
+    options.append(("grpc.enable_retries", 1 if retry else 0))
+    if config:
+        options.append(("grpc.service_config", json.dumps(config)))
+    return options
+
 
 def to_cloud_error(exc: grpc.RpcError) -> CloudError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
+    try:
+        meta = {str(k): str(v) for k, v in (exc.trailing_metadata() or ())}
+    except Exception:  # no trailing metadata on this error (a local failure)
+        meta = {}
     cls = _BY_CODE.get(code, CloudError)
-    return cls(f"cloud answered {code.name}: {details}", code=code.name)
+    return cls(f"cloud answered {code.name}: {details}", code=code.name,
+               reason=meta.get(REASON_KEY, "")[:200], field=meta.get(FIELD_KEY, "")[:200])
 
 
 @contextmanager
@@ -196,6 +241,11 @@ class AsyncCloudClient:
     async def model_info(self, *, timeout: float | None = None) -> pb.ModelInfo:
         with map_grpc_errors():
             return await self.stub.GetModelInfo(pb.ModelInfoRequest(), timeout=timeout)
+
+    async def capabilities(self, *, timeout: float | None = None) -> frozenset[str]:
+        """What the server declares it takes beyond a plain request (:data:`UINT8_LEVELS`,
+        :data:`SPOOLED`); raises :class:`CloudError` when it cannot be asked."""
+        return frozenset((await self.model_info(timeout=timeout)).capabilities)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -221,5 +221,13 @@ class AsyncOIPClient(_OIPTarget):
             resp = await self.stub.ModelInfer(request, timeout=timeout)
         return usable_answer(resp, self.logits_name, started)
 
+    async def capabilities(self, *, timeout: float | None = None) -> frozenset[str]:
+        """What the server declares beyond the protocol: its ``cachenet-`` extensions
+        (``spooled`` on cachenet's own front end; nothing on another engine)."""
+        with map_grpc_errors():
+            meta = await self.stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=timeout)
+        return frozenset(e[len("cachenet-"):] for e in meta.extensions
+                         if e.startswith("cachenet-"))
+
     async def close(self) -> None:
         await self.channel.close()

@@ -232,13 +232,12 @@ def test_why_a_generation_stops():
     closing = threading.Event()
     assert not Stopper(None, closing)() and not Stopper(time.monotonic() + 60, closing)()
     expired = Stopper(time.monotonic() - 1, closing)
-    assert expired() and expired.status() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert expired() and expired.status() == "DEADLINE_EXCEEDED"
     left = Stopper(None, closing)
     left.left.set()
-    assert left() and left.status() == grpc.StatusCode.CANCELLED
+    assert left() and left.status() == "CANCELLED"
     closing.set()
-    assert Stopper(None, closing)() and Stopper(None, closing).status() == \
-        grpc.StatusCode.UNAVAILABLE
+    assert Stopper(None, closing)() and Stopper(None, closing).status() == "UNAVAILABLE"
 
 
 def test_shutdown_stops_a_running_generation():

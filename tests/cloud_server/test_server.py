@@ -48,6 +48,9 @@ def test_health_reflection_and_model_info(cloud, client, digits_splits):
     assert list(info.input_shape) == [-1, 1, 8, 8] and info.input_dtype == "float32"
     assert list(info.classes) == digits_splits.classes
     assert info.device.split(":")[0] == pick_device().type  # CUDA where there is one
+    # What it takes beyond a plain request, declared: clients ask, never guess from errors.
+    assert sorted(info.capabilities) == ["spooled", "uint8-levels"]
+    assert info.input_scale == pytest.approx(1 / 16)  # the digits' 17 levels
 
 
 def test_answers_match_the_full_model(client, digits_bundle, digits_splits):
@@ -146,11 +149,23 @@ def test_malformed_requests_get_invalid_argument_and_the_server_keeps_serving(
     assert client.infer(digits_splits.test.x[:1], timeout=5).labels.shape == (1,)
 
 
-def test_errors_map_to_our_exceptions(client, digits_splits):
-    with pytest.raises(CloudRejected, match="INVALID_ARGUMENT"):
+def test_errors_map_to_our_exceptions_with_their_details(client, digits_splits):
+    with pytest.raises(CloudRejected, match="INVALID_ARGUMENT") as err:
         client.infer(np.zeros((1, 2, 8, 8), np.float32), timeout=5)
-    with pytest.raises(CloudTimeout):
+    # The server's structured details travel with the status: what a caller acts on.
+    assert (err.value.code, err.value.reason, err.value.field) == (
+        "INVALID_ARGUMENT", "input_shape", "input.shape")
+    assert not err.value.retryable
+    with pytest.raises(CloudRejected) as err:
+        client.infer(digits_splits.test.x[:1], timeout=5, model_name="another")
+    assert (err.value.code, err.value.reason, err.value.field) == (
+        "NOT_FOUND", "unknown_model", "model_name")
+    with pytest.raises(CloudRejected) as err:
+        client.infer(digits_splits.test.x[:1].astype(np.float64), timeout=5)
+    assert (err.value.reason, err.value.field) == ("input_dtype", "input.dtype")
+    with pytest.raises(CloudTimeout) as timeout:
         client.infer(digits_splits.test.x[:1], timeout=1e-4)
+    assert timeout.value.retryable
 
 
 def test_stream_answers_each_request_and_survives_bad_ones(client, digits_splits):
@@ -161,6 +176,8 @@ def test_stream_answers_each_request_and_survives_bad_ones(client, digits_splits
     assert set(replies) == {r.id for r in requests}
     assert replies["bad"].error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "input shape" in replies["bad"].error_message
+    assert (replies["bad"].error_reason, replies["bad"].error_field) == ("input_shape",
+                                                                      "input.shape")
     assert all(replies[f"s{i}"].response.labels for i in range(20))
 
 

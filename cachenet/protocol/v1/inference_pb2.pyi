@@ -69,16 +69,20 @@ class InferResponse(_message.Message):
     def __init__(self, id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., confidences: _Optional[_Iterable[float]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., answered_by: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StreamInferResponse(_message.Message):
-    __slots__ = ("id", "response", "error_code", "error_message")
+    __slots__ = ("id", "response", "error_code", "error_message", "error_reason", "error_field")
     ID_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_FIELD_NUMBER: _ClassVar[int]
     id: str
     response: InferResponse
     error_code: int
     error_message: str
-    def __init__(self, id: _Optional[str] = ..., response: _Optional[_Union[InferResponse, _Mapping]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+    error_reason: str
+    error_field: str
+    def __init__(self, id: _Optional[str] = ..., response: _Optional[_Union[InferResponse, _Mapping]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., error_reason: _Optional[str] = ..., error_field: _Optional[str] = ...) -> None: ...
 
 class ModelInfoRequest(_message.Message):
     __slots__ = ("model_name",)
@@ -87,7 +91,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "input_dtype", "input_shape", "classes", "max_batch_size", "device")
+    __slots__ = ("name", "version", "input_dtype", "input_shape", "classes", "max_batch_size", "device", "capabilities", "input_scale")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUT_DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +99,8 @@ class ModelInfo(_message.Message):
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SCALE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     input_dtype: str
@@ -102,4 +108,6 @@ class ModelInfo(_message.Message):
     classes: _containers.RepeatedScalarFieldContainer[str]
     max_batch_size: int
     device: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_dtype: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., classes: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    input_scale: float
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_dtype: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., classes: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., device: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., input_scale: _Optional[float] = ...) -> None: ...
