@@ -1,28 +1,31 @@
 """The edge agent: a ZeroMQ ROUTER in front of the cache model, escalating to the cloud.
 
-One request, start to end:
+Everything runs on one asyncio event loop, in one thread: requests, escalations,
+audits, the control plane, spool uploads and the watchdog. One request, start to end:
 
-1. :meth:`EdgeAgent.main_loop` receives ``[identity, b"", header, tensor]`` on
-   the ROUTER socket; the tensor is viewed in place (:mod:`edge_agent.wire`);
+1. the ROUTER socket's file descriptor wakes the loop (:meth:`EdgeAgent._readable`),
+   which reads what is queued, ``[identity, b"", header, tensor]``, the tensor viewed
+   in place (:mod:`edge_agent.wire`), and hands each to :meth:`EdgeAgent.handle`;
 2. :meth:`EdgeAgent.infer` asks the device's cascade (:mod:`edge_agent.engine`):
    layer caches, the active cache model under ONNX Runtime and its gate, an
    unsure partition model handing over to the general model, the general model
    re-weighted by the stream's prior;
-3. confident: the answer goes back at once, ``source: edge``, without leaving
-   the receiving thread; a random share of these is also audited by the cloud
-   (:meth:`EdgeAgent.shadow`). Unsure: :meth:`EdgeAgent.escalate` sends it to the
-   cloud over gRPC with a deadline (:mod:`edge_agent.escalation`: cachenet's cloud or
-   any Open Inference Protocol server, balanced over replicas), on an asyncio loop in a
-   second thread, so other requests keep flowing;
+3. confident: the answer goes back at once, ``source: edge``; a random share of
+   these is also audited by the cloud (:meth:`EdgeAgent.shadow`, a task). Unsure:
+   :meth:`EdgeAgent.escalate`, a task on the same loop, sends it to the cloud over
+   gRPC with a deadline (:mod:`edge_agent.escalation`: cachenet's cloud or any Open
+   Inference Protocol server, balanced over replicas, with gRPC's own retry of a call
+   a replica dropped), while other requests keep flowing;
 4. the cloud's answer (``source: cloud``), or on any failure the edge's own
    prediction (``source: edge-fallback`` with the reason: cloud down, too
-   slow, overloaded, refusing), comes back to the receiving thread, which
-   sends it. No request fails because of the cloud.
+   slow, overloaded, refusing), is sent from that task. No request fails because
+   of the cloud.
 
-Each ZeroMQ socket is used by one thread only. The lifecycle reads like
-uvicorn's: :meth:`startup`, :meth:`main_loop`, :meth:`shutdown`, and signals in
-:meth:`install_signal_handlers` (SIGHUP reloads the bundle without dropping a
-request, see :mod:`edge_agent.reload`). No torch.
+What the cloud takes beyond a plain request (uint8 pixel levels, the spooled
+field) it declares, and the agent asks (:meth:`EdgeAgent.watch_capabilities`). The
+lifecycle reads like uvicorn's: :meth:`startup`, :meth:`main_loop`,
+:meth:`shutdown`, and signals on the loop (SIGHUP reloads the bundle without
+dropping a request, see :mod:`edge_agent.reload`). No torch.
 """
 
 from __future__ import annotations
@@ -30,10 +33,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import queue
 import signal
-import threading
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ import zmq
 
 from cachenet.core import strictjson, tensors
 from cachenet.core.audit import Audit
+from cachenet.core.backoff import Backoff
 from cachenet.core.notify import Notifier
 from cachenet.core.runtime import CacheModel, load_cache_model
 from cachenet.exceptions import (
@@ -52,11 +55,12 @@ from cachenet.exceptions import (
     InputSpecError,
     ProtocolError,
 )
+from cachenet.protocol.client import SPOOLED, UINT8_LEVELS
 from edge_agent import wire
 from edge_agent.config import AgentConfig
 from edge_agent.control import ControlClient
 from edge_agent.engine import Decision, Engine, equip
-from edge_agent.escalation import EscalationTarget, channel_target, connect
+from edge_agent.escalation import channel_target, connect
 from edge_agent.keeper import Keeper, open_spool
 from edge_agent.metrics import AgentMetrics
 from edge_agent.partitions import ModelSet
@@ -67,11 +71,11 @@ from edge_agent.trust import Trust
 
 log = logging.getLogger(__name__)
 
-POLL_MS = 100  # how often the loop looks at the exit flag when idle
-#: Requests handled per turn of the loop, before it looks at escalations and the watchdog.
+#: Requests read per wake-up of the socket, before the loop runs its other work
+#: (escalations' answers, the watchdog): a steady stream starves nothing.
 DRAIN_BATCH = 256
-#: An escalation that failed UNAVAILABLE is tried again only with this much time left.
-RETRY_MIN_S = 0.005
+#: How long startup waits to learn what the cloud takes before serving anyway.
+CAPABILITIES_WAIT_S = 2.0
 
 
 def _bind(sock: zmq.Socket, endpoint: str) -> str:
@@ -87,36 +91,48 @@ class EdgeAgent:
         self._model = model  # until startup: then the model set says which model is active
         self.models: ModelSet | None = None  # general + partition models held
         self.engine: Engine | None = None  # the cascade over them, with its audit
-        #: escalate camera frames as their uint8 levels (``native_uplink``)
+        #: escalate camera frames as their uint8 levels, where the cloud takes them
         self.native_uplink = config.native_uplink
         self.ctx = zmq.Context()
         self.sock: zmq.Socket | None = None
         self.endpoint = ""
         self.stats = AgentStats(config.latency_window)
-        self.should_exit = threading.Event()
         self.notifier = Notifier()  # systemd: READY=1, the watchdog, STOPPING=1
         self.metrics: AgentMetrics | None = None
         self.inflight = 0
-        # Escalations: run on `self.loop` in another thread; finished answers come
-        # back through `self.done` and a wake-up byte on an inproc PAIR socket.
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.should_exit: asyncio.Event | None = None
         self.cloud: Any = None  # the escalation target's client (edge_agent.escalation)
+        #: what the cloud declares it takes beyond a plain request (protocol.client), and
+        #: whether it has said yet (the spool waits for that)
+        self.capabilities: frozenset[str] = frozenset()
+        self.capabilities_known: asyncio.Event | None = None
         self.control: ControlClient | None = None
-        self.done: queue.SimpleQueue[tuple] = queue.SimpleQueue()
-        self._wake_rx: zmq.Socket | None = None
-        self._wake_tx: zmq.Socket | None = None  # used only on the loop's thread
-        self._thread: threading.Thread | None = None
+        self.credentials: Any = None
         state = config.state_dir or (Path(config.bundle).resolve().parent / ".pushed"
                                      if config.bundle else None)
         self.trust = Trust(config.trusted_key, config.allow_rollback, state)
         self.reloader = Reloader(self._swap, check=self.trust.check_path)
         self.spool: Spool | None = None
         self.keeper: Keeper | None = None  # spools what the cloud missed, uploads it later
-        self.reload_requested = threading.Event()
+        self._tasks: set[asyncio.Task] = set()  # escalations, audits, spool writes
+        self._services: list[asyncio.Task] = []  # control, uploads, capabilities, watchdog
+        self._drain_scheduled = False
+        self._draining = False
+        self._cloud_lost: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None  # set while no escalation is in flight
 
     # -- lifecycle ------------------------------------------------------
-    def startup(self) -> None:
+    async def startup(self) -> None:
+        """Load and verify the bundle, bind the socket, connect to the cloud; on the
+        running loop, which from here on serves everything."""
         c = self.config
+        self.loop = asyncio.get_running_loop()
+        self.should_exit = asyncio.Event()
+        self._cloud_lost = asyncio.Event()
+        self.capabilities_known = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         if self._model is None:
             if c.bundle is None:
                 raise CachenetError("no bundle configured (--bundle or CACHENET_BUNDLE)")
@@ -129,7 +145,6 @@ class EdgeAgent:
         escalation = c.escalation_target()
         if escalation is not None and c.spool:
             self.spool = open_spool(c)
-            self.keeper = Keeper(self, self.spool) if self.spool is not None else None
         if escalation is not None and not escalation.sends_levels:
             self.native_uplink = False  # another engine's model takes what it declares
         if escalation is not None and self.credentials is None:
@@ -154,7 +169,23 @@ class EdgeAgent:
             self.metrics = AgentMetrics(self)
             ready["metrics_port"] = self.metrics.serve(c.metrics_host, c.metrics_port)
         if escalation is not None:
-            self._start_escalation_loop(escalation)
+            try:
+                self.cloud = connect(escalation, self.credentials)
+                if self.spool is not None:  # uploads on a channel of their own, no retries
+                    self.keeper = Keeper(self, self.spool,
+                                         connect(escalation, self.credentials, retry=False))
+            except Exception as exc:
+                raise CachenetError(f"cannot set up the cloud client for {escalation}: "
+                                    f"{exc}") from exc
+            known = self.service(self.watch_capabilities(), "capabilities")
+            if c.control and c.cloud:
+                self.control = ControlClient(self, channel_target(c.cloud))
+                self.service(self.control.run(), "control")
+            if self.keeper is not None:
+                self.service(self.keeper.upload(), "spool")
+            await asyncio.wait([known], timeout=CAPABILITIES_WAIT_S)  # a cloud that is up
+        if self.notifier.watchdog_s:
+            self.service(self._watchdog(), "watchdog")
         telemetry()  # prime psutil's CPU counter
         log.info("edge agent %s serving %s version %s on %s; escalating to %s, deadline "
                  "%.0f ms", c.agent_id, self.model.manifest.name, self.model.version,
@@ -166,112 +197,80 @@ class EdgeAgent:
         self.notifier.ready(f"serving {self.model.manifest.name} {self.model.version} on "
                             f"{self.endpoint}")
 
-    def _start_escalation_loop(self, target: EscalationTarget) -> None:
-        address = f"inproc://escalations-{id(self)}"
-        self._wake_rx = self.ctx.socket(zmq.PAIR)
-        self._wake_rx.bind(address)
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
+    def service(self, coro: Coroutine, name: str) -> asyncio.Task:
+        """A background task that lives as long as the agent (cancelled at shutdown)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._services.append(task)
+        return task
 
-        failure: list[BaseException] = []
+    def spawn(self, coro: Coroutine) -> None:
+        """A task of one request (an escalation, an audit, a spool write); kept referenced
+        until it ends."""
+        assert self.loop is not None
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            control_task: asyncio.Task | None = None
-            upload_task: asyncio.Task | None = None
-            self._wake_tx = self.ctx.socket(zmq.PAIR)
-            try:
-                self._wake_tx.setsockopt(zmq.SNDHWM, 0)
-                self._wake_tx.connect(address)
-                self.cloud = connect(target, self.credentials)
-                if self.config.control and self.config.cloud:
-                    self.control = ControlClient(self, channel_target(self.config.cloud))
-                    control_task = self.loop.create_task(self.control.run(), name="control")
-                if self.keeper is not None:
-                    upload_task = self.loop.create_task(self.keeper.upload(), name="spool")
-            except BaseException as exc:
-                failure.append(exc)
-                self._wake_tx.close(linger=0)
-                return
-            finally:
-                ready.set()
-            try:
-                self.loop.run_forever()
-                if upload_task is not None:
-                    upload_task.cancel()
-                    self.loop.run_until_complete(asyncio.gather(upload_task,
-                                                                return_exceptions=True))
-                if self.control is not None and control_task is not None:
-                    control_task.cancel()
-                    self.loop.run_until_complete(asyncio.gather(control_task,
-                                                                return_exceptions=True))
-                    self.loop.run_until_complete(self.control.close())
-                self.loop.run_until_complete(self.cloud.close())
-            except Exception:
-                log.exception("closing the cloud channel failed")
-            finally:
-                self._wake_tx.close(linger=0)
+    async def main_loop(self) -> None:
+        """Serve until asked to exit; every accepted request is answered."""
+        assert self.sock is not None and self.loop is not None and self.should_exit
+        fd = self.sock.getsockopt(zmq.FD)
+        self.loop.add_reader(fd, self._readable)
+        try:
+            self._readable()  # what arrived before the reader was added
+            await self.should_exit.wait()
+        finally:
+            self.loop.remove_reader(fd)
 
-        self._thread = threading.Thread(target=run, name="escalations", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failure:
-            raise CachenetError(f"cannot set up the cloud client for {target}: {failure[0]}")
-
-    def main_loop(self) -> None:
-        """Receive and answer until asked to exit; every accepted request is answered."""
-        assert self.sock is not None
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        if self._wake_rx is not None:
-            poller.register(self._wake_rx, zmq.POLLIN)
-        pinged = time.monotonic()
-        while not self.should_exit.is_set():
-            events = dict(poller.poll(POLL_MS))
-            if self.notifier.watchdog_s and time.monotonic() - pinged >= self.notifier.watchdog_s:
-                self.notifier.watchdog()  # from the loop that serves: a hang stops the pings
-                pinged = time.monotonic()
-            if self.reload_requested.is_set() and not self.reloader.busy:
-                self.reload_requested.clear()
-                self.reload()
-            if self._wake_rx is not None and events.get(self._wake_rx):
-                self.deliver_escalations()
-            if events.get(self.sock):
-                self.drain()
-
-    def drain(self) -> None:
-        """What is queued on the socket (up to DRAIN_BATCH requests, so that a steady
-        stream does not starve escalations' answers and the watchdog), then back to
-        polling. Whether more is queued
-        is asked of the socket (``ZMQ_EVENTS``), not learnt from a failing receive: on
-        this path an exception per request costs more than the agent's own work."""
+    def _readable(self) -> None:
+        """The socket may have messages: read and answer up to DRAIN_BATCH of them. ZeroMQ's
+        descriptor is edge-triggered, so what is queued is asked of the socket
+        (``ZMQ_EVENTS``), and more than a batch is left for the loop's next turn."""
+        self._drain_scheduled = False
         sock = self.sock
         assert sock is not None
-        for _ in range(DRAIN_BATCH):  # then the loop's other work: answers, the watchdog
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self.handle(frames)
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                return
+        self._draining = True
+        try:
+            for _ in range(DRAIN_BATCH):
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    return
+                self.handle(sock.recv_multipart(zmq.NOBLOCK, copy=False))
+            self._wake()
+        finally:
+            self._draining = False
 
-    def shutdown(self) -> None:
+    def _wake(self) -> None:
+        if not self._drain_scheduled and self.loop is not None:
+            self._drain_scheduled = True
+            self.loop.call_soon(self._readable)
+
+    async def _watchdog(self) -> None:
+        """Ping systemd's watchdog from the loop that serves: a hang stops the pings."""
+        while True:
+            await asyncio.sleep(self.notifier.watchdog_s)
+            self.notifier.watchdog()
+
+    async def shutdown(self) -> None:
         self.notifier.stopping()
         log.info("shutting down: %d escalations in flight", self.inflight)
-        deadline = time.monotonic() + self.config.deadline_ms / 1e3 + 2.0
-        while self.inflight and time.monotonic() < deadline and self._wake_rx is not None:
-            if self._wake_rx.poll(POLL_MS):
-                self.deliver_escalations()
-        if self.loop is not None and self._thread is not None:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(10)
-            if self._wake_rx is not None:
-                self.deliver_escalations()  # anything that finished while stopping
-        for sock in (self.sock, self._wake_rx):
-            if sock is not None:
-                sock.close(linger=0)
-        self.reloader.join(10)
+        assert self._idle is not None
+        try:  # what was accepted is answered: the cloud's answer or the edge's, in time
+            await asyncio.wait_for(self._idle.wait(), self.config.deadline_ms / 1e3 + 2.0)
+        except asyncio.TimeoutError:
+            log.error("%d escalations still in flight at shutdown", self.inflight)
+        pending = [*self._services, *self._tasks]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for client in (self.control, self.cloud, self.keeper):
+            if client is not None:
+                try:
+                    await client.close()
+                except Exception:
+                    log.exception("closing a channel to the cloud failed")
+        if self.sock is not None:
+            self.sock.close(linger=0)
+        await asyncio.to_thread(self.reloader.join, 10)
         self.ctx.destroy(linger=0)
         if self.metrics is not None:
             self.metrics.close()
@@ -279,13 +278,20 @@ class EdgeAgent:
 
     def install_signal_handlers(self) -> None:
         """SIGINT/SIGTERM: finish what was accepted and exit. SIGHUP: reload the bundle."""
+        loop = asyncio.get_running_loop()
+        assert self.should_exit is not None
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: self.should_exit.set())
-        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+            loop.add_signal_handler(sig, self.should_exit.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
 
     def reload(self) -> None:
-        """Load the configured bundle again, off the request path, and swap it in."""
+        """Load the configured bundle again, off the request path, and swap it in (once
+        a reload already running ends)."""
         if self.config.bundle is None:
+            return
+        if self.reloader.busy:
+            assert self.loop is not None
+            self.loop.call_later(0.1, self.reload)
             return
         log.info("reloading %s", self.config.bundle)
         self.reloader.start(self.config.bundle, self.model, precision=self.config.precision,
@@ -303,18 +309,26 @@ class EdgeAgent:
         else:
             self._model = model
 
-    def serve(self) -> None:
+    async def _serve(self) -> None:
+        await self.startup()
         self.install_signal_handlers()
-        self.startup()
         try:
-            self.main_loop()
+            await self.main_loop()
         finally:
-            self.shutdown()
+            await self.shutdown()
+
+    def serve(self) -> None:
+        asyncio.run(self._serve())
 
     # -- requests -------------------------------------------------------
     def reply(self, envelope: list[Any], reply: dict[str, Any]) -> None:
-        assert self.sock is not None
-        self.sock.send_multipart(wire.encode_reply(envelope, reply))
+        sock = self.sock
+        assert sock is not None
+        sock.send_multipart(wire.encode_reply(envelope, reply))
+        # A send outside the read loop may take the descriptor's edge for a request
+        # that arrived meanwhile: ask the socket, and read it now if so.
+        if not self._draining and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._wake()
 
     def handle(self, frames: list[Any]) -> None:
         t0 = time.perf_counter_ns()
@@ -347,16 +361,16 @@ class EdgeAgent:
               t0: int) -> None:
         t1 = time.perf_counter_ns()
         assert self.engine is not None
-        decision = self.engine.decide(x, header, can_audit=self.loop is not None)
+        decision = self.engine.decide(x, header, can_audit=self.cloud is not None)
         answer = decision.answer
         answer["latency_us"]["edge_infer"] = (time.perf_counter_ns() - t1) / 1e3
         policy = header.get("policy", "auto")
         if policy == "edge" or (policy == "auto" and decision.step is not None):
+            self.finish(envelope, decision, "edge", t0)
             if decision.audit:  # its own copy: the caller may reuse the input's buffer
                 self.stats.count("audits")
-                asyncio.run_coroutine_threadsafe(self.shadow(decision, x.copy()), self.loop)
-            self.finish(envelope, decision, "edge", t0)
-        elif self.loop is None:
+                self.spawn(self.shadow(decision, x.copy()))
+        elif self.cloud is None:
             self.finish(envelope, decision, "edge-fallback", t0, "no cloud configured")
         elif self.inflight >= self.config.max_inflight:
             self.finish(envelope, decision, "edge-fallback", t0, "too many escalations")
@@ -366,43 +380,50 @@ class EdgeAgent:
             if "deadline_ms" in header:
                 deadline = min(deadline, float(header["deadline_ms"]))
             self.inflight += 1
+            self._idle.clear()  # type: ignore[union-attr]
             self.stats.count("escalated")
-            asyncio.run_coroutine_threadsafe(
-                self.escalate(envelope, decision, x, deadline / 1e3, t0), self.loop)
+            self.spawn(self.escalate(envelope, decision, x, deadline / 1e3, t0))
+
+    async def watch_capabilities(self) -> None:
+        """Ask the cloud what it takes beyond a plain request, and again whenever it was
+        lost (it may come back another version, or another replica); until it answers,
+        plain requests only: float32, no spooled field."""
+        assert self._cloud_lost is not None and self.capabilities_known is not None
+        backoff = Backoff(0.5, 5.0)
+        while True:
+            try:
+                caps = await self.cloud.capabilities(timeout=CAPABILITIES_WAIT_S)
+            except CloudError as exc:
+                await asyncio.sleep(backoff.next())
+                log.debug("the cloud's capabilities are not known yet: %s", exc)
+                continue
+            if caps != self.capabilities:
+                log.info("the cloud takes %s", ", ".join(sorted(caps)) or "plain requests")
+            self.capabilities = caps
+            self.capabilities_known.set()
+            backoff.reset()
+            self._cloud_lost.clear()
+            await self._cloud_lost.wait()
 
     async def ask_cloud(self, x: np.ndarray, timeout: float, version: str, *,
-                        spooled: bool = False) -> Any:
+                        spooled: bool = False, client: Any = None) -> Any:
         """The cloud's answer for one input (raises :class:`CloudError`). A camera frame
-        travels as its uint8 pixel levels where that loses nothing (4x fewer bytes up);
-        a cloud that refuses them gets float32 from then on."""
-        assert self.cloud is not None
-        levels = (tensors.to_levels(x, tensors.input_scale(self.model.manifest.input))
-                  if self.native_uplink and self.model is not None else None)
-        started = time.monotonic()
-        send = x if levels is None else levels
-        for attempt in (1, 2):
-            left = timeout - (time.monotonic() - started)  # one deadline for both tries
-            try:
-                cloud = await self.cloud.infer(send, timeout=max(left, 1e-3),
-                                               agent_id=self.config.agent_id,
-                                               cache_model_version=version, spooled=spooled)
-                break
-            except CloudRejected as exc:
-                if send is x or "dtype" not in str(exc) or attempt == 2:
-                    raise
-                log.warning("the cloud refuses inputs as uint8 pixel levels (%s): sending "
-                            "float32", exc)
-                self.native_uplink = False
-                send = x
-            except CloudUnavailable as exc:
-                # A replica went away under the call: the balanced channel sends the
-                # second try to another, within the same deadline. Only on UNAVAILABLE
-                # (not a CANCELLED call, which may have run), only with time left, and
-                # not for spooled uploads, which retry on their own (and are counted).
-                if (attempt == 2 or spooled or exc.code != "UNAVAILABLE"
-                        or timeout - (time.monotonic() - started) < RETRY_MIN_S):
-                    raise
-        classes = self.model.manifest.classes if self.model else []
+        travels as its uint8 pixel levels where that loses nothing and the cloud takes
+        them (4x fewer bytes up). ``client``: another channel to it (the spool's)."""
+        caps = self.capabilities
+        model = self.model
+        levels = (tensors.to_levels(x, tensors.input_scale(model.manifest.input))
+                  if self.native_uplink and UINT8_LEVELS in caps and model is not None
+                  else None)
+        try:
+            cloud = await (client or self.cloud).infer(
+                x if levels is None else levels, timeout=timeout,
+                agent_id=self.config.agent_id, cache_model_version=version,
+                spooled=spooled and SPOOLED in caps)
+        except CloudUnavailable:
+            self._cloud_lost.set()  # type: ignore[union-attr]
+            raise
+        classes = model.manifest.classes if model else []
         if len(cloud.labels) != 1 or not 0 <= int(cloud.labels[0]) < len(classes):
             raise CloudError(f"cloud answered labels {cloud.labels.tolist()} for one input "
                              f"of {len(classes)} classes")
@@ -410,8 +431,7 @@ class EdgeAgent:
 
     async def escalate(self, envelope: list[Any], decision: Decision, x: np.ndarray,
                        timeout: float, t0: int) -> None:
-        """On the escalation loop: ask the cloud, then hand the answer back."""
-        assert self._wake_tx is not None
+        """Ask the cloud, then answer: with its label, or the edge's on any failure."""
         answer = decision.answer
         t = time.perf_counter_ns()
         source, reason = "edge-fallback", "escalation cancelled"
@@ -429,13 +449,26 @@ class EdgeAgent:
             reason = f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, CloudRejected):  # the cloud was away: it sees it later
                 self.keep(x, decision)
+        except asyncio.CancelledError:  # shutting down past the deadline: answer, then go
+            self._answer_escalation(envelope, decision, source, t0, reason, t)
+            raise
         except Exception as exc:  # never lose a request to an unexpected failure
             log.exception("escalation failed")
             reason = f"{type(exc).__name__}: {exc}"
-        finally:  # whatever happened, the answer goes back to the receiving thread
-            answer["latency_us"]["cloud"] = (time.perf_counter_ns() - t) / 1e3
-            self.done.put((envelope, decision, source, t0, reason))
-            self._wake_tx.send(b"", copy=True)
+        self._answer_escalation(envelope, decision, source, t0, reason, t)
+
+    def _answer_escalation(self, envelope: list[Any], decision: Decision, source: str,
+                           t0: int, reason: str | None, t: int) -> None:
+        decision.answer["latency_us"]["cloud"] = (time.perf_counter_ns() - t) / 1e3
+        self.inflight -= 1
+        if not self.inflight:
+            self._idle.set()  # type: ignore[union-attr]
+        if reason is not None:
+            self.stats.count(f"fallback:{reason.split(':', 1)[0]}")
+        try:
+            self.finish(envelope, decision, source, t0, reason)
+        except Exception:  # the socket closing under a late answer, say
+            log.exception("answering an escalation failed")
 
     def keep(self, x: np.ndarray, decision: Decision) -> None:
         """Spool an input answered without the cloud, to upload later (if spooling)."""
@@ -443,8 +476,7 @@ class EdgeAgent:
             self.keeper.keep(x, decision)
 
     async def shadow(self, decision: Decision, x: np.ndarray) -> None:
-        """On the escalation loop: an audit of an edge answer already sent."""
-        assert self._wake_tx is not None
+        """An audit of an edge answer already sent: the cloud's label, counted."""
         label, reason = None, "audit cancelled"
         try:
             cloud = await self.ask_cloud(x, self.config.deadline_ms / 1e3,
@@ -452,32 +484,13 @@ class EdgeAgent:
             label, reason = int(cloud.labels[0]), None
         except CloudError as exc:
             reason = f"cloud unreachable: {type(exc).__name__}"
+        except asyncio.CancelledError:
+            self.engine.audited(decision, None, reason)  # type: ignore[union-attr]
+            raise
         except Exception as exc:
             log.exception("audit failed")
             reason = f"{type(exc).__name__}: {exc}"
-        finally:
-            self.done.put((None, decision, label, 0, reason))
-            self._wake_tx.send(b"", copy=True)
-
-    def deliver_escalations(self) -> None:
-        assert self._wake_rx is not None and self.engine is not None
-        while True:
-            try:
-                self._wake_rx.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-        while True:
-            try:
-                envelope, decision, source, t0, reason = self.done.get_nowait()
-            except queue.Empty:
-                return
-            if envelope is None:  # an audit: `source` is the cloud's label or None
-                self.engine.audited(decision, source, reason)
-                continue
-            self.inflight -= 1
-            if reason is not None:
-                self.stats.count(f"fallback:{reason.split(':', 1)[0]}")
-            self.finish(envelope, decision, source, t0, reason)
+        self.engine.audited(decision, label, reason)  # type: ignore[union-attr]
 
     def finish(self, envelope: list[Any], decision: Decision, source: str, t0: int,
                reason: str | None = None) -> None:
@@ -487,8 +500,8 @@ class EdgeAgent:
             answer["fallback_reason"] = reason
         total = (time.perf_counter_ns() - t0) / 1e3
         answer["latency_us"]["agent_total"] = total
-        self.stats.record(source, answer["label"], total, decision.step)
         self.reply(envelope, answer)
+        self.stats.record(source, answer["label"], total, decision.step)
         if self.engine is not None:  # after the reply: off the request's path
             try:
                 self.engine.learn(decision, source)
@@ -502,6 +515,7 @@ class EdgeAgent:
                 "model": {"name": model.manifest.name, "version": model.version,
                           "threshold": model.gate.threshold, "score": model.gate.score},
                 "cloud": self.config.cloud, "inflight": self.inflight,
+                "capabilities": sorted(self.capabilities),
                 "reloads": self.reloader.snapshot(),
                 "spool": self.spool.snapshot() if self.spool is not None else None,
                 "control": self.control.snapshot() if self.control is not None else None,

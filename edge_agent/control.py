@@ -1,6 +1,6 @@
 """The agent's side of the control plane: register, receive pushes, apply, acknowledge.
 
-Runs as a task on the agent's escalation loop. It subscribes with the bundle
+Runs as a task on the agent's loop. It subscribes with the bundle
 version it runs; each push is checked chunk by chunk and as a whole
 (:class:`cachenet.protocol.push.PushAssembler`), installed into a new versioned
 folder confined to the state directory (:func:`cachenet.core.install.install`),
@@ -12,7 +12,8 @@ hears ``applied`` or ``rejected`` with the reason. Stats go up every
 Nothing a push does stops the updates: any failure while receiving, installing
 or loading one (a hostile version, a disk error, a bug) is logged, acknowledged
 as rejected with its reason, and the subscription goes on; a failure of the
-connection itself is retried with backoff, and on reconnecting the agent says
+connection itself is retried with a growing, jittered backoff (a fleet that lost
+its cloud does not come back in lockstep), and on reconnecting the agent says
 what it runs, so it gets what it missed. :attr:`ControlClient.state` says where
 the control plane stands; the agent's ``stats`` reply carries it.
 """
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from cachenet.core.backoff import Backoff
 from cachenet.core.install import clean_staging, discard, install
 from cachenet.exceptions import CachenetError
 from cachenet.protocol.client import CHANNEL_OPTIONS, open_channel
@@ -196,32 +198,34 @@ class ControlClient:
 
     async def run(self) -> None:
         """Register, subscribe and report until cancelled, reconnecting with backoff."""
-        backoff = 0.5
+        backoff = Backoff(0.5, 5.0)
         while True:
             try:
                 self.state = CONNECTING
                 await self.register()
                 reporter = asyncio.create_task(self.report_stats())
                 try:
-                    backoff = 0.5
+                    backoff.reset()
                     await self.subscribe()
                 finally:
                     reporter.cancel()
+                why = "the subscription ended"
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
                 if code == grpc.StatusCode.UNIMPLEMENTED:
                     log.info("the cloud serves no control plane (no --store): pushes are off")
                     self.state = OFF
                     return
-                log.info("control plane unavailable (%s); retrying in %.1f s",
-                         code.name if code else exc, backoff)
+                why = f"control plane unavailable ({code.name if code else exc})"
             except Exception as exc:  # never end silently: log, count, reconnect
-                log.exception("control plane failed; reconnecting in %.1f s", backoff)
+                log.exception("control plane failed")
                 self.last_error = _reason(exc)
+                why = "control plane failed"
+            delay = backoff.next()
+            log.info("%s; reconnecting in %.1f s", why, delay)
             self.state = RETRYING
             self.counts["reconnects"] += 1
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            await asyncio.sleep(delay)
 
     async def close(self) -> None:
         await self.channel.close()

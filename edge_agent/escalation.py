@@ -18,7 +18,9 @@ with ports (``10.0.0.5:50051,10.0.0.6:50051``), the replicas of one cloud; or a
 name URI, ``dns:///cloud.example:50051``, which resolves to every replica (a
 Kubernetes headless Service). Either way the channel balances calls round-robin over
 the replicas it reaches and stops sending to one that goes away (gRPC's client-side
-``round_robin``).
+``round_robin``), and a call that fails UNAVAILABLE (a replica went away under it) is
+tried once more within its deadline, by gRPC's own retry policy
+(:func:`cachenet.protocol.client.channel_options`).
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from typing import Any
 import grpc
 
 from cachenet.exceptions import ConfigError
-from cachenet.protocol.client import CHANNEL_OPTIONS, AsyncCloudClient
-
-#: Every channel an agent opens to the cloud balances over all its addresses.
-BALANCED_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.lb_policy_name", "round_robin")]
+from cachenet.protocol.client import (
+    INFER_METHOD,
+    OIP_INFER_METHOD,
+    AsyncCloudClient,
+    channel_options,
+)
 
 
 def channel_target(spec: str) -> str:
@@ -85,26 +89,35 @@ class EscalationTarget:
         return self.protocol == "cachenet"
 
 
-def _cachenet(t: EscalationTarget, credentials: grpc.ChannelCredentials | None) -> Any:
-    return AsyncCloudClient(channel_target(t.address), options=BALANCED_OPTIONS,
+def _cachenet(t: EscalationTarget, credentials: grpc.ChannelCredentials | None,
+              retry: bool) -> Any:
+    options = channel_options(balanced=True, retry=[INFER_METHOD] if retry else [])
+    return AsyncCloudClient(channel_target(t.address), options=options,
                             credentials=credentials)
 
 
-def _oip(t: EscalationTarget, credentials: grpc.ChannelCredentials | None) -> Any:
+def _oip(t: EscalationTarget, credentials: grpc.ChannelCredentials | None,
+         retry: bool) -> Any:
     from cachenet.protocol.openinference import AsyncOIPClient
 
+    options = channel_options(balanced=True, retry=[OIP_INFER_METHOD] if retry else [])
     return AsyncOIPClient(channel_target(t.address), t.model, model_version=t.model_version,
                           input_name=t.input_name, logits_name=t.output_name,
-                          options=BALANCED_OPTIONS, credentials=credentials)
+                          options=options, credentials=credentials)
 
 
-#: protocol -> a function of (target, credentials) making its asyncio client.
-PROTOCOLS: dict[str, Callable[[EscalationTarget, grpc.ChannelCredentials | None], Any]] = {
+#: protocol -> a function of (target, credentials, retry) making its asyncio client, whose
+#: ``infer`` answers one input and ``capabilities`` says what the server takes.
+PROTOCOLS: dict[str, Callable[[EscalationTarget, grpc.ChannelCredentials | None, bool],
+                              Any]] = {
     "cachenet": _cachenet,
     "oip": _oip,
 }
 
 
-def connect(target: EscalationTarget, credentials: grpc.ChannelCredentials | None) -> Any:
-    """The asyncio client for ``target``; call inside the running event loop."""
-    return PROTOCOLS[target.protocol](target, credentials)
+def connect(target: EscalationTarget, credentials: grpc.ChannelCredentials | None, *,
+            retry: bool = True) -> Any:
+    """The asyncio client for ``target``; call inside the running event loop. ``retry``:
+    gRPC's retry policy on the channel (not for spooled uploads, which retry on their own,
+    counted)."""
+    return PROTOCOLS[target.protocol](target, credentials, retry)

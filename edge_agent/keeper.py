@@ -1,25 +1,26 @@
 """What the cloud missed: inputs the agent answered itself while the cloud was away.
 
-An input answered ``edge-fallback`` is copied off the request path (:meth:`Keeper.keep`),
-written to the agent's :class:`~edge_agent.spool.Spool` on the escalation loop's worker
-threads, and uploaded, oldest first and behind live escalations, when the cloud answers
-again (:meth:`Keeper.upload`), so the specialiser and the audit learn from it.
+An input answered ``edge-fallback`` is copied (:meth:`Keeper.keep`), written to the
+agent's :class:`~edge_agent.spool.Spool` on worker threads, off the agent's loop, and
+uploaded, oldest first and behind live escalations, when the cloud answers again
+(:meth:`Keeper.upload`), so the specialiser and the audit learn from it. Uploads go on a
+channel of their own, without gRPC's retries: an upload that fails is tried again
+later, and counted. The spooled field is sent only to a cloud that declares it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cachenet.core.backoff import Backoff
 from cachenet.exceptions import (
     CloudError,
     CloudOverloaded,
-    CloudRejected,
     CloudTimeout,
     CloudUnavailable,
 )
@@ -55,49 +56,38 @@ def open_spool(c: AgentConfig) -> Spool | None:
 
 
 class Keeper:
-    def __init__(self, agent: EdgeAgent, spool: Spool) -> None:
+    def __init__(self, agent: EdgeAgent, spool: Spool, client: Any) -> None:
         self.agent = agent
         self.spool = spool
-        self.flag = True  # mark uploads as spooled (an older cloud refuses the field)
+        self.client = client  # the uploads' own channel to the cloud
         self._backlog = 0  # inputs copied for the spool, not yet on disk
-        self._backlog_lock = threading.Lock()
 
     def keep(self, x: np.ndarray, decision: Decision) -> None:
-        """Spool an input the cloud did not see (from any thread; off the request path:
-        a copy now, the disk on the escalation loop's worker threads)."""
-        loop = self.agent.loop
-        if loop is None:
+        """Spool an input the cloud did not see (on the agent's loop; the disk on a worker
+        thread)."""
+        if self._backlog >= SPOOL_BACKLOG:  # the disk is behind: drop, counted
+            self.agent.stats.count("spool:dropped_backlog")
             return
-        with self._backlog_lock:
-            if self._backlog >= SPOOL_BACKLOG:  # the disk is behind: drop, counted
-                self.agent.stats.count("spool:dropped_backlog")
-                return
-            self._backlog += 1
-        try:
-            item = (x.copy(), int(decision.answer["label"]),
-                    decision.answer["versions"]["cache"])
-            loop.call_soon_threadsafe(
-                lambda: loop.create_task(asyncio.to_thread(self._add, *item)))
-        except Exception:  # the request is answered: spooling it must not answer twice
-            log.exception("spooling an input failed")
-            with self._backlog_lock:
-                self._backlog -= 1
+        self._backlog += 1
+        self.agent.spawn(self._add(x.copy(), int(decision.answer["label"]),
+                                   decision.answer["versions"]["cache"]))
 
-    def _add(self, x: np.ndarray, label: int, version: str) -> None:
+    async def _add(self, x: np.ndarray, label: int, version: str) -> None:
         try:
-            self.spool.add(x, label, version)
+            await asyncio.to_thread(self.spool.add, x, label, version)
         except OSError:  # a full or failing disk costs the item, not the agent
             log.exception("spooling an input failed")
             self.agent.stats.count("spool:write_failed")
         finally:
-            with self._backlog_lock:
-                self._backlog -= 1
+            self._backlog -= 1
 
     async def upload(self) -> None:
-        """On the escalation loop: send spooled inputs, oldest first, while the cloud
-        answers and live escalations leave room; back off while it does not."""
-        backoff = 0.5
+        """Send spooled inputs, oldest first, while the cloud answers and live escalations
+        leave room; back off, jittered, while it does not."""
+        backoff = Backoff(0.5, 10.0)
         room = max(1, self.agent.config.max_inflight // 2)  # live escalations come first
+        assert self.agent.capabilities_known is not None
+        await self.agent.capabilities_known.wait()  # whether it takes the spooled field
         while True:
             if not len(self.spool) or self.agent.inflight >= room:
                 await asyncio.sleep(0.2)
@@ -107,22 +97,17 @@ class Keeper:
                 if item is None:
                     continue
                 cloud = await self.agent.ask_cloud(item.x, UPLOAD_TIMEOUT_S, item.version,
-                                                   spooled=self.flag)
-            except CloudRejected as exc:
-                if self.flag and "unknown field" in str(exc):  # an older cloud
-                    log.warning("the cloud does not know spooled inputs: sending them plain")
-                    self.flag = False
-                    continue
-                await asyncio.to_thread(self.spool.done, item, None)
+                                                   spooled=True, client=self.client)
             except (CloudUnavailable, CloudTimeout, CloudOverloaded):
-                await asyncio.sleep(backoff)  # away, or busy: later
-                backoff = min(2 * backoff, 10.0)
+                await asyncio.sleep(backoff.next())  # away, or busy: later
             except CloudError:  # refused for good (its classes changed, not allowed...)
                 await asyncio.to_thread(self.spool.done, item, None)
             except Exception:
                 log.exception("uploading a spooled input failed")
-                await asyncio.sleep(backoff)
-                backoff = min(2 * backoff, 10.0)
+                await asyncio.sleep(backoff.next())
             else:
                 await asyncio.to_thread(self.spool.done, item, int(cloud.labels[0]))
-                backoff = 0.5
+                backoff.reset()
+
+    async def close(self) -> None:
+        await self.client.close()

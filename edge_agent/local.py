@@ -10,15 +10,15 @@ stats as the daemon, without a socket in between.
         agent.stats()                    # the daemon's stats reply
 
 It is the daemon (:class:`edge_agent.agent.EdgeAgent`) with its transport
-replaced: replies go to the caller instead of a ZeroMQ socket, and the calling
-thread does the receiving thread's work (it waits for its own escalation and
-hands back finished audits). Calls are serialised by a lock: one request at a
-time, from any thread. An edge answer costs ONNX Runtime plus a few tens of
-microseconds (``bench/micro.py``).
+replaced: the agent's one event loop runs in a thread of its own, a call hands its
+request to that loop, and the reply comes back to the caller instead of going out on
+a ZeroMQ socket. Calls may come from any thread. An edge answer costs ONNX Runtime
+plus the hand-over and a few tens of microseconds (``python -m bench.micro``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
@@ -27,17 +27,29 @@ from typing import Any
 import numpy as np
 
 from cachenet.exceptions import InputSpecError, ProtocolError
-from edge_agent.agent import POLL_MS, EdgeAgent
+from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentConfig, load_config
 
 POLICIES = ("auto", "edge", "cloud")
 
 
 class _InProcess(EdgeAgent):
-    """The daemon whose replies go into the caller's box."""
+    """The daemon whose replies resolve the caller's future."""
 
     def reply(self, envelope: list[Any], reply: dict[str, Any]) -> None:
-        envelope.append(reply)
+        future = envelope[0]
+        if not future.done():
+            future.set_result(reply)
+
+    async def request(self, header: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
+        """One request, as the daemon handles one it read: on the agent's loop."""
+        t0 = time.perf_counter_ns()
+        batch = self.model.check_input(x)  # type: ignore[union-attr]
+        if len(batch) != 1:
+            raise InputSpecError(f"infer takes one input, got {len(batch)}")
+        future = asyncio.get_running_loop().create_future()
+        self.infer([future], header, batch, t0)
+        return await future
 
 
 class LocalAgent:
@@ -48,20 +60,39 @@ class LocalAgent:
         config.bind = ""
         config.ready_file = None
         self.agent = _InProcess(config)
-        self._lock = threading.Lock()
         self._ids = itertools.count()
-        self._started = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def _call(self, coro: Any) -> Any:
+        assert self._loop is not None, "the agent is not started"
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def start(self) -> LocalAgent:
-        self.agent.startup()
-        self._started = True
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="edge-agent",
+                                        daemon=True)
+        self._thread.start()
+        try:
+            self._call(self.agent.startup())
+        except BaseException:
+            self._stop_loop()
+            raise
         return self
 
+    def _stop_loop(self) -> None:
+        assert self._loop is not None and self._thread is not None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+        self._loop.close()
+        self._loop = self._thread = None
+
     def close(self) -> None:
-        if self._started:
-            with self._lock:
-                self.agent.shutdown()
-            self._started = False
+        if self._loop is not None:
+            try:
+                self._call(self.agent.shutdown())
+            finally:
+                self._stop_loop()
 
     def __enter__(self) -> LocalAgent:
         return self.start()
@@ -69,34 +100,18 @@ class LocalAgent:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _pump(self, timeout_ms: int) -> None:
-        """Deliver what the escalation loop finished (answers and audits)."""
-        rx = self.agent._wake_rx
-        if rx is not None and rx.poll(timeout_ms):
-            self.agent.deliver_escalations()
-
     def infer(self, x: np.ndarray, *, policy: str = "auto", deadline_ms: float | None = None
               ) -> dict[str, Any]:
         """Answer one input, as the daemon's ``infer`` would (the same reply fields)."""
         if policy not in POLICIES:
             raise ProtocolError(f"policy must be one of {', '.join(POLICIES)}")
-        with self._lock:
-            t0 = time.perf_counter_ns()
-            agent = self.agent
-            self._pump(0)
-            batch = agent.model.check_input(np.asarray(x))  # type: ignore[union-attr]
-            if len(batch) != 1:
-                raise InputSpecError(f"infer takes one input, got {len(batch)}")
-            header: dict[str, Any] = {"op": "infer", "id": next(self._ids), "policy": policy}
-            if deadline_ms is not None:
-                header["deadline_ms"] = float(deadline_ms)
-            box: list[dict[str, Any]] = []
-            agent.infer(box, header, batch, t0)  # type: ignore[arg-type]
-            while not box:  # escalated: this thread receives, as the daemon's would
-                self._pump(POLL_MS)
-            return box[0]
+        header: dict[str, Any] = {"op": "infer", "id": next(self._ids), "policy": policy}
+        if deadline_ms is not None:
+            header["deadline_ms"] = float(deadline_ms)
+        return self._call(self.agent.request(header, np.asarray(x)))
 
     def stats(self) -> dict[str, Any]:
-        with self._lock:
-            self._pump(0)
+        async def reply() -> dict[str, Any]:
             return self.agent.stats_reply(None)
+
+        return self._call(reply())

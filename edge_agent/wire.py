@@ -39,6 +39,9 @@ POLICIES = ("auto", "edge", "cloud")
 _FIELDS = {"infer": {"op", "id", "dtype", "shape", "policy", "deadline_ms", "gate"},
            "stats": {"op", "id"}, "ping": {"op", "id"}}
 MAX_HEADER_BYTES = 4096
+#: Replies as compact strict JSON; one encoder, made once (json.dumps with options makes
+#: a new one per call, a cost on every request).
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def split_envelope(frames: Sequence[Any]) -> tuple[list[Any], list[Any]]:
@@ -53,7 +56,7 @@ def parse_header(frame: Any) -> dict[str, Any]:
     if len(raw) > MAX_HEADER_BYTES:
         raise ProtocolError(f"header is {len(raw)} bytes, over {MAX_HEADER_BYTES}")
     try:
-        header = json.loads(raw)
+        header = json.loads(raw.decode())
     except (ValueError, RecursionError) as exc:  # JSON and Unicode errors are ValueErrors
         raise ProtocolError(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
@@ -144,13 +147,12 @@ def encode_reply(envelope: list[Any], reply: dict[str, Any]) -> list[Any]:
     refuse); a reply that holds one becomes an error reply, so the caller still gets an
     answer."""
     try:
-        body = json.dumps(reply, separators=(",", ":"), allow_nan=False)
+        body = _encode(reply)
     except ValueError:
         log.error("reply to %r held a non-finite number; answered as an error",
                   reply.get("id"))
-        body = json.dumps(error_reply(reply.get("id"), "InternalError",
-                                      "the answer held a non-finite number"),
-                          separators=(",", ":"), allow_nan=False)
+        body = _encode(error_reply(reply.get("id"), "InternalError",
+                                   "the answer held a non-finite number"))
     return [*envelope, body.encode()]
 
 

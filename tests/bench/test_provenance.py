@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench import provenance
-from cachenet.core.strictjson import NonFiniteError
+from cachenet.exceptions import NonFiniteError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -73,6 +73,8 @@ def test_unsure_inputs_go_to_the_cloud_through_the_wan(client, sure_and_unsure):
     assert answer["versions"]["cloud"].startswith("resnet20:")
     assert answer["latency_us"]["cloud"] >= 20_000  # the emulated 20 ms round trip
     assert "edge_label" in answer and "cloud_server" in answer["latency_us"]
+    # What the cloud takes beyond plain requests, as it declared it, not as guessed.
+    assert client.stats()["capabilities"] == ["spooled", "uint8-levels"]
 
 
 def test_a_request_may_bring_its_own_gate(client, sure_and_unsure):

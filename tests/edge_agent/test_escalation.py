@@ -131,9 +131,11 @@ def test_an_agent_escalates_to_a_foreign_oip_server(digits_bundle, digits_splits
     try:
         with EdgeClient(agent.info["endpoint"]) as edge:
             answers = [edge.infer(xi, timeout=30, policy="cloud") for xi in x]
+            capabilities = edge.stats()["capabilities"]
     finally:
         assert agent.stop() == 0
         server.stop(0)
+    assert capabilities == []  # it declares none of cachenet's: plain requests only
     assert [a["source"] for a in answers] == ["cloud"] * len(x)
     assert [a["label"] for a in answers] == ForeignServer.classify(x).argmax(1).tolist()
     assert all(a["latency_us"]["cloud_server"] > 0 for a in answers)
