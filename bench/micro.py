@@ -14,7 +14,11 @@
    requests) with dynamic batching (max_batch_size 32) against
    max_batch_size 1. Target >= 3x.
 
-    python -m bench.micro [--bundle DIR] [--seconds 5] [--json]
+    python -m bench.micro [--bundle DIR] [--seconds 5] [--json] [--baseline DIR]
+
+``--baseline DIR`` also runs the agent of another checkout (``git worktree add DIR
+COMMIT``) against this one's, alternating, in the same run, for a before/after ratio.
+The echo floor runs in its own session, as the agent does (see :data:`ECHO`).
 
 Without --bundle it builds or reuses the demo's digits bundle.
 """
@@ -37,17 +41,21 @@ from cachenet.core.runtime import load_cache_model
 from cachenet.sim.daemon import Process
 from cachenet.sim.demo import ensure_bundle
 
-
-def _echo_server(endpoint: str, ready) -> None:
-    """A bare ZeroMQ ROUTER that answers every message with a fixed reply."""
-    import zmq
-
-    sock = zmq.Context().socket(zmq.ROUTER)
-    sock.bind(endpoint)
-    ready.set()
-    while True:
-        frames = sock.recv_multipart(copy=False)
-        sock.send_multipart([frames[0], b"", b'{"ok":true}'])
+#: A bare ZeroMQ ROUTER that answers every request with a reply naming its id: the
+#: transport's floor. It runs as the agent does (``Process``: its own session), because
+#: Linux's autogroup scheduling gives every session its own group, and a process woken
+#: across groups answers ~100 us later on the 2-core reference machine than one in its
+#: caller's: a forked echo in the caller's session made the agent look that much slower.
+ECHO = """
+import json, sys, zmq
+sock = zmq.Context().socket(zmq.ROUTER)
+sock.bind(sys.argv[1])
+open(sys.argv[2], "w").write(json.dumps({"endpoint": sys.argv[1]}))
+while True:
+    frames = sock.recv_multipart(copy=False)
+    rid = json.loads(frames[2].bytes)["id"]
+    sock.send_multipart([frames[0], b"", json.dumps({"id": rid, "ok": True}).encode()])
+"""
 
 
 def endpoint_for(transport: str, work: Path, name: str) -> str:
@@ -61,37 +69,41 @@ def endpoint_for(transport: str, work: Path, name: str) -> str:
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
-def zmq_floor_us(x: np.ndarray, n: int, endpoint: str) -> float:
-    """p50 of a round trip to a bare Python ZeroMQ echo process: the transport's floor."""
-    import multiprocessing as mp
+def zmq_floor_us(x: np.ndarray, n: int, endpoint: str, work: Path) -> float:
+    """p50 of a round trip to a bare Python ZeroMQ echo process (:data:`ECHO`), with the
+    client and messages the agent's round trips use: the transport's floor."""
+    import subprocess
 
-    from edge_agent import wire
+    from edge_agent.client import EdgeClient
 
-    ready = mp.Event()
-    proc = mp.Process(target=_echo_server, args=(endpoint, ready), daemon=True)
-    proc.start()
-    ready.wait(10)
-    import zmq
-
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.connect(endpoint)
-    samples = []
+    ready = work / f"echo-{time.monotonic_ns()}.ready"
+    proc = subprocess.Popen([sys.executable, "-c", ECHO, endpoint, str(ready)],
+                            start_new_session=True)
     try:
-        for i in range(n + 200):
-            t0 = time.perf_counter_ns()
-            sock.send_multipart(wire.encode_request("infer", str(i), x[0], policy="edge"))
-            sock.recv_multipart()
-            samples.append((time.perf_counter_ns() - t0) / 1e3)
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the echo process did not start")
+            time.sleep(0.02)
+        with EdgeClient(endpoint) as client:
+            samples = []
+            for _ in range(n + 200):
+                t0 = time.perf_counter_ns()
+                client.call("infer", x[0], policy="edge")
+                samples.append((time.perf_counter_ns() - t0) / 1e3)
     finally:
-        sock.close(linger=0)
         proc.terminate()
+        proc.wait(10)
     return float(np.median(samples[200:]))
 
 
-def agent_overhead(bundle: Path, work: Path, n: int, transport: str = "tcp"
+def agent_overhead(bundle: Path, work: Path, n: int, transport: str = "tcp",
+                   root: Path | None = None, floor: float | None = None
                    ) -> dict[str, float | str]:
     """The agent's overhead with its local API on ``transport``: ``tcp`` (loopback)
-    or ``ipc`` (a Unix socket, for applications on the same device)."""
+    or ``ipc`` (a Unix socket, for applications on the same device). ``root``: run the
+    agent of another checkout (its code, this bundle); ``floor``: the echo floor already
+    measured in this run."""
     from edge_agent.client import EdgeClient
 
     model = load_cache_model(bundle, threads=1)
@@ -100,7 +112,8 @@ def agent_overhead(bundle: Path, work: Path, n: int, transport: str = "tcp"
     sess, name = _bare_session(bundle, model)
     bind = "tcp://127.0.0.1:0" if transport == "tcp" else endpoint_for("ipc", work, "agent")
     edge = Process("edge_agent", ["--bundle", str(bundle), "--bind", bind,
-                                  "--threads", "1", "--log-level", "WARNING"], work)
+                                  "--threads", "1", "--log-level", "WARNING"], work,
+                   cwd=root, tag=f"-{time.monotonic_ns()}")
     try:
         endpoint = edge.wait_ready()["endpoint"]
         with EdgeClient(endpoint) as client:
@@ -109,8 +122,10 @@ def agent_overhead(bundle: Path, work: Path, n: int, transport: str = "tcp"
     finally:
         edge.stop()
     ort_p50, rt_p50 = float(np.median(ort_us)), float(np.median(rt_us))
-    floor = zmq_floor_us(x, n, endpoint_for(transport, work, "echo"))
-    return {"transport": transport, "bare_onnxruntime_p50_us": ort_p50,
+    if floor is None:
+        floor = zmq_floor_us(x, n, endpoint_for(transport, work, "echo"), work)
+    return {"transport": transport, "agent_code": str(root or "this checkout"),
+            "bare_onnxruntime_p50_us": ort_p50,
             "local_api_edge_hit_p50_us": rt_p50,
             "overhead_p50_us": rt_p50 - ort_p50, "zmq_echo_floor_p50_us": floor,
             "agent_processing_p50_us": rt_p50 - ort_p50 - floor, "n": n, "target_us": 150.0}
@@ -207,6 +222,30 @@ def cloud_throughput(bundle: Path, work: Path, clients: int, seconds: float) -> 
     return out
 
 
+def compare_agents(bundle: Path, work: Path, n: int, baseline: Path, rounds: int = 2
+                   ) -> dict[str, Any]:
+    """This checkout's agent against ``baseline``'s (another checkout, e.g. ``git worktree
+    add /tmp/base <commit>``), alternating, ``rounds`` times per transport, against one
+    echo floor per transport: the agent's own processing of each, and their ratio."""
+    out: dict[str, Any] = {"baseline": str(baseline)}
+    for transport in ("tcp", "ipc"):
+        model = load_cache_model(bundle, threads=1)
+        x = np.random.default_rng(0).random((1, *model.manifest.input["shape"][1:]),
+                                            dtype=np.float32)
+        floor = zmq_floor_us(x, n, endpoint_for(transport, work, "echo"), work)
+        own: dict[str, list[float]] = {"baseline": [], "current": []}
+        for _ in range(rounds):
+            for name, root in (("baseline", baseline), ("current", None)):
+                r = agent_overhead(bundle, work, n, transport, root, floor)
+                own[name].append(float(r["agent_processing_p50_us"]))
+        med = {k: float(np.median(v)) for k, v in own.items()}
+        out[transport] = {"floor_p50_us": floor, "rounds": own,
+                          "baseline_processing_p50_us": med["baseline"],
+                          "current_processing_p50_us": med["current"],
+                          "ratio": med["current"] / med["baseline"]}
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -215,6 +254,10 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--baseline", type=Path,
+                   help="another checkout (git worktree add DIR COMMIT): its agent's own "
+                   "processing against this one's, alternating, in this run")
+    p.add_argument("--no-throughput", action="store_true", help="skip the cloud's part")
     args = p.parse_args()
     provenance.start()
     from cachenet.toolchain.data import default_cache_dir
@@ -224,7 +267,10 @@ def main() -> int:
         overhead = agent_overhead(bundle, Path(tmp), args.requests)
         overhead_ipc = agent_overhead(bundle, Path(tmp), args.requests, "ipc")
         local = local_overhead(bundle, args.requests)
-        throughput = cloud_throughput(bundle, Path(tmp), args.clients, args.seconds)
+        compared = (compare_agents(bundle, Path(tmp), args.requests, args.baseline.resolve())
+                    if args.baseline else None)
+        throughput = (None if args.no_throughput
+                      else cloud_throughput(bundle, Path(tmp), args.clients, args.seconds))
     print(f"bundle {bundle}")
     print(f"agent overhead (p50): {overhead['overhead_p50_us']:.1f} us = local API "
           f"{overhead['local_api_edge_hit_p50_us']:.1f} us - bare onnxruntime "
@@ -233,19 +279,29 @@ def main() -> int:
           f"messages): {overhead['zmq_echo_floor_p50_us']:.1f} us; the agent's own "
           f"processing: {overhead['agent_processing_p50_us']:.1f} us")
     print(f"  over ipc (a Unix socket): {overhead_ipc['overhead_p50_us']:.1f} us, of which "
-          f"the transport floor {overhead_ipc['zmq_echo_floor_p50_us']:.1f} us")
+          f"the transport floor {overhead_ipc['zmq_echo_floor_p50_us']:.1f} us; the agent's "
+          f"own processing: {overhead_ipc['agent_processing_p50_us']:.1f} us")
     print(f"in-process API (LocalAgent) overhead (p50): {local['overhead_p50_us']:.1f} us = "
           f"{local['in_process_edge_answer_p50_us']:.1f} us - bare onnxruntime "
           f"{local['bare_onnxruntime_p50_us']:.1f} us (target <= 30 us)")
-    b, nb = throughput["batching"], throughput["no_batching"]
-    print(f"cloud throughput, {args.clients} clients: {b['requests_per_s']:.0f} req/s with "
-          f"dynamic batching (mean batch {b['mean_batch_size']:.1f}) vs "
-          f"{nb['requests_per_s']:.0f} req/s at max_batch_size 1: "
-          f"{throughput['speedup']:.2f}x (target >= 3x)")
+    if compared is not None:
+        for t in ("tcp", "ipc"):
+            c = compared[t]
+            print(f"agent's own processing over {t}, {args.baseline} -> this checkout "
+                  f"(alternating, median of {len(c['rounds']['current'])} rounds each): "
+                  f"{c['baseline_processing_p50_us']:.1f} -> "
+                  f"{c['current_processing_p50_us']:.1f} us ({c['ratio']:.2f}x)")
+    if throughput is not None:
+        b, nb = throughput["batching"], throughput["no_batching"]
+        print(f"cloud throughput, {args.clients} clients: {b['requests_per_s']:.0f} req/s "
+              f"with dynamic batching (mean batch {b['mean_batch_size']:.1f}) vs "
+              f"{nb['requests_per_s']:.0f} req/s at max_batch_size 1: "
+              f"{throughput['speedup']:.2f}x (target >= 3x)")
     if args.json:
         print(json.dumps({"provenance": provenance.provenance("bench.micro"),
                           "agent_overhead": overhead, "agent_overhead_ipc": overhead_ipc,
-                          "in_process": local, "cloud_throughput": throughput}))
+                          "in_process": local, "compared": compared,
+                          "cloud_throughput": throughput}))
     return 0
 
 

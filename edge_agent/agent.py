@@ -23,6 +23,9 @@ audits, the control plane, spool uploads and the watchdog. One request, start to
 
 What the cloud takes beyond a plain request (uint8 pixel levels, the spooled
 field) it declares, and the agent asks (:meth:`EdgeAgent.watch_capabilities`). The
+in-process front end (:mod:`edge_agent.local`) answers on its caller's thread instead;
+what a request and an escalation's answer do to the cascade's state is done under
+:attr:`EdgeAgent.lock` (never contended in the daemon, which has one thread). The
 lifecycle reads like uvicorn's: :meth:`startup`, :meth:`main_loop`,
 :meth:`shutdown`, and signals on the loop (SIGHUP reloads the bundle without
 dropping a request, see :mod:`edge_agent.reload`). No torch.
@@ -34,6 +37,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -121,6 +125,10 @@ class EdgeAgent:
         self._draining = False
         self._cloud_lost: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None  # set while no escalation is in flight
+        #: the cascade's state (the engine, in-flight counts, the spool's backlog) changes
+        #: under this lock: requests may come from another thread (edge_agent.local)
+        self.lock = threading.Lock()
+        self._loop_thread: int | None = None
 
     # -- lifecycle ------------------------------------------------------
     async def startup(self) -> None:
@@ -128,6 +136,7 @@ class EdgeAgent:
         running loop, which from here on serves everything."""
         c = self.config
         self.loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self.should_exit = asyncio.Event()
         self._cloud_lost = asyncio.Event()
         self.capabilities_known = asyncio.Event()
@@ -204,9 +213,12 @@ class EdgeAgent:
         return task
 
     def spawn(self, coro: Coroutine) -> None:
-        """A task of one request (an escalation, an audit, a spool write); kept referenced
-        until it ends."""
+        """A task of one request (an escalation, an audit, a spool write) on the agent's
+        loop, from its thread or another; kept referenced until it ends."""
         assert self.loop is not None
+        if threading.get_ident() != self._loop_thread:
+            self.loop.call_soon_threadsafe(self.spawn, coro)
+            return
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -359,6 +371,11 @@ class EdgeAgent:
 
     def infer(self, envelope: list[Any], header: dict[str, Any], x: np.ndarray,
               t0: int) -> None:
+        with self.lock:
+            self._infer(envelope, header, x, t0)
+
+    def _infer(self, envelope: list[Any], header: dict[str, Any], x: np.ndarray,
+               t0: int) -> None:
         t1 = time.perf_counter_ns()
         assert self.engine is not None
         decision = self.engine.decide(x, header, can_audit=self.cloud is not None)
@@ -434,7 +451,7 @@ class EdgeAgent:
         """Ask the cloud, then answer: with its label, or the edge's on any failure."""
         answer = decision.answer
         t = time.perf_counter_ns()
-        source, reason = "edge-fallback", "escalation cancelled"
+        source, reason, keep = "edge-fallback", "escalation cancelled", False
         try:
             cloud = await self.ask_cloud(x, timeout, answer["versions"]["cache"])
             classes = self.model.manifest.classes  # type: ignore[union-attr]
@@ -447,28 +464,32 @@ class EdgeAgent:
             source, reason = "cloud", None
         except CloudError as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, CloudRejected):  # the cloud was away: it sees it later
-                self.keep(x, decision)
+            keep = not isinstance(exc, CloudRejected)  # the cloud was away: it sees it later
         except asyncio.CancelledError:  # shutting down past the deadline: answer, then go
             self._answer_escalation(envelope, decision, source, t0, reason, t)
             raise
         except Exception as exc:  # never lose a request to an unexpected failure
             log.exception("escalation failed")
             reason = f"{type(exc).__name__}: {exc}"
-        self._answer_escalation(envelope, decision, source, t0, reason, t)
+        self._answer_escalation(envelope, decision, source, t0, reason, t,
+                                x if keep else None)
 
     def _answer_escalation(self, envelope: list[Any], decision: Decision, source: str,
-                           t0: int, reason: str | None, t: int) -> None:
+                           t0: int, reason: str | None, t: int,
+                           keep: np.ndarray | None = None) -> None:
         decision.answer["latency_us"]["cloud"] = (time.perf_counter_ns() - t) / 1e3
-        self.inflight -= 1
-        if not self.inflight:
-            self._idle.set()  # type: ignore[union-attr]
-        if reason is not None:
-            self.stats.count(f"fallback:{reason.split(':', 1)[0]}")
-        try:
-            self.finish(envelope, decision, source, t0, reason)
-        except Exception:  # the socket closing under a late answer, say
-            log.exception("answering an escalation failed")
+        with self.lock:
+            self.inflight -= 1
+            if not self.inflight:
+                self._idle.set()  # type: ignore[union-attr]
+            if reason is not None:
+                self.stats.count(f"fallback:{reason.split(':', 1)[0]}")
+            if keep is not None:
+                self.keep(keep, decision)
+            try:
+                self.finish(envelope, decision, source, t0, reason)
+            except Exception:  # the socket closing under a late answer, say
+                log.exception("answering an escalation failed")
 
     def keep(self, x: np.ndarray, decision: Decision) -> None:
         """Spool an input answered without the cloud, to upload later (if spooling)."""
@@ -485,12 +506,14 @@ class EdgeAgent:
         except CloudError as exc:
             reason = f"cloud unreachable: {type(exc).__name__}"
         except asyncio.CancelledError:
-            self.engine.audited(decision, None, reason)  # type: ignore[union-attr]
+            with self.lock:
+                self.engine.audited(decision, None, reason)  # type: ignore[union-attr]
             raise
         except Exception as exc:
             log.exception("audit failed")
             reason = f"{type(exc).__name__}: {exc}"
-        self.engine.audited(decision, label, reason)  # type: ignore[union-attr]
+        with self.lock:
+            self.engine.audited(decision, label, reason)  # type: ignore[union-attr]
 
     def finish(self, envelope: list[Any], decision: Decision, source: str, t0: int,
                reason: str | None = None) -> None:
@@ -500,8 +523,8 @@ class EdgeAgent:
             answer["fallback_reason"] = reason
         total = (time.perf_counter_ns() - t0) / 1e3
         answer["latency_us"]["agent_total"] = total
+        self.stats.record(source, answer["label"], total, decision.step)  # counted, then sent
         self.reply(envelope, answer)
-        self.stats.record(source, answer["label"], total, decision.step)
         if self.engine is not None:  # after the reply: off the request's path
             try:
                 self.engine.learn(decision, source)

@@ -79,7 +79,8 @@ class Keeper:
             log.exception("spooling an input failed")
             self.agent.stats.count("spool:write_failed")
         finally:
-            self._backlog -= 1
+            with self.agent.lock:  # keep() may count from another thread (edge_agent.local)
+                self._backlog -= 1
 
     async def upload(self) -> None:
         """Send spooled inputs, oldest first, while the cloud answers and live escalations

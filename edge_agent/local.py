@@ -10,15 +10,18 @@ stats as the daemon, without a socket in between.
         agent.stats()                    # the daemon's stats reply
 
 It is the daemon (:class:`edge_agent.agent.EdgeAgent`) with its transport
-replaced: the agent's one event loop runs in a thread of its own, a call hands its
-request to that loop, and the reply comes back to the caller instead of going out on
-a ZeroMQ socket. Calls may come from any thread. An edge answer costs ONNX Runtime
-plus the hand-over and a few tens of microseconds (``python -m bench.micro``).
+replaced: the agent's event loop runs in a thread of its own (escalations, audits,
+uploads, the control plane), and a call runs the request on the caller's own thread,
+as the daemon's loop runs one it read, under the agent's lock; the reply comes back to
+the caller instead of going out on a ZeroMQ socket, at once for an edge answer, from
+the loop for an escalation. Calls may come from any thread. An edge answer costs ONNX
+Runtime plus a few tens of microseconds (``python -m bench.micro``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import itertools
 import threading
 import time
@@ -40,16 +43,6 @@ class _InProcess(EdgeAgent):
         future = envelope[0]
         if not future.done():
             future.set_result(reply)
-
-    async def request(self, header: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
-        """One request, as the daemon handles one it read: on the agent's loop."""
-        t0 = time.perf_counter_ns()
-        batch = self.model.check_input(x)  # type: ignore[union-attr]
-        if len(batch) != 1:
-            raise InputSpecError(f"infer takes one input, got {len(batch)}")
-        future = asyncio.get_running_loop().create_future()
-        self.infer([future], header, batch, t0)
-        return await future
 
 
 class LocalAgent:
@@ -105,13 +98,18 @@ class LocalAgent:
         """Answer one input, as the daemon's ``infer`` would (the same reply fields)."""
         if policy not in POLICIES:
             raise ProtocolError(f"policy must be one of {', '.join(POLICIES)}")
+        assert self._loop is not None, "the agent is not started"
+        t0 = time.perf_counter_ns()
         header: dict[str, Any] = {"op": "infer", "id": next(self._ids), "policy": policy}
         if deadline_ms is not None:
             header["deadline_ms"] = float(deadline_ms)
-        return self._call(self.agent.request(header, np.asarray(x)))
+        batch = self.agent.model.check_input(np.asarray(x))  # type: ignore[union-attr]
+        if len(batch) != 1:
+            raise InputSpecError(f"infer takes one input, got {len(batch)}")
+        answer: cf.Future = cf.Future()
+        self.agent.infer([answer], header, batch, t0)
+        return answer.result()
 
     def stats(self) -> dict[str, Any]:
-        async def reply() -> dict[str, Any]:
+        with self.agent.lock:
             return self.agent.stats_reply(None)
-
-        return self._call(reply())

@@ -26,7 +26,8 @@ class Process:
     """A child daemon in its own session, readiness announced through a ready file."""
 
     def __init__(self, module: str, args: list[str], workdir: Path, *,
-                 env: dict[str, str] | None = None, tag: str = "", nice: int = 0) -> None:
+                 env: dict[str, str] | None = None, tag: str = "", nice: int = 0,
+                 cwd: Path | None = None) -> None:
         self.name = module
         self.ready_file = workdir / f"{module}{tag}.ready"
         self.log_path = workdir / f"{module}{tag}.log"
@@ -39,7 +40,7 @@ class Process:
         self.proc = subprocess.Popen(
             argv,
             stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, env=env,
-            start_new_session=True)
+            start_new_session=True, cwd=cwd)
 
     def wait_ready(self, timeout: float = 120.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -4,7 +4,7 @@ requests flow: answered at the edge, escalated, and fallen back."""
 from __future__ import annotations
 
 from edge_agent.client import EdgeClient
-from tests.processes import start_cloud, start_edge
+from tests.processes import start_cloud, start_edge, wait_until
 from tests.scrape import scrape, value
 
 
@@ -24,6 +24,9 @@ def test_counters_move_as_requests_flow(digits_bundle, digits_splits, tmp_path):
             assert cloud.stop() == 0  # now the cloud is gone: the agent answers itself
             for xi in x[10:12]:
                 assert edge.infer(xi, timeout=30, policy="cloud")["source"] == "edge-fallback"
+            # The two fallbacks are written to the spool off the request path: wait for it.
+            wait_until(lambda: value(scrape(port), "cachenet_edge_spool_items") + value(
+                scrape(port), "cachenet_edge_spool_uploaded_total") == 2, timeout=30)
             after = scrape(port)
             version = edge.stats()["model"]["version"]
     finally:
