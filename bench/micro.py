@@ -18,7 +18,8 @@
 
 ``--baseline DIR`` also runs the agent of another checkout (``git worktree add DIR
 COMMIT``) against this one's, alternating, in the same run, for a before/after ratio.
-The echo floor runs in its own session, as the agent does (see :data:`ECHO`).
+The echo floor runs in its own session, as the agent does (see :data:`ECHO`), and the
+servers run pinned to other CPUs than the client (:func:`pin_client`).
 
 Without --bundle it builds or reuses the demo's digits bundle.
 """
@@ -28,6 +29,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -40,6 +43,33 @@ from bench import provenance
 from cachenet.core.runtime import load_cache_model
 from cachenet.sim.daemon import Process
 from cachenet.sim.demo import ensure_bundle
+
+#: Where a machine has two CPUs or more, the client (this process) runs on the first and
+#: the server it measures (the agent, or the echo) on the others: left to the scheduler,
+#: the same agent's round trip moved between ~110 and ~300 us from run to run on the
+#: 2-core reference machine; pinned, it stays within ~10 us.
+SERVER_CPUS: set[int] | None = None
+
+
+def pin_client() -> set[int] | None:
+    """Pin this process to CPU 0 and the servers it starts to the others (if any); the
+    CPUs it had, to give back (:func:`unpin`)."""
+    global SERVER_CPUS
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2 or not shutil.which("taskset"):
+        return None
+    os.sched_setaffinity(0, {cpus[0]})
+    SERVER_CPUS = set(cpus[1:])
+    return set(cpus)
+
+
+def unpin(cpus: set[int] | None) -> None:
+    """Back to every CPU: the throughput part measures the machine as a whole."""
+    global SERVER_CPUS
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    SERVER_CPUS = None
+
 
 #: A bare ZeroMQ ROUTER that answers every request with a reply naming its id: the
 #: transport's floor. It runs as the agent does (``Process``: its own session), because
@@ -77,7 +107,8 @@ def zmq_floor_us(x: np.ndarray, n: int, endpoint: str, work: Path) -> float:
     from edge_agent.client import EdgeClient
 
     ready = work / f"echo-{time.monotonic_ns()}.ready"
-    proc = subprocess.Popen([sys.executable, "-c", ECHO, endpoint, str(ready)],
+    pin = ["taskset", "-c", ",".join(map(str, sorted(SERVER_CPUS)))] if SERVER_CPUS else []
+    proc = subprocess.Popen([*pin, sys.executable, "-c", ECHO, endpoint, str(ready)],
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 30
@@ -113,7 +144,7 @@ def agent_overhead(bundle: Path, work: Path, n: int, transport: str = "tcp",
     bind = "tcp://127.0.0.1:0" if transport == "tcp" else endpoint_for("ipc", work, "agent")
     edge = Process("edge_agent", ["--bundle", str(bundle), "--bind", bind,
                                   "--threads", "1", "--log-level", "WARNING"], work,
-                   cwd=root, tag=f"-{time.monotonic_ns()}")
+                   cwd=root, tag=f"-{time.monotonic_ns()}", cpus=SERVER_CPUS)
     try:
         endpoint = edge.wait_ready()["endpoint"]
         with EdgeClient(endpoint) as client:
@@ -263,12 +294,14 @@ def main() -> int:
     from cachenet.toolchain.data import default_cache_dir
 
     bundle = args.bundle or ensure_bundle(default_cache_dir(), rebuild=False, progress=False)
+    pinned = pin_client()
     with tempfile.TemporaryDirectory(prefix="cachenet-bench-") as tmp:
         overhead = agent_overhead(bundle, Path(tmp), args.requests)
         overhead_ipc = agent_overhead(bundle, Path(tmp), args.requests, "ipc")
         local = local_overhead(bundle, args.requests)
         compared = (compare_agents(bundle, Path(tmp), args.requests, args.baseline.resolve())
                     if args.baseline else None)
+        unpin(pinned)
         throughput = (None if args.no_throughput
                       else cloud_throughput(bundle, Path(tmp), args.clients, args.seconds))
     print(f"bundle {bundle}")

@@ -21,7 +21,6 @@ Runtime plus a few tens of microseconds (``python -m bench.micro``).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures as cf
 import itertools
 import threading
 import time
@@ -36,13 +35,26 @@ from edge_agent.config import AgentConfig, load_config
 POLICIES = ("auto", "edge", "cloud")
 
 
+class _Box:
+    """Where a caller's answer lands: at once for an edge answer (no event is made), from
+    the loop for an escalation (the caller then waits on ``ready``). Both sides look at it
+    under the agent's lock, so the answer cannot slip between the look and the wait."""
+
+    __slots__ = ("answer", "ready")
+
+    def __init__(self) -> None:
+        self.answer: dict[str, Any] | None = None
+        self.ready: threading.Event | None = None
+
+
 class _InProcess(EdgeAgent):
-    """The daemon whose replies resolve the caller's future."""
+    """The daemon whose replies go into the caller's box."""
 
     def reply(self, envelope: list[Any], reply: dict[str, Any]) -> None:
-        future = envelope[0]
-        if not future.done():
-            future.set_result(reply)
+        box: _Box = envelope[0]
+        box.answer = reply
+        if box.ready is not None:
+            box.ready.set()
 
 
 class LocalAgent:
@@ -106,9 +118,16 @@ class LocalAgent:
         batch = self.agent.model.check_input(np.asarray(x))  # type: ignore[union-attr]
         if len(batch) != 1:
             raise InputSpecError(f"infer takes one input, got {len(batch)}")
-        answer: cf.Future = cf.Future()
-        self.agent.infer([answer], header, batch, t0)
-        return answer.result()
+        box = _Box()
+        self.agent.infer([box], header, batch, t0)
+        if box.answer is None:  # escalated: the loop answers it
+            with self.agent.lock:
+                if box.answer is None:
+                    box.ready = threading.Event()
+            if box.ready is not None:
+                box.ready.wait()
+        assert box.answer is not None
+        return box.answer
 
     def stats(self) -> dict[str, Any]:
         with self.agent.lock:

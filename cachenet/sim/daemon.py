@@ -27,7 +27,7 @@ class Process:
 
     def __init__(self, module: str, args: list[str], workdir: Path, *,
                  env: dict[str, str] | None = None, tag: str = "", nice: int = 0,
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, cpus: set[int] | None = None) -> None:
         self.name = module
         self.ready_file = workdir / f"{module}{tag}.ready"
         self.log_path = workdir / f"{module}{tag}.log"
@@ -37,6 +37,8 @@ class Process:
         argv = [sys.executable, "-m", module, *args, "--ready-file", str(self.ready_file)]
         if nice:  # nice(1) execs the daemon: the pid stays the daemon's
             argv = ["nice", "-n", str(nice), *argv]
+        if cpus:  # taskset(1) execs it too: the CPUs it may run on (benchmarks pin)
+            argv = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *argv]
         self.proc = subprocess.Popen(
             argv,
             stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, env=env,
