@@ -34,6 +34,7 @@ dropping a request, see :mod:`edge_agent.reload`). No torch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -186,13 +187,15 @@ class EdgeAgent:
             except Exception as exc:
                 raise CachenetError(f"cannot set up the cloud client for {escalation}: "
                                     f"{exc}") from exc
-            known = self.service(self.watch_capabilities(), "capabilities")
+            asked = asyncio.Event()
+            self.service(self.watch_capabilities(asked), "capabilities")
             if c.control and c.cloud:
                 self.control = ControlClient(self, channel_target(c.cloud))
                 self.service(self.control.run(), "control")
             if self.keeper is not None:
                 self.service(self.keeper.upload(), "spool")
-            await asyncio.wait([known], timeout=CAPABILITIES_WAIT_S)  # a cloud that is up
+            with contextlib.suppress(asyncio.TimeoutError):  # known, if the cloud is up
+                await asyncio.wait_for(asked.wait(), CAPABILITIES_WAIT_S + 1)
         if self.notifier.watchdog_s:
             self.service(self._watchdog(), "watchdog")
         telemetry()  # prime psutil's CPU counter
@@ -350,11 +353,7 @@ class EdgeAgent:
             header, x = wire.parse_request(body)
             request_id = header.get("id")
             if header["op"] == "infer":
-                batch = self.model.check_input(x)
-                if len(batch) != 1:
-                    raise InputSpecError(f"the local API takes one input per request, got "
-                                         f"{len(batch)}")
-                self.infer(envelope, header, batch, t0)
+                self.infer(envelope, header, self.one_input(x), t0)
             elif header["op"] == "stats":
                 self.reply(envelope, self.stats_reply(request_id))
             else:
@@ -368,6 +367,14 @@ class EdgeAgent:
             self.stats.count("errors")
             self.reply(envelope, wire.error_reply(request_id, "InternalError",
                                                   f"{type(exc).__name__}: {exc}"))
+
+    def one_input(self, x: Any) -> np.ndarray:
+        """``x`` as the 1 x C x H x W batch the model takes, or InputSpecError."""
+        batch = self.model.check_input(x)  # type: ignore[union-attr]
+        if len(batch) != 1:
+            raise InputSpecError(f"the local API takes one input per request, got "
+                                 f"{len(batch)}")
+        return batch
 
     def infer(self, envelope: list[Any], header: dict[str, Any], x: np.ndarray,
               t0: int) -> None:
@@ -401,16 +408,18 @@ class EdgeAgent:
             self.stats.count("escalated")
             self.spawn(self.escalate(envelope, decision, x, deadline / 1e3, t0))
 
-    async def watch_capabilities(self) -> None:
+    async def watch_capabilities(self, asked: asyncio.Event) -> None:
         """Ask the cloud what it takes beyond a plain request, and again whenever it was
         lost (it may come back another version, or another replica); until it answers,
-        plain requests only: float32, no spooled field."""
+        plain requests only: float32, no spooled field. ``asked`` is set once the first
+        question has an answer or has failed."""
         assert self._cloud_lost is not None and self.capabilities_known is not None
         backoff = Backoff(0.5, 5.0)
         while True:
             try:
                 caps = await self.cloud.capabilities(timeout=CAPABILITIES_WAIT_S)
             except CloudError as exc:
+                asked.set()  # a cloud that is down: serve now, learn later
                 await asyncio.sleep(backoff.next())
                 log.debug("the cloud's capabilities are not known yet: %s", exc)
                 continue
@@ -418,6 +427,7 @@ class EdgeAgent:
                 log.info("the cloud takes %s", ", ".join(sorted(caps)) or "plain requests")
             self.capabilities = caps
             self.capabilities_known.set()
+            asked.set()
             backoff.reset()
             self._cloud_lost.clear()
             await self._cloud_lost.wait()

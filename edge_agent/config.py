@@ -87,17 +87,12 @@ class AgentConfig:
                                   "dropped (doubled on repeats)")
 
     def __post_init__(self) -> None:
-        if self.bundle is not None:
-            self.bundle = Path(self.bundle)
-        if self.ready_file is not None:
-            self.ready_file = Path(self.ready_file)
-        if self.state_dir is not None:
-            self.state_dir = Path(self.state_dir)
-        if min(self.spool_max_items, self.spool_max_bytes) < 1 or not self.spool_max_age_s > 0:
-            raise ConfigError("spool_max_items, spool_max_bytes and spool_max_age_s must be > 0")
-        for name in ("trusted_key", "tls_ca", "tls_cert", "tls_key", "spool_dir"):
+        for name in ("bundle", "ready_file", "state_dir", "trusted_key", "tls_ca", "tls_cert",
+                     "tls_key", "spool_dir"):  # given as text by a caller, not the loader
             if getattr(self, name) is not None:
                 setattr(self, name, Path(getattr(self, name)))
+        if min(self.spool_max_items, self.spool_max_bytes) < 1 or not self.spool_max_age_s > 0:
+            raise ConfigError("spool_max_items, spool_max_bytes and spool_max_age_s must be > 0")
         if (self.tls_cert is None) != (self.tls_key is None) or (
                 self.tls_cert is not None and self.tls_ca is None):
             raise ConfigError("tls_cert and tls_key go together, with tls_ca")

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from cachenet.exceptions import InputSpecError, ProtocolError
+from cachenet.exceptions import ProtocolError
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentConfig, load_config
 
@@ -115,11 +115,8 @@ class LocalAgent:
         header: dict[str, Any] = {"op": "infer", "id": next(self._ids), "policy": policy}
         if deadline_ms is not None:
             header["deadline_ms"] = float(deadline_ms)
-        batch = self.agent.model.check_input(np.asarray(x))  # type: ignore[union-attr]
-        if len(batch) != 1:
-            raise InputSpecError(f"infer takes one input, got {len(batch)}")
         box = _Box()
-        self.agent.infer([box], header, batch, t0)
+        self.agent.infer([box], header, self.agent.one_input(np.asarray(x)), t0)
         if box.answer is None:  # escalated: the loop answers it
             with self.agent.lock:
                 if box.answer is None:

@@ -22,7 +22,9 @@ from cachenet.fleet import specialize as sp
 from cachenet.fleet.store import ModelStore
 from cloud_server.specializer import Specializer, SpecializerConfig, build_specializer
 
-CONFIG = SpecializerConfig(target=0.95, min_requests=10, escalation_trigger=0.05,
+# A target whose bound passes with few draws: the oracle agrees wherever it answers, so
+# it is feasible whenever its classes have 29 answerable held-out digits (they have ~90).
+CONFIG = SpecializerConfig(target=0.9, min_requests=10, escalation_trigger=0.05,
                           trainer="oracle")
 
 
@@ -140,8 +142,7 @@ def test_the_library_deletes_its_least_recently_used_idle_models(answers_nothing
     report(spec, "cam", dict.fromkeys(hard, 30), requests=200, escalations=30,
            version=pushed["version"])  # cam now runs it: it stays
     others = [c for c in range(10) if c not in hard]
-    # Three classes each: enough held-out digits of theirs for a bound at 0.95 (two hold
-    # 58 answerable draws, under the 59 that zero disagreements need).
+    # Three classes each, well clear of the draws the bound needs (see CONFIG).
     groups = [tuple(others[:3]), tuple(others[3:6])]
     for i, group in enumerate(groups):
         report(spec, f"other{i}", dict.fromkeys(group, 33), requests=100, escalations=30)
