@@ -14,16 +14,41 @@ from cachenet.layercache import KeyCache, KeyConfig
 
 
 def key_rule(feats: np.ndarray, labels: np.ndarray, num_classes: int, *, site: str,
-             work: Path, name: str) -> tuple[dict, dict[str, Path]]:
+             work: Path, name: str, rows: np.ndarray | None = None,
+             ) -> tuple[dict, dict[str, Path]]:
     """An akey rule at ``site`` whose projection fits ``feats`` and whose table holds
-    ``labels`` for the first ``len(labels)`` rows; a hit after one answer (threshold 0.5)."""
-    cache = KeyCache.fit(KeyConfig(num_classes, dim=8, step=0.05), feats)
-    cache.fill(feats[:len(labels)], labels)
+    ``labels`` for ``rows`` (the first ``len(labels)`` rows unless given); a hit after one
+    answer (threshold 0.5)."""
+    cache = fit_keys(feats, num_classes)
+    rows = np.arange(len(labels)) if rows is None else rows[:len(labels)]
+    cache.fill(feats[rows], labels)
     path = work / f"{name}.npz"
     np.savez(path, **cache.arrays())
     rule = {"site": site, "kind": "akey", "threshold": 0.5, "config": asdict(cache.config),
             "file": f"layers/{name}.npz"}
     return rule, {f"layers/{name}.npz": path}
+
+
+def fit_keys(feats: np.ndarray, num_classes: int) -> KeyCache:
+    return KeyCache.fit(KeyConfig(num_classes, dim=8, step=0.05), feats)
+
+
+def distinct_rows(fit_on: np.ndarray, feats: np.ndarray, num_classes: int,
+                  n: int) -> np.ndarray:
+    """``n`` rows of ``feats`` that fall in ``n`` different cells of the table that
+    :func:`key_rule` fits on ``fit_on``: which inputs share a cell depends on how the
+    model trained, so a test that needs each input to be its own first sighting picks
+    its inputs with this."""
+    codes = fit_keys(fit_on, num_classes).codes(feats)
+    rows: list[int] = []
+    seen: set[bytes] = set()
+    for i, code in enumerate(codes):
+        if code.tobytes() not in seen:
+            seen.add(code.tobytes())
+            rows.append(i)
+        if len(rows) == n:
+            return np.asarray(rows)
+    raise AssertionError(f"only {len(rows)} distinct cells among {len(feats)} rows")
 
 
 def rewrite(bundle: Path, out: Path, *, cloud_rules: list | None = None,

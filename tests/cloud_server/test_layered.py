@@ -8,14 +8,14 @@ import torch
 
 from cachenet.protocol.client import CloudClient
 from cloud_server import load_full_model
-from tests.layercaches import key_rule, rewrite
+from tests.layercaches import distinct_rows, key_rule, rewrite
 from tests.processes import server_atol, start_cloud
 
 
 @pytest.fixture(scope="module")
 def controlled(layered_bundle, digits_splits, tmp_path_factory):
-    """An akey rule at the first site that knows the full model's answers to the first 8
-    test inputs, and nothing else."""
+    """Sixteen test inputs with a cell each, and an akey rule at the first site that knows
+    the full model's answers to the first 8 of them, and nothing else."""
     from cachenet.toolchain.sites import all_features, staged
 
     work = tmp_path_factory.mktemp("cloud-layered")
@@ -23,9 +23,11 @@ def controlled(layered_bundle, digits_splits, tmp_path_factory):
     first = manifest.data["full_model"]["layer_cache"]["sites"][0]
     feats, logits = all_features(staged(model, first["grid"]), digits_splits.test.x)
     site = first["name"]
-    rule, files = key_rule(feats[0], logits.argmax(1)[:8], 10, site=site, work=work,
-                           name="block1-akey")
-    return rewrite(layered_bundle, work / "bundle", cloud_rules=[rule], files=files), logits
+    rows = distinct_rows(feats[0], feats[0], 10, 16)
+    rule, files = key_rule(feats[0], logits[rows[:8]].argmax(1), 10, site=site, work=work,
+                           name="block1-akey", rows=rows)
+    bundle = rewrite(layered_bundle, work / "bundle", cloud_rules=[rule], files=files)
+    return bundle, logits[rows], digits_splits.test.x[rows]
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +37,8 @@ def cloud(controlled, tmp_path_factory):
     assert daemon.stop() == 0
 
 
-def test_a_batch_with_mixed_hits_says_who_answered_and_what_it_cost(cloud, controlled,
-                                                                   digits_splits):
-    _, full_logits = controlled
-    x = digits_splits.test.x[:16]
+def test_a_batch_with_mixed_hits_says_who_answered_and_what_it_cost(cloud, controlled):
+    _, full_logits, x = controlled
     with CloudClient(f"127.0.0.1:{cloud.info['port']}") as c:
         first = c.infer(x, timeout=10)
         again = c.infer(x, timeout=10)

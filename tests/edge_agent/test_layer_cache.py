@@ -15,7 +15,7 @@ from cachenet.exceptions import IntegrityError
 from cachenet.layercache.edge import load_edge_layers
 from cachenet.layercache.segments import SegmentRunner
 from edge_agent.client import EdgeClient
-from tests.layercaches import key_rule, rewrite
+from tests.layercaches import distinct_rows, key_rule, rewrite
 from tests.processes import start_cloud, start_edge
 from tests.processes import wait_until as wait_for
 
@@ -37,25 +37,29 @@ def test_segments_equal_the_cache_model(layered_bundle, digits_splits):
 @pytest.fixture(scope="module")
 def controlled(layered_bundle, digits_splits, tmp_path_factory):
     """An empty akey table at the first site that hits after one answer, and a gate that
-    escalates everything: a first sighting goes to the cloud, a second need not."""
+    escalates everything: a first sighting goes to the cloud, a second need not. With it,
+    six test inputs that each have a cell of their own."""
     work = tmp_path_factory.mktemp("edge-layered")
     runner = SegmentRunner.open(segments(layered_bundle))
     feats = runner.features(runner.stage(0, digits_splits.train.x))
     site = load_cache_model(layered_bundle).manifest.data["layer_cache"]["sites"][0]["name"]
     rule, files = key_rule(feats, np.zeros(0, np.int64), 10, site=site, work=work,
                            name="edge-akey")
+    test_feats = runner.features(runner.stage(0, digits_splits.test.x))
+    rows = distinct_rows(feats, test_feats, 10, 6)
     return rewrite(layered_bundle, work / "bundle", edge_rules=[rule], files=files,
-                   gate_threshold=NEVER)
+                   gate_threshold=NEVER), rows
 
 
 def test_a_re_seen_input_is_answered_on_the_device_after_one_escalation(
         controlled, digits_splits, tmp_path):
-    cloud = start_cloud(controlled, tmp_path)
-    edge = start_edge(controlled, tmp_path, "--cloud", f"127.0.0.1:{cloud.info['port']}",
+    bundle, rows = controlled
+    cloud = start_cloud(bundle, tmp_path)
+    edge = start_edge(bundle, tmp_path, "--cloud", f"127.0.0.1:{cloud.info['port']}",
                       "--deadline-ms", "5000")
     try:
         with EdgeClient(edge.info["endpoint"]) as c:
-            x = digits_splits.test.x[:6]
+            x = digits_splits.test.x[rows]
             first = [c.infer(x[i], timeout=10) for i in range(len(x))]
             second = [c.infer(x[i], timeout=10) for i in range(len(x))]
     finally:
