@@ -69,7 +69,7 @@ class _Registered:
 def _cache_archs() -> list[str]:
     from cachenet.toolchain.models import ARCHITECTURES
 
-    return [name for name, (kind, _) in ARCHITECTURES.items() if kind == "cache"]
+    return [name for name, (roles, _) in ARCHITECTURES.items() if "cache" in roles]
 
 
 def _default_reference_dir() -> Path | None:
@@ -103,7 +103,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                    help="resize image-folder images to this square size")
     p.add_argument("--cache-arch", choices=_Registered(_cache_archs), metavar="ARCH",
                    help="cache model family (default: tinycnn, 1.7 M multiply-adds on "
-                   "CIFAR; resnet8: 7.1 M, stronger)")
+                   "CIFAR; resnet8: 7.1 M, stronger; resnet20: 41 M, the strongest)")
     p.add_argument("--cache-widths", type=_ints,
                    help="tinycnn or resnet8 stage widths (default 12,24,48; tinycnn: 32,64 "
                    "for <= 8x8 inputs)")
@@ -156,7 +156,7 @@ def _configs(args: argparse.Namespace, dataset_spec: str):
         full_cfg = replace(full_cfg, epochs=args.epochs)
     if args.time_budget is not None:
         full_cfg = replace(full_cfg, time_budget_s=args.time_budget * 60.0)
-    distill_cfg = default_distill_config(splits)
+    distill_cfg = default_distill_config(splits, args.cache_arch)
     if args.distill_epochs is not None:
         distill_cfg = replace(distill_cfg, epochs=args.distill_epochs)
     return full_cfg, distill_cfg
