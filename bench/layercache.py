@@ -418,12 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
     from cachenet.core.bundle import verify_bundle
-    from cachenet.toolchain.data import load_splits
+    from cachenet.toolchain.data import load_bundle_splits
 
     threadpool_limits(1, user_api="blas")  # as the cloud's layered runner does
     started = time.monotonic()
-    splits = load_splits(args.dataset, seed=int(verify_bundle(args.bundle)
-                                                .data["dataset"]["seed"]))
+    splits = load_bundle_splits(args.dataset, verify_bundle(args.bundle).data["dataset"])
     if args.export_frames:
         return export_frames(args, splits)
     results = {name: measure_model(name, model, splits, args)

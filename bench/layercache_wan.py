@@ -99,10 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: data set {args.dataset} not found", file=sys.stderr)
         return 0
     from cachenet.core.bundle import verify_bundle
-    from cachenet.toolchain.data import load_splits
+    from cachenet.toolchain.data import load_bundle_splits
 
-    splits = load_splits(args.dataset, seed=int(verify_bundle(args.bundle)
-                                                .data["dataset"]["seed"]))
+    splits = load_bundle_splits(args.dataset, verify_bundle(args.bundle).data["dataset"])
     idx = make_trace("video", splits.test.y, args.requests, seed=args.seed)
     x, y = trace_inputs("video", splits.test.x, idx, args.seed), splits.test.y[idx]
     warm = splits.calib.x[:5]

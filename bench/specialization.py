@@ -47,7 +47,7 @@ from cachenet.fleet import specialize as sp
 from cachenet.fleet.replay import ReplayData
 from cachenet.sim.stream import class_run_stream
 from cachenet.toolchain import adapt
-from cachenet.toolchain.data import load_splits
+from cachenet.toolchain.data import load_bundle_splits
 from cachenet.toolchain.export import onnx_logits
 from cachenet.toolchain.models import load_checkpoint
 from cachenet.toolchain.train import predict_logits
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = verify_bundle(args.bundle)
     full, _ = load_full_model(args.bundle, device="cpu")
     base, _, _ = load_checkpoint(args.bundle / bundle.data["full_model"]["cache_checkpoint"])
-    splits = load_splits(args.dataset, seed=int(bundle.data["dataset"]["seed"]))
+    splits = load_bundle_splits(args.dataset, bundle.data["dataset"])
     replay = None if args.adapted_only else ReplayData.from_splits(splits, full)
     idx, groups = class_run_stream(splits.test.y, args.requests, mean_run=args.mean_run,
                                    active=(2, 3), seed=args.seed, return_groups=True)

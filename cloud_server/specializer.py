@@ -357,7 +357,7 @@ def build_specializer(bundle: Path, store: ModelStore, *, replay: str | None = N
     ``full/cache.pt``), the replay data (``replay``, else the data the bundle was built
     from) and the full model's answers on it. Slow: run it off the serving loop."""
     from cachenet.exceptions import ConfigError
-    from cachenet.toolchain.data import default_cache_dir, load_splits
+    from cachenet.toolchain.data import default_cache_dir, load_bundle_splits
     from cachenet.toolchain.full import data_fingerprint
     from cachenet.toolchain.models import load_checkpoint
     from cloud_server.model import load_full_model
@@ -373,7 +373,7 @@ def build_specializer(bundle: Path, store: ModelStore, *, replay: str | None = N
     spec = replay or ("digits" if embedded else dataset.get("source"))
     if not spec:
         raise ConfigError("no replay data: pass --replay (a data set like the bundle's)")
-    splits = load_splits(str(spec), seed=int(dataset.get("seed", 0)), cache_dir=cache_dir)
+    splits = load_bundle_splits(str(spec), dataset, cache_dir=cache_dir)
     if list(splits.input_shape) != [int(d) for d in manifest.input["shape"][1:]]:
         raise ConfigError(f"replay data has inputs {splits.input_shape}, the bundle takes "
                           f"{manifest.input['shape'][1:]}")

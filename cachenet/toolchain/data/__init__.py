@@ -18,8 +18,8 @@ from cachenet.toolchain.data.base import (
     split_indices,
 )
 
-__all__ = ["ArrayDataset", "Normalization", "Splits", "default_cache_dir", "load_splits",
-           "make_splits", "split_indices"]
+__all__ = ["ArrayDataset", "Normalization", "Splits", "default_cache_dir", "load_bundle_splits",
+           "load_splits", "make_splits", "split_indices"]
 
 
 def default_cache_dir() -> Path:
@@ -52,3 +52,18 @@ def load_splits(spec: str, *, seed: int = 0, cache_dir: Path | None = None,
             seed=seed, calib_fraction=calib_fraction or 0.1, test_fraction=test_fraction,
             image_size=image_size, limit_per_class=limit_per_class)
     raise DatasetError(f"dataset '{spec}': expected 'digits', a .npz file, a .zip or a directory")
+
+
+def load_bundle_splits(spec: str, dataset: dict, *, cache_dir: Path | None = None) -> Splits:
+    """The splits a bundle was built on, from its manifest's ``dataset`` section: its
+    seed, and the share of the test split it calibrated on (so that its evaluation never
+    reads a calibration image)."""
+    splits = load_splits(spec, seed=int(dataset.get("seed", 0)), cache_dir=cache_dir)
+    moved = dataset.get("calibration_from_test")
+    if moved:
+        splits = splits.calibrating_on_test(float(moved["share"]), int(moved["seed"]))
+        if splits.info["calibration_from_test"]["n"] != moved["n"]:
+            raise DatasetError(f"dataset '{spec}' is not the one the bundle was built on: "
+                               f"its test split does not give the {moved['n']} "
+                               "calibration images the manifest declares")
+    return splits

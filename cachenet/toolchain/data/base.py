@@ -91,6 +91,25 @@ class Splits:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
 
+    def calibrating_on_test(self, fraction: float, seed: int = 0) -> Splits:
+        """These splits with a seeded random ``fraction`` of the test split moved into
+        the calibration split, and declared in :meth:`describe`. Calibration labels
+        come from the full model, so any image it never trained on will do; a
+        class-conditional bound needs several hundred a class. Evaluate on what stays."""
+        if not 0.0 <= fraction < 1.0:
+            raise DatasetError(f"the share of the test split to calibrate on must lie in "
+                               f"[0, 1), got {fraction}")
+        moved = round(fraction * len(self.test))
+        if moved == 0:
+            return self
+        order = np.random.default_rng(seed).permutation(len(self.test))
+        extra, rest = self.test.subset(order[:moved]), self.test.subset(order[moved:])
+        calib = ArrayDataset(np.concatenate([self.calib.x, extra.x]),
+                             np.concatenate([self.calib.y, extra.y]), self.calib.classes)
+        return Splits(self.name, self.train, calib, rest, self.normalization,
+                      {**self.info, "calibration_from_test": {"n": moved, "seed": seed,
+                                                     "share": fraction}})
+
     def describe(self) -> dict:
         return {"name": self.name, "classes": self.classes,
                 "input_shape": list(self.input_shape),

@@ -164,3 +164,29 @@ def test_npz_test_split_must_be_complete_and_well_formed(tmp_path):
             load_splits(str(tmp_path / name))
     np.savez(tmp_path / "ok.npz", x=x, y=y, x_test=x[:6], y_test=y[:6])
     assert len(load_splits(str(tmp_path / "ok.npz")).test) == 6
+
+
+def test_calibrating_on_test_moves_a_seeded_share_and_declares_it(digits_splits):
+    s = digits_splits
+    moved = s.calibrating_on_test(0.5, seed=3)
+    n = round(0.5 * len(s.test))
+    assert len(moved.calib) == len(s.calib) + n and len(moved.test) == len(s.test) - n
+    assert moved.train is s.train
+    # What moved came from the test split, what stayed did not move, and nothing is lost.
+    rows = {x.tobytes() for x in s.test.x}
+    extra = moved.calib.x[len(s.calib):]
+    assert all(x.tobytes() in rows for x in extra)
+    assert not {x.tobytes() for x in extra} & {x.tobytes() for x in moved.test.x}
+    assert sorted(np.concatenate([moved.calib.y[len(s.calib):], moved.test.y]).tolist()) \
+        == sorted(s.test.y.tolist())
+    assert moved.describe()["calibration_from_test"] == {"n": n, "seed": 3, "share": 0.5}
+    assert moved.describe()["sizes"]["calib"] == len(s.calib) + n
+    again = s.calibrating_on_test(0.5, seed=3)
+    assert np.array_equal(again.test.x, moved.test.x)
+    assert s.calibrating_on_test(0.0) is s
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.0, 2.0])
+def test_calibrating_on_all_or_none_of_the_test_split_is_refused(digits_splits, share):
+    with pytest.raises(DatasetError, match="share of the test split"):
+        digits_splits.calibrating_on_test(share)
