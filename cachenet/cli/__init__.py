@@ -123,6 +123,13 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--delta", type=_unit, default=0.05, help="1 - confidence of the bound")
     p.add_argument("--escalation-budget", type=_unit,
                    help="calibrate to escalate at most this share instead of to --target")
+    p.add_argument("--calibration", choices=["marginal", "class"], default="marginal",
+                   help="marginal: bound the disagreement over all the edge's answers; "
+                   "class: also hold every class of the full model's answer to the target, "
+                   "certifying those the data can (default marginal)")
+    p.add_argument("--calibrate-on-test", type=_unit, default=0.0, metavar="SHARE",
+                   help="move this share of the test split into the calibration split "
+                   "(declared in the manifest); evaluate on the rest (default 0)")
     p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
     p.add_argument("--int8", action="store_true", help="also write an int8 model")
     p.add_argument("--seed", type=int, default=0)
@@ -192,6 +199,17 @@ def format_report(r) -> str:
         ("full model, torch, batch 1", f"{r.full_torch_us:.1f} us"),
         ("ONNX parity max |diff|", f"{r.parity_max_abs_diff:.2e}"),
     ]
+    for split in ("calib", "test"):
+        c = r.classes.get(split)
+        if c and c["worst_class"] is not None:
+            rows.append((f"worst class agreement ({split})",
+                         f"{c['worst_agreement']:.4f} (class {c['worst_class']})"))
+    if r.classes.get("calib"):
+        rows.append((f"classes certified ({r.classes['calibration']} calibration)",
+                     f"{len(r.classes['calib']['certified'])} of "
+                     f"{len(r.classes['calib']['certified'] + r.classes['calib']['uncertified'])}"
+                     + (f"; not: {r.classes['calib']['uncertified']}"
+                        if r.classes['calib']['uncertified'] else "")))
     if r.int8:
         rows.append(("int8: accuracy change / size", f"{r.int8['accuracy_change']:+.4f} / "
                      f"{r.int8['size_ratio']:.2f}x of fp32"))
@@ -214,7 +232,8 @@ def _run_build(args: argparse.Namespace) -> int:
                    progress=not args.no_progress and sys.stderr.isatty(),
                    limit_per_class=args.limit_per_class, image_size=args.image_size,
                    full_kwargs=args.full_kwargs, full_tta=args.full_tta,
-                   reference_dir=args.reference_dir, cached_teacher=args.cached_teacher)
+                   reference_dir=args.reference_dir, cached_teacher=args.cached_teacher,
+                   calibration=args.calibration, calibrate_on_test=args.calibrate_on_test)
     print(format_report(report))
     if args.json:
         print(strictjson.dumps(report.to_dict()))

@@ -33,6 +33,7 @@ from cachenet.core.cascade import Stage
 from cachenet.core.gate import Gate, score
 from cachenet.core.prior import SECTION as PRIOR_SECTION
 from cachenet.core.runtime import load_cache_model
+from cachenet.exceptions import ConfigError
 from cachenet.toolchain.adapt import calibrate_section, shipped_prior
 from cachenet.toolchain.data import Splits, default_cache_dir, load_splits
 from cachenet.toolchain.distill import (
@@ -79,6 +80,9 @@ class BuildReport:
     full_tta: str = "none"  # the full model's test-time augmentation, as served
     full_single_pass_accuracy: float | None = None  # without it, when it is on
     int8: dict[str, Any] | None = None
+    #: per class of the full model's answer: at calibration (with certification) and on
+    #: the test split (:func:`_class_summary`)
+    classes: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,26 +124,53 @@ def _evaluate(conf: np.ndarray, cache_lab: np.ndarray, full_lab: np.ndarray, y: 
             "system_accuracy": float((system == y).mean())}
 
 
-def _calibrate(conf: np.ndarray, agree: np.ndarray, *, score_kind: str, target: float,
-               delta: float, escalation_budget: float | None) -> calib_mod.Calibration:
+#: How the gate's threshold is calibrated to the agreement target: ``marginal`` bounds
+#: the disagreement over all the edge's answers; ``class`` also holds every class of the
+#: full model's answer to it (:func:`~cachenet.core.calibration.calibrate_classwise`).
+CALIBRATIONS = ("marginal", "class")
+
+
+def _calibrate(conf: np.ndarray, agree: np.ndarray, full_labels: np.ndarray,
+               num_classes: int, *, score_kind: str, target: float, delta: float,
+               escalation_budget: float | None,
+               calibration: str = "marginal") -> calib_mod.Calibration:
     if escalation_budget is not None:
-        return calib_mod.calibrate_budget(conf, agree, score=score_kind,
-                                          escalation_budget=escalation_budget, delta=delta)
-    return calib_mod.calibrate_agreement(conf, agree, score=score_kind, target=target,
-                                         delta=delta)
+        cal = calib_mod.calibrate_budget(conf, agree, score=score_kind,
+                                         escalation_budget=escalation_budget, delta=delta)
+    elif calibration == "class":
+        return calib_mod.calibrate_classwise(conf, agree, full_labels, num_classes,
+                                             score=score_kind, target=target, delta=delta)
+    else:
+        cal = calib_mod.calibrate_agreement(conf, agree, score=score_kind, target=target,
+                                            delta=delta)
+    cal.classes = calib_mod.class_report(conf, agree, full_labels, num_classes,
+                                         cal.threshold, target=target, delta=delta)
+    return cal
+
+
+def _class_summary(rows: list[dict]) -> dict[str, Any]:
+    """The classes of a :func:`~cachenet.core.calibration.class_report`: the worst
+    agreement among those the edge answers, and which are certified."""
+    answered = [r for r in rows if r["agreement"] is not None]
+    worst = min(answered, key=lambda r: r["agreement"]) if answered else None
+    return {"worst_class": None if worst is None else worst["class"],
+            "worst_agreement": None if worst is None else worst["agreement"],
+            "certified": [r["class"] for r in rows if r["status"] == "certified"],
+            "uncertified": [r["class"] for r in rows if r["status"] != "certified"]}
 
 
 def _int8_variant(onnx_path: Path, splits: Splits, full_calib: np.ndarray,
                   full_test: np.ndarray, fp32_test_acc: float, *, score_kind: str,
                   target: float, delta: float, escalation_budget: float | None,
-                  work: Path) -> tuple[Path, dict[str, Any]]:
+                  calibration: str, work: Path) -> tuple[Path, dict[str, Any]]:
     from cachenet.toolchain.quantize import quantize_int8
 
     q_path = quantize_int8(onnx_path, work / "model.int8.onnx", splits.calib.x[:512])
     cal_logits = onnx_logits(q_path, splits.calib.x)
     cal = _calibrate(score(cal_logits, score_kind), cal_logits.argmax(1) == full_calib,
-                     score_kind=score_kind, target=target, delta=delta,
-                     escalation_budget=escalation_budget)
+                     full_calib, len(splits.classes), score_kind=score_kind, target=target,
+                     delta=delta, escalation_budget=escalation_budget,
+                     calibration=calibration)
     test_logits = onnx_logits(q_path, splits.test.x)
     ev = _evaluate(score(test_logits, score_kind), test_logits.argmax(1), full_test,
                    splits.test.y, cal.threshold)
@@ -164,9 +195,16 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
           limit_per_class: int | None = None, image_size: int | None = None,
           full_kwargs: dict | None = None, full_tta: str = "auto",
           reference_dir: Path | None = None,
-          cached_teacher: bool | None = None) -> BuildReport:
+          cached_teacher: bool | None = None, calibration: str = "marginal",
+          calibrate_on_test: float = 0.0) -> BuildReport:
     """Build a cache bundle at ``out``; see the module docstring for the steps. Trained
-    models are reused from ``cache_dir``, else from ``reference_dir`` when given."""
+    models are reused from ``cache_dir``, else from ``reference_dir`` when given.
+    ``calibration``: one of :data:`CALIBRATIONS`; ``calibrate_on_test``: the share of
+    the test split to move into the calibration split (after training, which never
+    sees either; declared in the manifest's ``dataset``)."""
+    if calibration not in CALIBRATIONS:
+        raise ConfigError(f"calibration must be one of {', '.join(CALIBRATIONS)}, "
+                          f"not '{calibration}'")
     cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
     splits = load_splits(dataset, seed=seed, cache_dir=cache_dir,
                          limit_per_class=limit_per_class, image_size=image_size)
@@ -184,6 +222,8 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
                                                  cache_dir=cache_dir, progress=progress,
                                                  reference_dir=reference_dir,
                                                  cached_teacher=cached_teacher)
+    splits = splits.calibrating_on_test(calibrate_on_test, seed)
+    num_classes = len(splits.classes)
     full_calib = predict_logits(fm.model, splits.calib.x).argmax(1)
     full_test_logits = predict_logits(fm.model, splits.test.x)
     full_test = full_test_logits.argmax(1)
@@ -196,15 +236,20 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
         # Calibrate and evaluate the exported model: what the edge will run.
         cal_logits = onnx_logits(onnx_path, splits.calib.x)
         cal = _calibrate(score(cal_logits, score_kind), cal_logits.argmax(1) == full_calib,
-                         score_kind=score_kind, target=target, delta=delta,
-                         escalation_budget=escalation_budget)
+                         full_calib, num_classes, score_kind=score_kind, target=target,
+                         delta=delta, escalation_budget=escalation_budget,
+                         calibration=calibration)
         if not cal.feasible:
             log.warning("no threshold meets agreement %.3f with confidence %.2f on %d "
                         "calibration inputs: the edge will escalate everything", target,
                         1 - delta, cal.n)
         test_logits = onnx_logits(onnx_path, splits.test.x)
-        ev = _evaluate(score(test_logits, score_kind), test_logits.argmax(1), full_test,
-                       splits.test.y, cal.threshold)
+        test_conf = score(test_logits, score_kind)
+        ev = _evaluate(test_conf, test_logits.argmax(1), full_test, splits.test.y,
+                       cal.threshold)
+        test_classes = calib_mod.class_report(test_conf, test_logits.argmax(1) == full_test,
+                                              full_test, num_classes, cal.threshold,
+                                              target=target, delta=delta)
         if escalation_budget is None and cal.feasible and ev["agreement"] < target:
             log.warning("agreement on the test split is %.4f, below the target %.4f",
                         ev["agreement"], target)
@@ -221,7 +266,7 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
             q_path, int8_info = _int8_variant(
                 onnx_path, splits, full_calib, full_test, ev["cache_accuracy"],
                 score_kind=score_kind, target=target, delta=delta,
-                escalation_budget=escalation_budget, work=work)
+                escalation_budget=escalation_budget, calibration=calibration, work=work)
             files["model.int8.onnx"] = q_path
             variants["int8"] = "model.int8.onnx"
             canary["logits_int8"] = onnx_logits(q_path, canary_x)
@@ -243,7 +288,8 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
             "variants": variants,
             "gate": {"score": score_kind, "threshold": cal.threshold,
                      "calibration": cal.to_dict(),
-                     "test": {k: ev[k] for k in ("n", "hit_rate", "agreement")}},
+                     "test": {**{k: ev[k] for k in ("n", "hit_rate", "agreement")},
+                              "classes": test_classes}},
             "variant_gates": {"int8": int8_info["gate"]} if int8_info else {},
             "canary": {"file": "canary.npz", "n": N_CANARY},
             "full_model": {"files": [p for p in files if p.startswith("full/model")],
@@ -276,5 +322,7 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
         target_met_on_test=(None if escalation_budget is not None or not cal.feasible
                             else bool(ev["agreement"] >= target)),
         full_tta=tta, full_single_pass_accuracy=_single_pass_accuracy(fm, splits),
+        classes={"calibration": cal.mode, "calib": _class_summary(cal.classes or []),
+                 "test": _class_summary(test_classes)},
         extras={"version": loaded.version, "torch_threads": torch.get_num_threads(),
                 "full_train": fm.meta.get("train"), "cache_train": cache_meta.get("train")})

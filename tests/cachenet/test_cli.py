@@ -72,11 +72,44 @@ def test_build_with_flip_tta_reuses_the_full_model_and_the_cloud_serves_it(tmp_p
     assert manifest.data["full_model"]["spec"]["kwargs"]["tta"] == "flip"
 
 
+@pytest.mark.slow
+def test_build_with_class_calibration_reports_and_certifies_each_class(tmp_path, cli_cache):
+    from cachenet.core.runtime import load_cache_model
+
+    out = tmp_path / "classwise"
+    proc = run_cli("build", "--dataset", "digits", "--out", str(out), "--calibration",
+                   "class", "--calibrate-on-test", "0.5", "--json", cache_dir=cli_cache)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    manifest = load_cache_model(out).manifest.data
+    cal = manifest["gate"]["calibration"]
+    assert cal["mode"] == "class" and report["classes"]["calibration"] == "class"
+    # Half the test split calibrates, declared as such; the rest evaluates.
+    dataset = manifest["dataset"]
+    moved = dataset["calibration_from_test"]["n"]
+    assert moved > 0 and dataset["sizes"]["test"] + moved == 359  # digits' test split
+    assert cal["n"] == dataset["sizes"]["calib"]
+    rows = cal["classes"]
+    assert [r["class"] for r in rows] == list(range(10))
+    assert sum(r["n"] for r in rows) == cal["n"]
+    for r in rows:
+        assert r["status"] in ("certified", "uncertified", "not certified")
+        if r["status"] == "certified":
+            assert r["ucb"] <= 0.01
+    if cal["feasible"]:
+        assert cal["disagreement_ucb"] <= 0.01
+    test_rows = manifest["gate"]["test"]["classes"]
+    assert sum(r["n"] for r in test_rows) == dataset["sizes"]["test"]
+    assert "classes certified (class calibration)" in proc.stdout
+
+
 @pytest.mark.parametrize("args,message", [
     (["--dataset", "no-such-data"], "neither 'digits' nor an existing path"),
     (["--dataset", "digits", "--full", "nope"], "not a registered architecture"),
     (["--dataset", "digits", "--target", "1.5"], "expected a number in (0, 1)"),
     (["--dataset", "digits", "--cache-widths", "a,b"], "comma-separated integers"),
+    (["--dataset", "digits", "--calibration", "perclass"], "invalid choice: 'perclass'"),
+    (["--dataset", "digits", "--calibrate-on-test", "1"], "expected a number in (0, 1)"),
 ])
 def test_build_bad_arguments_exit_with_a_clear_message(tmp_path, cli_cache, args, message):
     proc = run_cli("build", "--out", str(tmp_path / "b"), *args, cache_dir=cli_cache)

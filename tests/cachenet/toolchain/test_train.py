@@ -159,3 +159,51 @@ def test_distillation_from_cached_teacher_views_learns_them(digits_splits, tmp_p
     assert history["device"] in ("cpu", "cuda") and history["losses"][-1] < history["losses"][0]
     acc = accuracy(predict_logits(student, digits_splits.test.x), digits_splits.test.y)
     assert acc > 0.5
+
+
+def test_resnet20_is_a_cache_model_whose_distillation_resumes_exactly(digits_splits,
+                                                                      tmp_path):
+    """The strong cache model: registered for the edge, distilled with no time budget (so
+    its schedule is the steps'), and a run stopped after an epoch and started again from
+    its checkpoint ends on the weights of the run that was never stopped."""
+    from dataclasses import replace
+
+    from cachenet.cli import _cache_archs
+    from cachenet.toolchain.data import ArrayDataset, Splits
+    from cachenet.toolchain.distill import default_distill_config
+
+    assert "resnet20" in _cache_archs() and "resnet18" not in _cache_archs()
+    cifar_like = ArrayDataset(np.zeros((4, 3, 32, 32), np.float32), np.zeros(4, np.int64),
+                              digits_splits.classes)
+    big = Splits("big", cifar_like, cifar_like, cifar_like, digits_splits.normalization)
+    strong = default_distill_config(big, "resnet20")
+    assert strong.time_budget_s is None and strong.augment == "crop-flip"
+    assert default_distill_config(big, "tinycnn").time_budget_s is not None
+
+    spec = arch_spec("resnet20", digits_splits)
+    spec.kwargs.pop("tta", None)
+    known = np.zeros((len(digits_splits.train), 2, 10), np.float32)
+    known[np.arange(len(known)), :, digits_splits.train.y] = 8.0
+    cfg = replace(strong, epochs=3, batch_size=128, augment="crop")
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two(epoch, state):
+        if epoch == 2:
+            raise Interrupt
+
+    torch.manual_seed(0)
+    straight = build_model(spec)
+    fit(straight, digits_splits.train, cfg, progress=False, teacher_outputs=known)
+    ckpt = tmp_path / "ckpt.pt"
+    torch.manual_seed(0)
+    with pytest.raises(Interrupt):
+        fit(build_model(spec), digits_splits.train, cfg, checkpoint=ckpt, progress=False,
+            on_epoch=stop_after_two, teacher_outputs=known)
+    torch.manual_seed(1)  # the checkpoint, not the initialisation, decides the weights
+    resumed = build_model(spec)
+    assert fit(resumed, digits_splits.train, cfg, checkpoint=ckpt, progress=False,
+               teacher_outputs=known)["epochs"] == 3
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
