@@ -49,7 +49,7 @@ from bench import provenance
 from bench.layered import AGENT_ARGS, AGENT_ENV, layered_fleet
 from bench.provenance import ROOT
 from bench.specializing import SpecializingCloud, oracle_answer, pushes
-from bench.traces import TRACES, make_trace, save_trace, trace_inputs
+from bench.traces import TRACES, confusable_classes, make_trace, save_trace, trace_inputs
 from cachenet.sim.fleet import Fleet, FleetConfig
 from cachenet.sim.wan import LinkProfile
 
@@ -202,10 +202,10 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
               library: Path, layered_bundle: Path | None = None,
               specialize: bool = True) -> dict[str, Any]:
     from cachenet.core.bundle import verify_bundle
-    from cachenet.toolchain.data import load_splits
+    from cachenet.toolchain.data import load_bundle_splits
 
     manifest = verify_bundle(bundle)
-    splits = load_splits(dataset, seed=int(manifest.data["dataset"]["seed"]))
+    splits = load_bundle_splits(dataset, manifest.data["dataset"])
     rows: list[dict[str, Any]] = []
     latencies: dict[str, dict[str, list[float]]] = {}
     offline: dict[str, Any] = {}
@@ -228,8 +228,11 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
         # Every WAN of the run (each cloud has its own), set to the same network.
         fleets = [fleet, *([specializing.fleet] if specializing else []),
                   *([layered] if layered else [])]
+        confusable = None
+        if "confusable" in traces:  # chosen on the calibration split, not the test split
+            confusable = confusable_classes(*labels_for(bundle, splits.calib.x))
         for name in traces:
-            idx = make_trace(name, splits.test.y, requests, seed=seed)
+            idx = make_trace(name, splits.test.y, requests, seed=seed, classes=confusable)
             save_trace(out / "traces" / f"{name}.npz", name, idx, splits.test.y, seed)
             x, y = trace_inputs(name, splits.test.x, idx, seed), splits.test.y[idx]
             cache_logits, full_lab = labels_for(bundle, x)
@@ -288,6 +291,7 @@ def run_suite(*, bundle: Path, dataset: str, out: Path, traces: tuple[str, ...],
                           flush=True)
         specialization = specializing.finish(out) if specializing is not None else None
     return {"rows": rows, "latencies": latencies, "offline": offline, "micro": micro,
+            "confusable_classes": None if confusable is None else confusable.tolist(),
             "specialization": specialization,
             "gate_score": manifest.gate["score"], "bundle": str(bundle), "dataset": dataset,
             "requests": requests, "seed": seed}

@@ -4,6 +4,9 @@
 * ``runs10``, ``runs50``: class runs of mean length 10 and 50;
 * ``markov90``: the class stays with probability 0.9, else moves to a uniform other;
 * ``zipf``: class popularity Zipf with s = 1.2 (classes ranked in a seeded order);
+* ``confusable``: class runs of mean length 50 over the classes the cache model
+  confuses most (:func:`confusable_classes`, chosen on the calibration split, never
+  the test split): the stream on which a promise kept only on average breaks;
 * ``video``: a fixed camera: one test image (an object) held for a run of frames
   (mean 30), each frame shifted by up to 2 px, its brightness within 10%, with
   sensor noise (:mod:`cachenet.toolchain.data.video`); its frames are rendered from
@@ -19,7 +22,20 @@ import numpy as np
 
 from cachenet.sim.stream import class_run_stream
 
-TRACES = ("iid", "runs10", "runs50", "markov90", "zipf", "video")
+TRACES = ("iid", "runs10", "runs50", "markov90", "zipf", "confusable", "video")
+
+#: How many classes the ``confusable`` trace runs over.
+CONFUSABLE = 3
+
+
+def confusable_classes(cache_logits: np.ndarray, full_labels: np.ndarray,
+                       k: int = CONFUSABLE) -> np.ndarray:
+    """The ``k`` classes of the full model's answer on which the cache model agrees with
+    it least (over all of them, answered or not), worst first; pass calibration data."""
+    agree = cache_logits.argmax(1) == full_labels
+    classes = np.unique(full_labels)
+    rate = np.asarray([agree[full_labels == c].mean() for c in classes])
+    return classes[np.argsort(rate, kind="stable")[:k]]
 
 
 def _images_of(labels: np.ndarray, classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -67,9 +83,18 @@ def trace_inputs(name: str, x: np.ndarray, idx: np.ndarray, seed: int = 0) -> np
     return render(x, video_trace(len(x), len(idx), seed))
 
 
-def make_trace(name: str, labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+def _runs_over(labels: np.ndarray, classes: np.ndarray | None, n: int, seed: int
+               ) -> np.ndarray:
+    if classes is None or not len(classes):
+        raise ValueError("the confusable trace needs its classes (confusable_classes)")
+    pool = np.flatnonzero(np.isin(labels, classes))
+    return pool[class_run_stream(labels[pool], n, mean_run=50, seed=seed)]
+
+
+def make_trace(name: str, labels: np.ndarray, n: int, seed: int = 0, *,
+               classes: np.ndarray | None = None) -> np.ndarray:
     """Indices into ``labels`` (the test split) for trace ``name`` (for ``video``: the
-    object each frame shows)."""
+    object each frame shows); ``classes``: the classes ``confusable`` runs over."""
     rng = np.random.default_rng(seed)
     makers: dict[str, Callable[[], np.ndarray]] = {
         "iid": lambda: _iid(labels, n, rng),
@@ -77,6 +102,7 @@ def make_trace(name: str, labels: np.ndarray, n: int, seed: int = 0) -> np.ndarr
         "runs50": lambda: class_run_stream(labels, n, mean_run=50, seed=seed),
         "markov90": lambda: _markov(labels, n, rng),
         "zipf": lambda: _zipf(labels, n, rng),
+        "confusable": lambda: _runs_over(labels, classes, n, seed),
         "video": lambda: video_trace(len(labels), n, seed).indices,
     }
     if name not in makers:

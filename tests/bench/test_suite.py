@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from bench.traces import TRACES, make_trace
+from bench.traces import TRACES, confusable_classes, make_trace
 
 
 def _mean_run(labels: np.ndarray) -> float:
@@ -16,7 +16,8 @@ def _mean_run(labels: np.ndarray) -> float:
 
 def test_traces_have_the_locality_their_names_promise():
     labels = np.repeat(np.arange(10), 100)
-    got = {name: labels[make_trace(name, labels, 4000, seed=3)] for name in TRACES}
+    got = {name: labels[make_trace(name, labels, 4000, seed=3, classes=np.array([2, 7]))]
+           for name in TRACES}
     assert _mean_run(got["iid"]) < 1.5
     assert 8 < _mean_run(got["runs10"]) < 14 and 40 < _mean_run(got["runs50"]) < 80
     assert 8 < _mean_run(got["markov90"]) < 12  # stay 0.9: runs of 10
@@ -27,6 +28,19 @@ def test_traces_have_the_locality_their_names_promise():
                           make_trace("zipf", labels, 100, seed=3))
     with pytest.raises(ValueError, match="unknown trace"):
         make_trace("bursty", labels, 10)
+    # confusable: runs over the classes given, and only those.
+    assert set(got["confusable"].tolist()) == {2, 7} and 30 < _mean_run(got["confusable"])
+    with pytest.raises(ValueError, match="needs its classes"):
+        make_trace("confusable", labels, 10)
+
+
+def test_the_confusable_classes_are_those_the_cache_model_agrees_on_least():
+    full = np.repeat(np.arange(5), 10)
+    logits = np.eye(5)[full]
+    for c, wrong in ((3, 6), (1, 4), (4, 2)):  # class 3 worst, then 1, then 4
+        rows = np.flatnonzero(full == c)[:wrong]
+        logits[rows] = np.eye(5)[(c + 1) % 5]
+    assert confusable_classes(logits, full, k=3).tolist() == [3, 1, 4]
 
 
 @pytest.mark.slow
