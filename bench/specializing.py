@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from bench.layered import AGENT_ARGS, AGENT_ENV
+from cachenet.core.calibration import AGREEMENT_MODES
 from cachenet.sim.fleet import Agent, Fleet, FleetConfig
 
 #: The specialiser's log lines for a check's outcome and for a partition model trained.
@@ -51,7 +52,7 @@ class SpecializingCloud:
         # Specialise at the agreement target the general model was calibrated to (a
         # bundle calibrated to an escalation budget has none: the default, 0.99).
         cal = verify_bundle(bundle).gate.get("calibration", {})
-        target = cal.get("target", 0.99) if cal.get("mode") == "agreement" else 0.99
+        target = cal.get("target", 0.99) if cal.get("mode") in AGREEMENT_MODES else 0.99
         self.fleet = stack.enter_context(Fleet(FleetConfig(
             bundle, agents=0, workdir=work, name="specializing", cloud_nice=10,
             cloud_args=("--target", str(target), "--store", str(work / "store"),

@@ -50,6 +50,7 @@ import zmq
 from cachenet.core import strictjson, tensors
 from cachenet.core.audit import Audit
 from cachenet.core.backoff import Backoff
+from cachenet.core.calibration import AGREEMENT_MODES
 from cachenet.core.notify import Notifier
 from cachenet.core.runtime import CacheModel, load_cache_model
 from cachenet.exceptions import (
@@ -163,7 +164,7 @@ class EdgeAgent:
         self.models = ModelSet(self._model, k=c.partition_models)
         calibrated = self._model.manifest.gate.get("calibration")
         target = (calibrated.get("target") if isinstance(calibrated, dict)  # not a budget
-                  and calibrated.get("mode") == "agreement" else None)
+                  and calibrated.get("mode") in AGREEMENT_MODES else None)
         self.engine = Engine(self.models, Audit(c.audit_config(target)),
                              layer_cache=c.layer_cache, label_shift=c.label_shift)
         if c.bind:  # an in-process front end (edge_agent.local) binds nothing

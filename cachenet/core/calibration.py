@@ -62,6 +62,9 @@ import numpy as np
 
 from cachenet.exceptions import CalibrationError
 
+#: The calibration modes whose ``target`` is an agreement to hold (not a budget).
+AGREEMENT_MODES = ("agreement", "class")
+
 #: Threshold reported when no candidate passes: above every score, so the edge
 #: answers nothing and everything escalates.
 NEVER = 1.0 + 1e-6
@@ -188,7 +191,7 @@ def fixed_sequence(counts: Iterable[tuple[int, int]], *, n_total: int, target: f
 class Calibration:
     score: str
     threshold: float
-    mode: str  # "agreement" or "budget"
+    mode: str  # one of AGREEMENT_MODES, or "budget"
     target: float  # agreement target, or the escalation budget in budget mode
     delta: float
     n: int
