@@ -166,7 +166,8 @@ class EdgeAgent:
         target = (calibrated.get("target") if isinstance(calibrated, dict)  # not a budget
                   and calibrated.get("mode") in AGREEMENT_MODES else None)
         self.engine = Engine(self.models, Audit(c.audit_config(target)),
-                             layer_cache=c.layer_cache, label_shift=c.label_shift)
+                             layer_cache=c.layer_cache, label_shift=c.label_shift,
+                             class_control=c.rolling_config())
         if c.bind:  # an in-process front end (edge_agent.local) binds nothing
             self.sock = self.ctx.socket(zmq.ROUTER)
             self.sock.setsockopt(zmq.LINGER, 0)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from cachenet.core import settings
 from cachenet.core.audit import AuditConfig
+from cachenet.core.rolling import RollingConfig
 from cachenet.core.settings import setting
 from cachenet.exceptions import ConfigError
 
@@ -85,6 +86,12 @@ class AgentConfig:
                                  "at all times at once")
     audit_cooldown: int = setting(500, "edge answers a step that broke the target stays "
                                   "dropped (doubled on repeats)")
+    class_control: bool = setting(True, "move the general model's threshold per class of its "
+                                  "answer with the audit's evidence (rolling risk control)")
+    class_control_gain: float = setting(0.0005, "threshold units per unit of the audit's "
+                                        "weighted excess disagreement")
+    class_control_slack: float = setting(0.05, "how far below the calibrated threshold a "
+                                         "class may go where its stream is easy")
 
     def __post_init__(self) -> None:
         for name in ("bundle", "ready_file", "state_dir", "trusted_key", "tls_ca", "tls_cert",
@@ -106,6 +113,7 @@ class AgentConfig:
                               f"{self.max_message_bytes}")
         AuditConfig(rate=self.audit_rate, alpha=self.audit_alpha, cooldown=self.audit_cooldown,
                     burst_rate=self.audit_burst_rate)
+        self.rolling_config()
         self.escalation_target()  # a bad protocol, model or replica list: refused now
 
     def escalation_target(self) -> Any:
@@ -127,6 +135,12 @@ class AgentConfig:
         from cachenet.protocol.tls import TLSFiles, channel_credentials
 
         return channel_credentials(TLSFiles(self.tls_ca, self.tls_cert, self.tls_key))
+
+    def rolling_config(self) -> RollingConfig | None:
+        """The per-class control's settings, or None where it is off."""
+        if not self.class_control:
+            return None
+        return RollingConfig(gain=self.class_control_gain, slack=self.class_control_slack)
 
     def audit_config(self, target: float | None) -> AuditConfig:
         """The audit's settings; ``target``: the agreement the bundle was calibrated to."""

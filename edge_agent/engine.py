@@ -36,6 +36,7 @@ from cachenet.core.calibration import NEVER
 from cachenet.core.gate import Gate
 from cachenet.core.prior import SECTION as PRIOR_SECTION
 from cachenet.core.prior import StreamPrior, from_manifest
+from cachenet.core.rolling import ClassThresholds, RollingConfig
 from cachenet.core.runtime import CacheModel
 from cachenet.exceptions import InputSpecError
 from cachenet.layercache.edge import load_edge_layers
@@ -69,6 +70,8 @@ class Decision:
     general: CacheModel | None = None  # whose prior observes the answer
     adapt: bool = True  # the answer teaches the prior (not a request with its own gate)
     epoch: int = 0  # the audited step's epoch when it answered
+    audit_p: float = 0.0  # the probability with which it was picked for the audit
+    thresholds: Any = None  # the per-class thresholds that let it answer, if any
 
     @property
     def audit_step(self) -> str | None:
@@ -81,11 +84,15 @@ class Engine:
     """The cascade over a :class:`ModelSet`, with its audit."""
 
     def __init__(self, models: ModelSet, audit: Audit, *, layer_cache: bool = True,
-                 label_shift: bool = True) -> None:
+                 label_shift: bool = True, class_control: RollingConfig | None = None
+                 ) -> None:
         self.models = models
         self.audit = audit
         self.layer_cache = layer_cache
         self.label_shift = label_shift
+        #: the general model's thresholds per class, following the stream (None: fixed)
+        self.class_control = class_control
+        self.thresholds: ClassThresholds | None = None
         self._serving: tuple[str, str] = ("", "")  # (active, general) versions last seen
 
     def _restart_on_swap(self) -> None:
@@ -101,6 +108,9 @@ class Engine:
         if serving[1] != self._serving[1]:
             self.audit.restart("model")
             self.audit.restart("prior")
+            self.thresholds = None if self.class_control is None else ClassThresholds(
+                self.models.general.gate.threshold, self.audit.config.target,
+                self.class_control)
         self._serving = serving
 
     def _models(self, custom: Any) -> tuple[CacheModel, CacheModel | None]:
@@ -117,6 +127,8 @@ class Engine:
             return model.stage.with_gate(custom)
         if model.partition is None and not self.audit.allowed("model"):
             return model.stage.with_gate(Gate(model.gate.score, NEVER))
+        if model.partition is None and self.thresholds is not None:
+            return model.stage.with_per_label(self.thresholds)
         return model.stage
 
     def decide(self, x: np.ndarray, header: dict[str, Any], *, can_audit: bool) -> Decision:
@@ -164,6 +176,8 @@ class Engine:
         if verdict.local and not (settle is not None and settle[1].checks):
             step = _STEP.get(verdict.by) or ("partition" if model.partition else "model")
         decision = Decision(answer, step, settle, general=base, adapt=custom is None)
+        if step == "model" and custom is None:
+            decision.thresholds = self.thresholds
         return self._local(decision, policy, can_audit)
 
     def _local(self, decision: Decision, policy: str, can_audit: bool) -> Decision:
@@ -171,6 +185,7 @@ class Engine:
         the calibrated gates) are the ones the target is about."""
         if policy == "auto" and decision.adapt and decision.step is not None:
             decision.audit = self.audit.pick(can_audit)
+            decision.audit_p = self.audit.last_rate
             decision.epoch = self.audit.epoch(decision.audit_step)  # type: ignore[arg-type]
         return decision
 
@@ -212,6 +227,8 @@ class Engine:
         step = decision.audit_step
         assert step is not None
         agree = int(decision.answer["label"]) == cloud_label
+        if decision.thresholds is not None and decision.thresholds is self.thresholds:
+            self.thresholds.update(int(decision.answer["label"]), not agree, decision.audit_p)
         if not self.audit.record(step, agree, decision.epoch) or step != "model":
             return
         prior = decision.general.prior if decision.general is not None else None
@@ -223,4 +240,6 @@ class Engine:
         general = self.models.general
         prior = general.prior
         return {"audit": self.audit.snapshot(),
-                "prior": prior.snapshot() if prior is not None else None}
+                "prior": prior.snapshot() if prior is not None else None,
+                "class_thresholds": (self.thresholds.snapshot()
+                                     if self.thresholds is not None else None)}

@@ -200,6 +200,7 @@ class Audit:
         self.paused: str | None = None
         self.bursts = 0
         self._burst_left = 0
+        self.last_rate = 0.0
         self._rng = random.Random(self.config.seed)
         self.begin_burst()  # a new agent: nothing of this stream was checked yet
 
@@ -257,6 +258,7 @@ class Audit:
         if self._burst_left > 0:
             self._burst_left -= 1
             rate = self.config.burst_rate
+        self.last_rate = rate  # the draw's probability: importance weights need it
         if not available or rate <= 0.0 or self._rng.random() >= rate:
             return False
         if self.inflight >= self.config.max_inflight:

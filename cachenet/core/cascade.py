@@ -72,6 +72,8 @@ class Stage:
     gate: Gate
     classes: tuple[int, ...] | None = None
     other_index: int | None = None
+    #: per-label thresholds that replace the gate's (:mod:`cachenet.core.rolling`)
+    per_label: Any = None
 
     @classmethod
     def from_manifest(cls, gate: Mapping[str, Any], partition: Mapping[str, Any] | None
@@ -94,7 +96,17 @@ class Stage:
         return {"classes": list(self.classes), "other_index": self.other_index}
 
     def with_gate(self, gate: Gate) -> Stage:
-        return replace(self, gate=gate)
+        return replace(self, gate=gate, per_label=None)
+
+    def with_per_label(self, thresholds: Any) -> Stage:
+        """This stage with ``thresholds.threshold(label)`` in place of the gate's."""
+        return replace(self, per_label=thresholds)
+
+    def threshold(self, label: int) -> float:
+        """The threshold an answer of ``label`` must reach."""
+        if self.per_label is None:
+            return self.gate.threshold
+        return self.per_label.threshold(label)
 
     def covers(self, label: int) -> bool:
         """Can this model answer ``label`` itself? (Always, for a general model.)"""
@@ -133,11 +145,11 @@ def decide(active: Stage, label: int, confidence: float, general: Stage | None,
     """The cascade's rule (see the module docstring), for the active model's reading;
     ``read_general`` is called only when the general model is asked, ``adjusted`` (the
     label-shift gate on the general model's logits) only when the models are unsure."""
-    if confidence >= active.gate.threshold:
+    if confidence >= active.threshold(label):
         return Verdict(label, confidence, True, ACTIVE)
     if active.is_partition and general is not None:
         g_label, g_conf = read_general()
-        if g_conf >= general.gate.threshold:
+        if g_conf >= general.threshold(g_label):
             return Verdict(g_label, g_conf, True, GENERAL)
         label, confidence = g_label, g_conf
     elif active.is_partition:

@@ -117,3 +117,48 @@ def test_the_stream_prior_answers_on_the_device_once_it_has_seen_the_stream(
     later = [a for a in answers[3:] if a["source"] == "edge"]
     assert later and all(a["answered_by"] == "prior" for a in later)
     assert stats["prior"]["in_use"] and stats["stats"]["edge_steps"]["prior"] == len(later)
+
+
+def test_a_class_the_audit_finds_disagreeing_tightens_its_own_threshold(
+        digits_bundle, disagreeing, tmp_path):
+    """Rolling risk control per class, in real processes: every answer is audited
+    (probability 1, weight 1), the gain is 1, so one disagreement lifts the threshold of
+    the edge's label by 0.99 over the calibrated 0, and a second above 1: from then on
+    that label escalates, while the audit (two disagreements are too few for its
+    anytime-valid bound) keeps the step. Without the control, the edge keeps answering."""
+    bundle = variant(digits_bundle[0], tmp_path / "bundle", gate=0.0)  # the edge answers all
+    cloud = start_cloud(bundle, tmp_path)
+    x = disagreeing[0]
+    common = ("--cloud", f"127.0.0.1:{cloud.info['port']}", "--deadline-ms", "5000",
+              "--audit-rate", "1.0", "--no-label-shift", "--no-layer-cache")
+    try:
+        edge = start_edge(bundle, tmp_path, *common, "--class-control-gain", "1.0")
+        try:
+            with EdgeClient(edge.info["endpoint"]) as c:
+                sources = []
+                for _ in range(4):
+                    sources.append(c.infer(x, timeout=10)["source"])
+                    wait_until(lambda: c.stats()["audit"]["inflight"] == 0, timeout=20)
+                stats = c.stats()
+        finally:
+            assert edge.stop() == 0
+        assert sources[0] == "edge" and sources[-1] == "cloud"
+        assert sources.count("edge") <= 2  # one disagreement, or two, then escalations
+        (row,) = stats["class_thresholds"]["classes"].values()  # the one label it gave
+        assert row["disagreed"] == row["audited"] == sources.count("edge")
+        assert row["threshold"] == pytest.approx(0.99 * row["disagreed"])
+        assert not stats["audit"]["steps"]["model"]["dropped"]
+
+        (tmp_path / "fixed").mkdir()
+        fixed = start_edge(bundle, tmp_path / "fixed", *common, "--no-class-control")
+        try:
+            with EdgeClient(fixed.info["endpoint"]) as c:
+                plain = []
+                for _ in range(3):
+                    plain.append(c.infer(x, timeout=10)["source"])
+                    wait_until(lambda: c.stats()["audit"]["inflight"] == 0, timeout=20)
+        finally:
+            assert fixed.stop() == 0
+        assert plain == ["edge"] * 3
+    finally:
+        assert cloud.stop() == 0

@@ -80,6 +80,11 @@ def listening(proc: psutil.Process) -> bool:
 @pytest.mark.slow
 def test_interrupted_demo_stops_its_processes(cli_cache):
     env = {**os.environ, "CACHENET_CACHE_DIR": str(cli_cache)}
+    # The demo's bundle first (trained on a first run, however long that takes here), so
+    # that the wait below is for the daemons alone.
+    first = subprocess.run([sys.executable, "-m", "cachenet", "demo", "--requests", "10"],
+                           capture_output=True, text=True, env=env, timeout=3600)
+    assert first.returncode == 0, first.stderr[-2000:]
     # The demo gets Ctrl-C as a terminal would give it: a process that ignores SIGINT
     # passes that on to its children, and Python then never raises KeyboardInterrupt.
     demo = subprocess.Popen([sys.executable, "-m", "cachenet", "demo", "--requests", "5000",
