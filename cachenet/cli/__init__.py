@@ -181,6 +181,7 @@ def format_report(r) -> str:
             f"  (test-time {r.full_tta}, 2 passes; one pass: "
             f"{_fmt(r.full_single_pass_accuracy, '.4f')})")),
         ("cache model accuracy (test)", _fmt(r.cache_accuracy, ".4f")),
+        ("cache model agreement with full (test)", _fmt(r.cache_agreement, ".4f")),
         ("cachenet accuracy (edge + cloud)", _fmt(r.system_accuracy, ".4f")),
         (f"gate ({r.score}) threshold", _fmt(r.threshold, ".4f")),
         ("agreement at threshold (test)", _fmt(r.agreement, ".4f") + (

@@ -60,6 +60,7 @@ class BuildReport:
     dataset: dict[str, Any]
     full_accuracy: float
     cache_accuracy: float
+    cache_agreement: float  # with the full model, on every test input (no gate)
     system_accuracy: float  # edge answers where the gate accepts, full model elsewhere
     threshold: float
     score: str
@@ -312,6 +313,7 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
     return BuildReport(
         bundle=str(out), dataset=splits.describe(),
         full_accuracy=fields["metrics"]["full_accuracy"], cache_accuracy=ev["cache_accuracy"],
+        cache_agreement=ev["overall_agreement"],
         system_accuracy=ev["system_accuracy"], threshold=cal.threshold, score=score_kind,
         hit_rate=ev["hit_rate"], agreement=ev["agreement"], calibration=cal.to_dict(),
         parity_max_abs_diff=parity.max_abs_diff,
