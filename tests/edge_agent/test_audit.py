@@ -119,6 +119,19 @@ def test_the_stream_prior_answers_on_the_device_once_it_has_seen_the_stream(
     assert stats["prior"]["in_use"] and stats["stats"]["edge_steps"]["prior"] == len(later)
 
 
+def sources_one_at_a_time(edge, x, n: int) -> tuple[list[str], dict]:
+    """Who answered ``x``, sent ``n`` times, each audit back before the next; then stats."""
+    try:
+        with EdgeClient(edge.info["endpoint"]) as c:
+            sources = []
+            for _ in range(n):
+                sources.append(c.infer(x, timeout=10)["source"])
+                wait_until(lambda: c.stats()["audit"]["inflight"] == 0, timeout=20)
+            return sources, c.stats()
+    finally:
+        assert edge.stop() == 0
+
+
 def test_a_class_the_audit_finds_disagreeing_tightens_its_own_threshold(
         digits_bundle, disagreeing, tmp_path):
     """Rolling risk control per class, in real processes: every answer is audited
@@ -132,16 +145,8 @@ def test_a_class_the_audit_finds_disagreeing_tightens_its_own_threshold(
     common = ("--cloud", f"127.0.0.1:{cloud.info['port']}", "--deadline-ms", "5000",
               "--audit-rate", "1.0", "--no-label-shift", "--no-layer-cache")
     try:
-        edge = start_edge(bundle, tmp_path, *common, "--class-control-gain", "1.0")
-        try:
-            with EdgeClient(edge.info["endpoint"]) as c:
-                sources = []
-                for _ in range(4):
-                    sources.append(c.infer(x, timeout=10)["source"])
-                    wait_until(lambda: c.stats()["audit"]["inflight"] == 0, timeout=20)
-                stats = c.stats()
-        finally:
-            assert edge.stop() == 0
+        sources, stats = sources_one_at_a_time(
+            start_edge(bundle, tmp_path, *common, "--class-control-gain", "1.0"), x, 4)
         assert sources[0] == "edge" and sources[-1] == "cloud"
         assert sources.count("edge") <= 2  # one disagreement, or two, then escalations
         (row,) = stats["class_thresholds"]["classes"].values()  # the one label it gave
@@ -150,15 +155,8 @@ def test_a_class_the_audit_finds_disagreeing_tightens_its_own_threshold(
         assert not stats["audit"]["steps"]["model"]["dropped"]
 
         (tmp_path / "fixed").mkdir()
-        fixed = start_edge(bundle, tmp_path / "fixed", *common, "--no-class-control")
-        try:
-            with EdgeClient(fixed.info["endpoint"]) as c:
-                plain = []
-                for _ in range(3):
-                    plain.append(c.infer(x, timeout=10)["source"])
-                    wait_until(lambda: c.stats()["audit"]["inflight"] == 0, timeout=20)
-        finally:
-            assert fixed.stop() == 0
+        plain, _ = sources_one_at_a_time(
+            start_edge(bundle, tmp_path / "fixed", *common, "--no-class-control"), x, 3)
         assert plain == ["edge"] * 3
     finally:
         assert cloud.stop() == 0
