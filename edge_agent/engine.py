@@ -93,6 +93,7 @@ class Engine:
         #: the general model's thresholds per class, following the stream (None: fixed)
         self.class_control = class_control
         self.thresholds: ClassThresholds | None = None
+        self._controlled: cascade.Stage | None = None  # the general stage, with them
         self._serving: tuple[str, str] = ("", "")  # (active, general) versions last seen
 
     def _restart_on_swap(self) -> None:
@@ -108,9 +109,11 @@ class Engine:
         if serving[1] != self._serving[1]:
             self.audit.restart("model")
             self.audit.restart("prior")
+            general = self.models.general
             self.thresholds = None if self.class_control is None else ClassThresholds(
-                self.models.general.gate.threshold, self.audit.config.target,
-                self.class_control)
+                general.gate.threshold, self.audit.config.target, self.class_control)
+            self._controlled = (None if self.thresholds is None
+                                else general.stage.with_per_label(self.thresholds))
         self._serving = serving
 
     def _models(self, custom: Any) -> tuple[CacheModel, CacheModel | None]:
@@ -127,8 +130,8 @@ class Engine:
             return model.stage.with_gate(custom)
         if model.partition is None and not self.audit.allowed("model"):
             return model.stage.with_gate(Gate(model.gate.score, NEVER))
-        if model.partition is None and self.thresholds is not None:
-            return model.stage.with_per_label(self.thresholds)
+        if model is self.models.general and self._controlled is not None:
+            return self._controlled  # made once per general model, not per request
         return model.stage
 
     def decide(self, x: np.ndarray, header: dict[str, Any], *, can_audit: bool) -> Decision:
@@ -176,8 +179,9 @@ class Engine:
         if verdict.local and not (settle is not None and settle[1].checks):
             step = _STEP.get(verdict.by) or ("partition" if model.partition else "model")
         decision = Decision(answer, step, settle, general=base, adapt=custom is None)
-        if step == "model" and custom is None:
-            decision.thresholds = self.thresholds
+        if step == "model" and custom is None and (
+                model is self.models.general or verdict.by == cascade.GENERAL):
+            decision.thresholds = self.thresholds  # they decided: the audit updates them
         return self._local(decision, policy, can_audit)
 
     def _local(self, decision: Decision, policy: str, can_audit: bool) -> Decision:

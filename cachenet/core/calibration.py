@@ -80,18 +80,10 @@ def _log_binom_cdf(k: int, n: int, p: float) -> float:
     return top + math.log(float(np.exp(terms - top).sum()))
 
 
-def clopper_pearson_lower(k: int, n: int, delta: float) -> float:
-    """One-sided (1 - delta) lower confidence bound on a rate with k events in n trials
-    (0 for k = 0): one minus the upper bound on the rate of non-events."""
-    if n <= 0 or k <= 0:
-        return 0.0
-    return 1.0 - clopper_pearson_upper(n - k, n, delta)
-
-
 def shown_above(k: int, n: int, rate: float, delta: float) -> bool:
     """Whether k events in n trials show the true rate above ``rate`` with confidence
-    ``1 - delta``: :func:`clopper_pearson_lower` ``> rate``, without the bisection
-    (``P(Binomial(n, rate) >= k) < delta``)."""
+    ``1 - delta``: the one-sided Clopper-Pearson lower bound above ``rate``, tested
+    directly (``P(Binomial(n, rate) >= k) < delta``)."""
     if k <= 0 or n <= 0:
         return False
     if k > n:
@@ -241,6 +233,17 @@ def evaluate(conf: np.ndarray, agree: np.ndarray, threshold: float) -> dict:
             "overall_agreement": float(agree.mean())}
 
 
+def _candidates(conf: np.ndarray, steps: int) -> tuple[list[float], list[int]]:
+    """The candidate thresholds, from the highest down: the score at every ``1 / steps``
+    of the set, each accepting every input that ties with it; and how many each accepts."""
+    sorted_conf = np.sort(conf)[::-1]
+    n = len(conf)
+    thresholds = [float(sorted_conf[min(n, math.ceil(j * n / steps)) - 1])
+                  for j in range(1, steps + 1)]
+    return thresholds, [int(np.searchsorted(-sorted_conf, -t, side="right"))
+                        for t in thresholds]
+
+
 def calibrate_agreement(conf: np.ndarray, agree: np.ndarray, *, score: str,
                         target: float = 0.99, delta: float = 0.05,
                         steps: int = 100, tolerate: int = 1) -> Calibration:
@@ -248,13 +251,8 @@ def calibrate_agreement(conf: np.ndarray, agree: np.ndarray, *, score: str,
     if not (0.0 < target < 1.0) or not (0.0 < delta < 1.0):
         raise CalibrationError(f"target {target} and delta {delta} must lie in (0, 1)")
     conf, agree = _check(conf, agree)
-    order = np.argsort(-conf, kind="stable")
-    sorted_conf, sorted_dis = conf[order], np.cumsum(~agree[order])
-    # The candidates, from the highest threshold down: the score at every 1% of the set,
-    # each accepting every input that ties with it.
-    thresholds = [float(sorted_conf[min(len(conf), math.ceil(j * len(conf) / steps)) - 1])
-                  for j in range(1, steps + 1)]
-    accepted = [int(np.searchsorted(-sorted_conf, -t, side="right")) for t in thresholds]
+    sorted_dis = np.cumsum(~agree[np.argsort(-conf, kind="stable")])
+    thresholds, accepted = _candidates(conf, steps)
     best = fixed_sequence(((n, int(sorted_dis[n - 1])) for n in accepted), n_total=len(conf),
                           target=target, delta=delta, tolerate=tolerate)
     if best is None:
@@ -330,10 +328,7 @@ def calibrate_classwise(conf: np.ndarray, agree: np.ndarray, groups: np.ndarray,
     conf, agree = _check(conf, agree)
     eps, n = 1.0 - target, len(conf)
     level = delta / (2 * num_groups)
-    sorted_conf = np.sort(conf)[::-1]
-    thresholds = [float(sorted_conf[min(n, math.ceil(j * n / steps)) - 1])
-                  for j in range(1, steps + 1)]
-    cuts = [int(np.searchsorted(-sorted_conf, -t, side="right")) for t in thresholds]
+    thresholds, cuts = _candidates(conf, steps)
     accepted, dis = class_counts(conf, agree, groups, num_groups, cuts)
     totals = np.bincount(np.asarray(groups, np.int64), minlength=num_groups)
     class_min = [first_tested_n(int(t), eps, level, tolerate) for t in totals]

