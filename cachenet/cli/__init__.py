@@ -300,7 +300,9 @@ def _rebuild_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--dataset", required=True, help="the data set the bundle was built with")
-    p.add_argument("--seed", type=int, default=0, help="the seed it was built with")
+    p.add_argument("--seed", type=int,
+                   help="the seed it was built with (default: the manifest's; another is "
+                        "refused)")
 
 
 def _add_layercache(sub: argparse._SubParsersAction) -> None:

@@ -108,16 +108,16 @@ def shipped_prior(train_labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.maximum(counts, 1) / max(1, np.maximum(counts, 1).sum())
 
 
-def add_label_shift(bundle: Path, out: Path, *, dataset: str, seed: int = 0,
+def add_label_shift(bundle: Path, out: Path, *, dataset: str, seed: int | None = None,
                     target: float | None = None, cache_dir: Path | None = None
                     ) -> dict[str, Any]:
     """Write ``bundle`` with a calibrated ``label_shift`` section to ``out``."""
-    from cachenet.toolchain.data import load_splits
+    from cachenet.toolchain.data import load_bundle_splits
     from cachenet.toolchain.layerbundle import full_model_of
     from cachenet.toolchain.train import predict_logits
 
     full, m = full_model_of(bundle)
-    splits = load_splits(dataset, seed=seed, cache_dir=cache_dir)
+    splits = load_bundle_splits(dataset, m.data["dataset"], cache_dir=cache_dir, seed=seed)
     model = load_cache_model(bundle)
     x = splits.calib.x
     logits = np.concatenate([model.logits(x[i:i + 512]) for i in range(0, len(x), 512)])
@@ -127,7 +127,8 @@ def add_label_shift(bundle: Path, out: Path, *, dataset: str, seed: int = 0,
     stage = Stage.from_manifest(m.gate, m.partition)
     section = calibrate_section(logits, full_labels, splits.calib.y, stage,
                                 shipped_prior(splits.train.y, len(m.classes)), target=target,
-                                delta=float(gate_cal.get("delta", 0.05)), seed=seed)
+                                delta=float(gate_cal.get("delta", 0.05)),
+                                seed=int(m.data["dataset"].get("seed", 0)))
     manifest = repack(bundle, out, fields={SECTION: section})
     verify_bundle(out)
     return {"version": manifest.version, **section["calibration"]}

@@ -2,9 +2,10 @@
 
 The cloud's go under ``full_model.layer_cache`` (rule files only: the cloud
 cuts its torch model itself); the edge's at the top level, with the cache model
-cut into ONNX segments (checked to chain to the model's logits within 1e-5).
+cut into ONNX segments (checked to chain to the model's logits within 1e-4).
 Both are fitted and calibrated on the bundle's own data splits (give the same
-``dataset`` and ``seed`` as ``cachenet build``) against the full model's answers.
+``dataset`` as ``cachenet build``; the seed and any test images moved into calibration
+come from the manifest) against the full model's answers.
 The result is a new bundle at ``out``, hashed and verified like every bundle.
 """
 
@@ -41,17 +42,17 @@ def full_model_of(bundle: Path, device: str = "cpu"):
     return for_inference(model, device, fold=True), m
 
 
-def add_layer_caches(bundle: Path, out: Path, *, dataset: str, seed: int = 0,
+def add_layer_caches(bundle: Path, out: Path, *, dataset: str, seed: int | None = None,
                      where: tuple[str, ...] = WHERE, cfg: LayerCacheConfig | None = None,
                      cache_dir: Path | None = None) -> dict[str, Any]:
     """Write ``bundle`` with layer caches to ``out``; returns what was fitted."""
-    from cachenet.toolchain.data import load_splits
+    from cachenet.toolchain.data import load_bundle_splits
 
     cfg = cfg or LayerCacheConfig()
     if not where or set(where) - set(WHERE):
         raise ConfigError(f"layer caches go to {WHERE}, not {where}")
     full, m = full_model_of(bundle)
-    splits = load_splits(dataset, seed=seed, cache_dir=cache_dir)
+    splits = load_bundle_splits(dataset, m.data["dataset"], cache_dir=cache_dir, seed=seed)
     shape = splits.input_shape
     def teacher(x: np.ndarray) -> np.ndarray:
         return predict_logits(full, x)

@@ -54,11 +54,16 @@ def load_splits(spec: str, *, seed: int = 0, cache_dir: Path | None = None,
     raise DatasetError(f"dataset '{spec}': expected 'digits', a .npz file, a .zip or a directory")
 
 
-def load_bundle_splits(spec: str, dataset: dict, *, cache_dir: Path | None = None) -> Splits:
+def load_bundle_splits(spec: str, dataset: dict, *, cache_dir: Path | None = None,
+                       seed: int | None = None) -> Splits:
     """The splits a bundle was built on, from its manifest's ``dataset`` section: its
     seed, and the share of the test split it calibrated on (so that its evaluation never
-    reads a calibration image)."""
-    splits = load_splits(spec, seed=int(dataset.get("seed", 0)), cache_dir=cache_dir)
+    reads a calibration image). ``seed``, when given, must be the manifest's."""
+    built = int(dataset.get("seed", 0))
+    if seed is not None and seed != built:
+        raise DatasetError(f"the bundle was built with seed {built}, not {seed}: its "
+                           "splits are the ones that seed makes")
+    splits = load_splits(spec, seed=built, cache_dir=cache_dir)
     moved = dataset.get("calibration_from_test")
     if moved:
         splits = splits.calibrating_on_test(float(moved["share"]), int(moved["seed"]))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cachenet.exceptions import DatasetError
-from cachenet.toolchain.data import load_splits, split_indices
+from cachenet.toolchain.data import load_bundle_splits, load_splits, split_indices
 from cachenet.toolchain.data.imagefolder import load_imagefolder_arrays
 from tests.conftest import require_cifar, write_digit_images
 
@@ -190,3 +190,14 @@ def test_calibrating_on_test_moves_a_seeded_share_and_declares_it(digits_splits)
 def test_calibrating_on_all_or_none_of_the_test_split_is_refused(digits_splits, share):
     with pytest.raises(DatasetError, match="share of the test split"):
         digits_splits.calibrating_on_test(share)
+
+
+def test_a_bundles_splits_follow_its_manifest_and_refuse_another_seed():
+    built = load_splits("digits", seed=2).calibrating_on_test(0.5, seed=4)
+    info = built.describe()
+    again = load_bundle_splits("digits", info)
+    assert np.array_equal(again.calib.x, built.calib.x)
+    assert np.array_equal(again.test.x, built.test.x)
+    assert np.array_equal(load_bundle_splits("digits", info, seed=2).test.x, built.test.x)
+    with pytest.raises(DatasetError, match="built with seed 2, not 0"):
+        load_bundle_splits("digits", info, seed=0)
