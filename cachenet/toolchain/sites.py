@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from cachenet.exceptions import ConfigError, ExportError
+from cachenet.toolchain.export import PARITY_ATOL
 from cachenet.toolchain.models.cache import MLP, TinyCNN
 from cachenet.toolchain.models.flops import count_macs
 from cachenet.toolchain.models.resnet import ResNet
@@ -216,6 +217,6 @@ def _check_chain(staged_model: Staged, paths: list[Path], example: np.ndarray) -
         for stage in staged_model.stages:
             h = stage.eval()(h)
     diff = float(np.abs(got - h.numpy()).max())
-    if diff > 1e-5:
+    if diff > PARITY_ATOL:  # the whole model's export is held to the same
         raise ExportError(f"the ONNX segments' chain differs from the model by {diff:.3g} "
-                          "(limit 1e-5)")
+                          f"(limit {PARITY_ATOL:g})")
