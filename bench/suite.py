@@ -147,9 +147,13 @@ def measure(client: Any, proc: Any, proxy: Any, x: np.ndarray, system: str,
 def row(stream: str, network: str, system: str, run: dict[str, Any], y: np.ndarray,
         full_lab: np.ndarray, bytes_up: int, bytes_down: int, cpu_s: float) -> dict[str, Any]:
     lat, src, n = run["latencies_ms"], run["sources"], len(y)
+    edge = src == "edge"  # answered on the device (fallbacks apart): what the promise covers
+    wrong = int((run["labels"][edge] != full_lab[edge]).sum())
     return {"stream": stream, "network": network, "system": system, "n": n,
             "accuracy": float((run["labels"] == y).mean()),
             "agreement": float((run["labels"] == full_lab).mean()),
+            "edge_answers": int(edge.sum()), "edge_disagreements": wrong,
+            "edge_agreement": (1.0 - wrong / int(edge.sum())) if edge.any() else None,
             "mean_ms": float(lat.mean()), "p50_ms": float(np.percentile(lat, 50)),
             "p95_ms": float(np.percentile(lat, 95)), "p99_ms": float(np.percentile(lat, 99)),
             "escalation_rate": float((src != "edge").mean()),

@@ -65,6 +65,13 @@ def test_quick_suite_on_digits_writes_rows_report_and_plots(digits_bundle, layer
             assert by[stream, net, "edge_only"]["bytes_up"] < 100
             assert by[stream, net, "cloud_only"]["escalation_rate"] == 1.0
             assert by[stream, net, "oracle"]["agreement"] == 1.0  # escalates every mismatch
+            oracle = by[stream, net, "oracle"]
+            assert oracle["edge_disagreements"] == 0
+            assert oracle["edge_agreement"] in (None, 1.0)
+            assert by[stream, net, "cloud_only"]["edge_answers"] == 0
+            for r in (by[stream, net, s] for s in ("edge_only", "cachenet", "fixed_threshold")):
+                assert r["edge_answers"] == round(r["n"] * (1 - r["escalation_rate"]))
+                assert 0 <= r["edge_disagreements"] <= r["edge_answers"]
             assert by[stream, net, "cloud_only"]["fallbacks"] == 0
             specialized = by[stream, net, "cachenet_specialized"]
             assert specialized["n"] == 40 and specialized["pushes_rejected"] == 0
@@ -84,6 +91,8 @@ def test_quick_suite_on_digits_writes_rows_report_and_plots(digits_bundle, layer
     assert "## What the specialising cloud did" in report
     assert "specialisation ready" in (tmp_path / "specializing-cloud.log").read_text()
     assert "## Headline: runs50 at 4g" in report and "cachenet_specialized" in report
+    assert "## Goals per trace" in report and "- runs50 at 4g: `cachenet` " in report
+    assert "Agreement of the edge's answers with the full model" in report
     assert "audit (n / agreement / bound)" in report and "under 20%" in report  # either way
     assert (tmp_path / "runs50-4g.png").stat().st_size > 10_000
     assert {p.name for p in (tmp_path / "traces").iterdir()} == {"runs50.npz", "iid.npz"}
