@@ -2,9 +2,10 @@
 
 A cloud server runs the bundle's full model, with its layer caches
 (``--layer-cache``) where the bundle has them for the cloud (``cachenet layercache
---where edge`` fits the edge's alone), behind its own emulated WAN; every run gets a fresh agent of the same bundle
-(:meth:`cachenet.sim.fleet.Fleet.agent`), whose layer caches start as the bundle
-ships them and learn the cloud's answers to its escalations as the run goes.
+--where edge`` fits the edge's alone), behind its own emulated WAN; every run gets a
+fresh agent of the same bundle (:meth:`cachenet.sim.fleet.Fleet.agent`), whose layer
+caches start as the bundle ships them and learn the cloud's answers to its
+escalations as the run goes.
 
 Also the settings every benchmark agent runs with (:data:`AGENT_ARGS`,
 :data:`AGENT_ENV`).
