@@ -153,14 +153,14 @@ class Engine:
             logits = answered.logits
             settle = (layers.cascade, answered)  # type: ignore[attr-defined]
         else:
-            logits = model.session.run(None, {model.input_name: x})[0]
+            logits = model.raw(x)
         prior = base.prior
         adjust = (prior.gate_row if prior is not None and self.label_shift and custom is None
                   and self.audit.allowed("prior") else None)
         verdict = cascade.answer_row(
             self._stage(model, custom), logits[0],
             self._stage(general, None) if general is not None else None,
-            (lambda: general.session.run(None, {general.input_name: x})[0][0])
+            (lambda: general.raw(x)[0])
             if general is not None else None, adjust)
         if not math.isfinite(verdict.confidence):
             raise InputSpecError("the cache model's output is not finite: the input's values "

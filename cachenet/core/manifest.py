@@ -16,7 +16,9 @@ Schema (fields not listed are kept and not interpreted)::
     created        string
     input          {name: str, shape: [-1 | int >= 1, ...] (2-8 dims), dtype: a wire dtype}
     output         {shape: [..., width]}: width = len(classes), or a partition's
-                   len(partition.classes) + 1
+                   len(partition.classes) + 1; optionally features: {name: str, dim:
+                   int >= 1}, a second output of the model file: the input of its
+                   last layer, which a head reads
     classes        non-empty list of strings
     model          {file: bundle path}
     gate           {score: a registered score, threshold: finite number}
@@ -24,6 +26,10 @@ Schema (fields not listed are kept and not interpreted)::
     variant_gates  {precision: gate}                            (optional)
     canary         {file: bundle path, n: int >= 0} | null      (optional)
     partition      {classes: distinct class indices, other_index: len(classes)} | null
+    head           {file: bundle path, base: version} | null    (optional): the answer
+                   is a linear head on the model file's features (output.features),
+                   which is the base bundle's model; the file holds weight (width x
+                   dim) and bias (width)
     full_model     {files: [bundle path, ...]} | null           (optional)
     files          {bundle path: {sha256: 64 hex digits, bytes: int >= 0}}, non-empty
     signature      string | null                                (optional)
@@ -114,6 +120,15 @@ class Manifest:
     @property
     def partition(self) -> dict[str, Any] | None:
         return self.data.get("partition") or None
+
+    @property
+    def features(self) -> dict[str, Any] | None:
+        """The model file's features output ({name, dim}), if it declares one."""
+        return self.data["output"].get("features") or None
+
+    @property
+    def head(self) -> dict[str, Any] | None:
+        return self.data.get("head") or None
 
     @property
     def output_width(self) -> int:
@@ -209,6 +224,18 @@ def _check_io(data: dict) -> None:
     shape = out.get("shape")
     if not isinstance(shape, list) or not shape or not _is_int(shape[-1]) or shape[-1] < 1:
         raise ManifestError(f"'output.shape' must end in the number of outputs, got {shape!r:.80}")
+    features = _obj(out, "features", optional=True, nullable=True)
+    if features is not None:
+        _str(features.get("name"), "output.features.name")
+        if not _is_int(features.get("dim")) or features["dim"] < 1:
+            raise ManifestError(f"'output.features.dim' must be a positive integer, got "
+                                f"{features.get('dim')!r:.40}")
+    head = _obj(data, "head", optional=True, nullable=True)
+    if head is not None:
+        if features is None:
+            raise ManifestError("'head' reads the model's features, but 'output.features' "
+                                "does not declare them")
+        check_version(head.get("base"), "head.base")
 
 
 def _check_classes(data: dict) -> None:
@@ -264,6 +291,9 @@ def _check_references(data: dict) -> None:
         n = canary.get("n", 0)
         if not _is_int(n) or n < 0:
             raise ManifestError(f"'canary.n' must be a non-negative integer, got {n!r:.40}")
+    head = data.get("head")
+    if head is not None:
+        referenced.append(_file(head.get("file"), "head.file"))
     full = _obj(data, "full_model", optional=True, nullable=True)
     if full is not None:
         files = full.get("files", [])

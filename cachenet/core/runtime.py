@@ -53,6 +53,12 @@ class CacheModel:
         self.stage = Stage.from_manifest(gate, manifest.partition)
         self.gate: Gate = self.stage.gate
         self.partition: tuple[int, ...] | None = self.stage.classes
+        features = manifest.features
+        #: the model file's features output, when the bundle declares one
+        self.features_name: str | None = features["name"] if features else None
+        #: a head bundle's linear head on those features, (weight, bias): its answers
+        self.head: tuple[np.ndarray, np.ndarray] | None = (
+            _read_head(manifest) if manifest.head else None)
         #: the bundle's layer caches, attached by the agent (cachenet.layercache.edge)
         self.layers: object | None = None
         #: the stream's class prior and its gate, attached by the agent (cachenet.core.prior)
@@ -87,8 +93,23 @@ class CacheModel:
         return np.ascontiguousarray(x)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        batch = self.check_input(x)
-        return self.session.run(None, {self.input_name: batch})[0]  # type: ignore[attr-defined]
+        return self.raw(self.check_input(x))
+
+    def raw(self, batch: np.ndarray) -> np.ndarray:
+        """The logits of a checked batch (the request path: no checks)."""
+        feed = {self.input_name: batch}
+        if self.head is None:
+            return self.session.run(None, feed)[0]  # type: ignore[attr-defined]
+        feats = self.session.run([self.features_name], feed)[0]  # type: ignore[attr-defined]
+        weight, bias = self.head
+        return (feats @ weight.T + bias).astype(np.float32, copy=False)
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """The model file's features of a checked batch (what a head reads)."""
+        if self.features_name is None:
+            raise IntegrityError(f"bundle {self.manifest.name} declares no features output")
+        return self.session.run([self.features_name],  # type: ignore[attr-defined]
+                                {self.input_name: batch})[0]
 
     def predict(self, x: np.ndarray) -> Prediction:
         logits = self.logits(x)
@@ -122,13 +143,43 @@ def _run(model: CacheModel, x: np.ndarray, what: str) -> np.ndarray:
                              f"describes: {type(exc).__name__}: {str(exc)[:300]}") from exc
 
 
+def _read_head(manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
+    """A head bundle's (weight, bias), checked: width x dim and width, finite."""
+    file = manifest.head["file"]  # type: ignore[index]
+    try:
+        with np.load(manifest.root / file, allow_pickle=False) as f:
+            weight, bias = np.asarray(f["weight"]), np.asarray(f["bias"])
+    except Exception as exc:  # zipfile, numpy and pickle refusals, a missing array alike
+        raise IntegrityError(f"head file '{file}' is not an .npz with arrays 'weight' and "
+                             f"'bias': {type(exc).__name__}: {str(exc)[:200]}") from exc
+    width, dim = manifest.output_width, manifest.features["dim"]  # type: ignore[index]
+    if weight.shape != (width, dim) or bias.shape != (width,):
+        raise IntegrityError(f"head file '{file}' holds weight {weight.shape} and bias "
+                             f"{bias.shape}; the manifest needs ({width}, {dim}) and ({width},)")
+    if weight.dtype.kind != "f" or bias.dtype.kind != "f" \
+            or not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+        raise IntegrityError(f"head file '{file}' holds values that are not finite floats")
+    return weight.astype(np.float32), bias.astype(np.float32)
+
+
 def check_model(model: CacheModel) -> None:
-    """The model against its manifest: one input of the manifest's name, and per input
-    one finite logit for each class the manifest answers; else :class:`IntegrityError`."""
+    """The model against its manifest: one input of the manifest's name, the features
+    output it declares (of its width), and per input one finite logit for each class the
+    manifest answers; else :class:`IntegrityError`."""
     inputs = [i.name for i in model.session.get_inputs()]  # type: ignore[attr-defined]
     if inputs != [model.input_name]:
         raise IntegrityError(f"the model's inputs are {inputs}, the manifest says "
                              f"['{model.input_name}']")
+    if model.features_name is not None:
+        outputs = [o.name for o in model.session.get_outputs()]  # type: ignore[attr-defined]
+        if model.features_name not in outputs:
+            raise IntegrityError(f"the model's outputs are {outputs}; the manifest's "
+                                 f"features output '{model.features_name}' is not one")
+        feats = model.features(np.zeros((1, *model.input_shape), model.dtype))
+        dim = model.manifest.features["dim"]  # type: ignore[index]
+        if feats.shape != (1, dim):
+            raise IntegrityError(f"the model's features have shape {feats.shape}; the "
+                                 f"manifest says (1, {dim})")
     got = _run(model, np.zeros((1, *model.input_shape), model.dtype), "a zero input")
     width = model.manifest.output_width
     if got.shape != (1, width):

@@ -42,7 +42,14 @@ from cachenet.toolchain.distill import (
     default_cache_knobs,
     obtain_cache_model,
 )
-from cachenet.toolchain.export import INPUT_NAME, OUTPUT_NAME, export_checked, onnx_logits
+from cachenet.toolchain.export import (
+    FEATURES_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    export_checked,
+    feature_dim,
+    onnx_logits,
+)
 from cachenet.toolchain.full import FullModel, obtain_full_model
 from cachenet.toolchain.models import ModelSpec, count_macs, save_checkpoint
 from cachenet.toolchain.timing import onnx_batch1_us, torch_batch1_us
@@ -233,7 +240,7 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
         work = Path(tmp)
         onnx_path = work / "model.onnx"
         parity = export_checked(cache_model, splits.input_shape, onnx_path,
-                                splits.test.x[:N_PARITY], exporter=exporter)
+                                splits.test.x[:N_PARITY], exporter=exporter, features=True)
         # Calibrate and evaluate the exported model: what the edge will run.
         cal_logits = onnx_logits(onnx_path, splits.calib.x)
         cal = _calibrate(score(cal_logits, score_kind), cal_logits.argmax(1) == full_calib,
@@ -282,7 +289,9 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
                       "range": [0.0, 1.0], "layout": "NCHW",
                       "normalization": splits.normalization.to_dict()},
             "output": {"name": OUTPUT_NAME, "shape": [-1, len(splits.classes)],
-                       "kind": "logits"},
+                       "kind": "logits",
+                       # what a head specialised on the frozen cache model reads
+                       "features": {"name": FEATURES_NAME, "dim": feature_dim(cache_model)}},
             "classes": splits.classes,
             "model": {"file": "model.onnx", "precision": "fp32", "exporter": exporter,
                       "arch": spec.to_dict(), "macs": cache_macs},

@@ -4,11 +4,14 @@ The exporter is always chosen explicitly: ``dynamo`` (``torch.onnx.export(...,
 dynamo=True)``, torch.export-based, the maintained path) or ``torchscript``
 (``dynamo=False``, the older tracer; faster to run, kept for models the dynamo
 exporter cannot capture). Both give one input ``input`` (N x C x H x W, float32)
-and one output ``logits`` (N x K) with a dynamic batch axis.
+and one output ``logits`` (N x K) with a dynamic batch axis; with ``features=True``
+a second output ``features`` (N x D): the input of the model's last linear layer
+``fc``, which a head trained on the frozen model reads (:func:`with_features`).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+FEATURES_NAME = "features"
 EXPORTERS = ("dynamo", "torchscript")
 #: fp32 parity tolerance between torch and ONNX Runtime logits.
 PARITY_ATOL = 1e-4
@@ -40,12 +44,37 @@ class Parity:
         return self.argmax_agreement == 1.0 and self.max_abs_diff <= PARITY_ATOL
 
 
+class WithFeatures(nn.Module):
+    """A model's logits and the input of its last layer ``fc``: (logits, features)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        fc = getattr(model, "fc", None)
+        if not isinstance(fc, nn.Linear):
+            raise ExportError(f"{type(model).__name__} has no last linear layer 'fc' whose "
+                              "input could be its features")
+        body = copy.deepcopy(model)
+        body.fc = nn.Identity()
+        self.body, self.fc = body, fc
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x)
+        return self.fc(features), features
+
+
+def feature_dim(model: nn.Module) -> int:
+    """The width of :class:`WithFeatures`' features: ``fc``'s input."""
+    return int(WithFeatures(model).fc.in_features)
+
+
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, *,
-                exporter: str = "dynamo", opset: int = 18) -> Path:
-    """Write ``model`` to ``path`` as ONNX with a dynamic batch axis."""
+                exporter: str = "dynamo", opset: int = 18, features: bool = False) -> Path:
+    """Write ``model`` to ``path`` as ONNX with a dynamic batch axis (and, with
+    ``features``, its features as a second output)."""
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter '{exporter}'; choose one of {EXPORTERS}")
-    model = model.eval()
+    model = (WithFeatures(model) if features else model).eval()
+    outputs = [OUTPUT_NAME, FEATURES_NAME] if features else [OUTPUT_NAME]
     example = (torch.rand(2, *input_shape),)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The dynamo exporter logs a warning for every torchvision operator it cannot
@@ -57,15 +86,14 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, *,
             if exporter == "dynamo":
                 arg = next(iter(_forward_arg_names(model)), "x")
                 torch.onnx.export(model, example, str(path), dynamo=True, opset_version=opset,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  input_names=[INPUT_NAME], output_names=outputs,
                                   dynamic_shapes={arg: {0: torch.export.Dim("batch")}},
                                   external_data=False, verbose=False)
             else:
                 torch.onnx.export(model, example, str(path), dynamo=False,
                                   opset_version=min(opset, 17), input_names=[INPUT_NAME],
-                                  output_names=[OUTPUT_NAME],
-                                  dynamic_axes={INPUT_NAME: {0: "batch"},
-                                                OUTPUT_NAME: {0: "batch"}})
+                                  output_names=outputs,
+                                  dynamic_axes={n: {0: "batch"} for n in (INPUT_NAME, *outputs)})
     except Exception as exc:  # the exporters raise many types
         raise ExportError(f"{exporter} export of {type(model).__name__} failed: {exc}") from exc
     log.info("exported %s with the %s exporter to %s", type(model).__name__, exporter, path)
@@ -95,7 +123,8 @@ def onnx_logits(path: Path, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
 @torch.no_grad()
 def check_parity(model: nn.Module, path: Path, x: np.ndarray) -> Parity:
     """Compare torch and ONNX Runtime logits on the real batch ``x``."""
-    ref = model.eval()(torch.from_numpy(x)).numpy()
+    ref = model.eval()(torch.from_numpy(x))
+    ref = (ref[0] if isinstance(ref, tuple) else ref).numpy()
     got = onnx_logits(path, x)
     if got.shape != ref.shape:
         raise ExportError(f"ONNX output shape {got.shape} differs from torch {ref.shape}")
@@ -104,9 +133,9 @@ def check_parity(model: nn.Module, path: Path, x: np.ndarray) -> Parity:
 
 
 def export_checked(model: nn.Module, input_shape: tuple[int, ...], path: Path, x: np.ndarray, *,
-                   exporter: str = "dynamo") -> Parity:
+                   exporter: str = "dynamo", features: bool = False) -> Parity:
     """Export, then fail with :class:`ExportError` unless parity holds on ``x``."""
-    export_onnx(model, input_shape, path, exporter=exporter)
+    export_onnx(model, input_shape, path, exporter=exporter, features=features)
     parity = check_parity(model, path, x)
     if not parity.ok:
         raise ExportError(f"ONNX export disagrees with torch on {parity.n} inputs: max abs "
