@@ -49,9 +49,11 @@ class ServerConfig:
     specialize_target: float = setting(0.99, "agreement target the specialised models are "
                                        "calibrated to", flag="--target")
     partition_trainer: str = setting("finetune", "how partition models are made: finetune "
-                                     "(the general cache model fine-tuned) or oracle (the full "
-                                     "model folded into the partition's classes: the upper "
-                                     "bound, as large as the full model)")
+                                     "(the general cache model fine-tuned), head (a new last "
+                                     "layer on its frozen features: seconds to train, "
+                                     "kilobytes to push) or oracle (the full model folded "
+                                     "into the partition's classes: the upper bound, as large "
+                                     "as the full model)")
     report_interval_s: int = setting(30, "seconds between agents' stats reports (control "
                                      "plane)", flag="--report-interval")
     grace_s: float = setting(10.0, "seconds to drain on shutdown", flag="--grace")

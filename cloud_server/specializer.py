@@ -51,7 +51,6 @@ from cachenet.fleet.partition import (
 )
 from cachenet.fleet.replay import ReplayData
 from cachenet.fleet.store import ModelStore
-from cachenet.toolchain.export import onnx_logits
 
 log = logging.getLogger(__name__)
 
@@ -283,8 +282,8 @@ class Specializer:
     def _scored(self, root: Path, partition: dict | None, cal_idx: np.ndarray,
                 ev_idx: np.ndarray) -> sp.Scored:
         x = self.replay.hold_x
-        return sp.Scored(onnx_logits(root / "model.onnx", x[cal_idx]),
-                         onnx_logits(root / "model.onnx", x[ev_idx]), partition)
+        return sp.Scored(sp.bundle_logits(root, x[cal_idx]), sp.bundle_logits(root, x[ev_idx]),
+                         partition)
 
     def check(self, agent: str) -> dict[str, Any]:
         """Pick or train a candidate for ``agent``, compare, and store it if better."""

@@ -10,6 +10,11 @@ A *partition model* answers a group of classes ``S`` and has one extra output,
   examples, both labelled by the full model, never by people; on replay data it
   matches the full model's probabilities, folded into the partition's outputs
   (:func:`partition_probs`);
+* ``head`` (:func:`train_head`): a new last layer on the general cache model's
+  frozen features (:class:`HeadPartition`): the replay data's features are
+  computed once, so a head trains in seconds on a CPU, and it ships as a head
+  bundle of kilobytes that runs on the model the agent already has
+  (:func:`cachenet.fleet.specialize.write_head_bundle`);
 * ``oracle`` (:class:`FoldedPartition`): the full model itself, its logits folded
   into the partition's outputs (``other`` = log-sum-exp of the rest). Whenever it
   answers a class of ``S`` the full model answers the same, by construction, so it
@@ -35,6 +40,7 @@ from torch import nn
 
 from cachenet.exceptions import ConfigError, TrainingStopped
 from cachenet.fleet.replay import ReplayData
+from cachenet.toolchain.export import WithFeatures
 from cachenet.toolchain.seeds import training_seed
 from cachenet.toolchain.train import augment_batch
 
@@ -94,29 +100,38 @@ class FinetuneConfig:
     seed: int = 0
 
 
-def _training_set(classes: tuple[int, ...], replay: ReplayData,
-                  hard: tuple[np.ndarray, np.ndarray] | None, cfg: FinetuneConfig,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs and their targets: a distribution over the partition's outputs per input."""
+def _one_hot(labels: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
+    return np.eye(len(classes) + 1, dtype=np.float32)[partition_targets(labels, classes)]
+
+
+def _training_rows(classes: tuple[int, ...], replay: ReplayData, cfg: FinetuneConfig,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Replay rows to learn from and their targets: a distribution over the partition's
+    outputs per row (the full model's, folded, or its label)."""
     inside = np.flatnonzero(np.isin(replay.train_full, classes))
     outside = np.flatnonzero(~np.isin(replay.train_full, classes))
     n_in = min(len(inside), int(cfg.max_examples / (1 + cfg.other_ratio)))
     n_out = min(len(outside), int(n_in * cfg.other_ratio))
     idx = np.concatenate([rng.choice(inside, n_in, replace=False),
                           rng.choice(outside, n_out, replace=False)])
-    def one_hot(labels: np.ndarray) -> np.ndarray:
-        return np.eye(len(classes) + 1, dtype=np.float32)[partition_targets(labels, classes)]
-
-    x = replay.train_x[idx]
     if cfg.distill and replay.train_probs is not None:
         q = partition_probs(replay.train_probs[idx], classes)
     else:
-        q = one_hot(replay.train_full[idx])
+        q = _one_hot(replay.train_full[idx], classes)
+    return idx, q.astype(np.float32)
+
+
+def _training_set(classes: tuple[int, ...], replay: ReplayData,
+                  hard: tuple[np.ndarray, np.ndarray] | None, cfg: FinetuneConfig,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and their targets: a distribution over the partition's outputs per input."""
+    idx, q = _training_rows(classes, replay, cfg, rng)
+    x = replay.train_x[idx]
     if hard is not None and len(hard[0]):
         # The agent's own hard examples (what it could not answer itself), with the
         # full model's answers.
         x = np.concatenate([x, hard[0]])
-        q = np.concatenate([q, one_hot(hard[1])])
+        q = np.concatenate([q, _one_hot(hard[1], classes)])
     return x, q.astype(np.float32)
 
 
@@ -152,6 +167,67 @@ def train_partition(base: nn.Module, classes: tuple[int, ...], replay: ReplayDat
             opt.step()
             sched.step()
     return model.eval()
+
+
+class HeadPartition(nn.Module):
+    """A partition model that is a new last layer ``fc`` on the general cache model's
+    frozen features (:class:`~cachenet.toolchain.export.WithFeatures`)."""
+
+    def __init__(self, base: nn.Module, fc: nn.Linear) -> None:
+        super().__init__()
+        self.base, self.fc = WithFeatures(base), fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.base(x)[1])
+
+
+@dataclass
+class HeadConfig:
+    steps: int = 400
+    batch_size: int = 512
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
+
+
+@torch.no_grad()
+def base_features(base: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """The general cache model's features of ``x`` (what a head reads)."""
+    body = WithFeatures(base).eval()
+    return np.concatenate([body(torch.from_numpy(x[i:i + batch_size]))[1].numpy()
+                           for i in range(0, len(x), batch_size)] or
+                          [np.zeros((0, body.fc.in_features), np.float32)])
+
+
+def train_head(base: nn.Module, features: np.ndarray, classes: tuple[int, ...],
+               replay: ReplayData, *, hard: Hard | None = None,
+               cfg: HeadConfig | None = None, rows: FinetuneConfig | None = None,
+               should_stop: Callable[[], bool] | None = None) -> HeadPartition:
+    """A head for ``classes`` on ``base``'s frozen features: ``features`` are those of
+    ``replay.train_x`` (computed once, :func:`base_features`); ``rows`` picks the
+    replay rows as :func:`train_partition` does. The head starts as
+    :func:`partition_model`'s and follows the full model's folded probabilities."""
+    cfg, rows = cfg or HeadConfig(), rows or FinetuneConfig()
+    seed = training_seed(rows.seed)
+    idx, q = _training_rows(classes, replay, rows, np.random.default_rng(seed))
+    f = features[idx]
+    if hard is not None and len(hard[0]):
+        f = np.concatenate([f, base_features(base, hard[0])])
+        q = np.concatenate([q, _one_hot(hard[1], classes)])
+    fc: nn.Linear = partition_model(base, classes).fc
+    ft, qt = torch.from_numpy(np.ascontiguousarray(f, np.float32)), torch.from_numpy(q)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(fc.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
+    for _ in range(cfg.steps):
+        if should_stop is not None and should_stop():
+            raise TrainingStopped(f"training a head for classes {classes} stopped")
+        b = torch.randint(0, len(ft), (min(cfg.batch_size, len(ft)),), generator=gen)
+        loss = -(qt[b] * F.log_softmax(fc(ft[b]), 1)).sum(1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return HeadPartition(base, fc).eval()
 
 
 class FoldedPartition(nn.Module):
@@ -190,6 +266,19 @@ def _finetune(ctx: TrainerContext) -> PartitionTrainer:
     return train
 
 
+def _head(ctx: TrainerContext) -> PartitionTrainer:
+    base = copy.deepcopy(ctx.base).float().eval()
+    cached: list[np.ndarray] = []  # the replay data's features, on the first call
+
+    def train(classes: tuple[int, ...], hard: Hard | None,
+              should_stop: Callable[[], bool]) -> nn.Module:
+        if not cached:
+            cached.append(base_features(base, ctx.replay.train_x))
+        return train_head(base, cached[0], classes, ctx.replay, hard=hard,
+                          rows=ctx.finetune, should_stop=should_stop)
+    return train
+
+
 def _oracle(ctx: TrainerContext) -> PartitionTrainer:
     if ctx.full is None:
         raise ConfigError("the 'oracle' partition trainer needs the full model")
@@ -204,6 +293,7 @@ def _oracle(ctx: TrainerContext) -> PartitionTrainer:
 #: The registered partition trainers, by name.
 TRAINERS: dict[str, Callable[[TrainerContext], PartitionTrainer]] = {
     "finetune": _finetune,
+    "head": _head,
     "oracle": _oracle,
 }
 

@@ -15,7 +15,11 @@ escalates. How one is made (fine-tuned from the general model, by default) is
   guard for when the stream drifts), keeps the general model at its shipped
   threshold, and measures their hit rates on another draw, run as the agent
   runs them: an unsure partition model hands over to the general one;
-* :func:`write_partition_bundle` writes the bundle the agents load.
+* :func:`write_partition_bundle` writes the bundle the agents load: a whole
+  model, or for a head on the general model's features (the ``head`` trainer) a
+  head bundle (:func:`write_head_bundle`) whose model file is the general
+  model's own, so that a push carries the head's kilobytes alone;
+* :func:`bundle_logits`: any bundle's logits, heads included.
 
 The orchestration (window of escalations, triggers, library, push) is the
 cloud's: :mod:`cloud_server.specializer`.
@@ -38,6 +42,7 @@ from cachenet.core import cascade
 from cachenet.core.bundle import repack, write_bundle
 from cachenet.core.gate import Gate
 from cachenet.core.manifest import Manifest, read_manifest
+from cachenet.exceptions import ConfigError
 from cachenet.fleet.replay import ReplayData
 from cachenet.toolchain.export import INPUT_NAME, OUTPUT_NAME, export_checked, onnx_logits
 
@@ -216,14 +221,81 @@ def compare(candidate: Scored, current: Scored, general: Scored, general_thresho
                       cal.to_dict())
 
 
+def bundle_logits(root: Path, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The logits of the bundle at ``root`` on ``x``, as an agent computes them (a head
+    bundle's head on its model's features)."""
+    from cachenet.core.runtime import load_cache_model
+
+    model = load_cache_model(root, canary=False)
+    x = np.ascontiguousarray(x, np.float32)
+    return np.concatenate([model.raw(x[i:i + batch_size])
+                           for i in range(0, len(x), batch_size)])
+
+
+def _partition_fields(base: Manifest, classes: tuple[int, ...], trainer: str) -> dict[str, Any]:
+    return {
+        "name": f"{base.name}-p{'-'.join(map(str, classes))}",
+        "input": {**base.input, "name": INPUT_NAME},
+        "classes": base.classes,
+        "partition": {"classes": list(classes), "other_index": len(classes),
+                      "names": [base.classes[c] for c in classes],
+                      "base_version": base.version, "trainer": trainer},
+        "variants": {}, "variant_gates": {},
+        "gate": {"score": base.gate["score"], "threshold": calib_mod.NEVER},
+        "dataset": base.data.get("dataset"),
+    }
+
+
+def write_head_bundle(out: Path, weight: np.ndarray, bias: np.ndarray, base: Manifest,
+                      classes: tuple[int, ...], *, canary_x: np.ndarray,
+                      trainer: str = "head") -> Manifest:
+    """A partition bundle that is a linear head (``weight``, ``bias``: its logits are
+    ``features @ weight.T + bias``) on ``base``'s model file, which it holds byte for
+    byte; not yet calibrated (see :func:`write_partition_bundle`)."""
+    from cachenet.core.runtime import load_cache_model
+
+    if base.features is None:
+        raise ConfigError(f"bundle {base.name} {base.version} declares no features output "
+                          "for a head to read; rebuild it with this cachenet")
+    width, dim = len(classes) + 1, int(base.features["dim"])
+    weight, bias = np.asarray(weight, np.float32), np.asarray(bias, np.float32)
+    if weight.shape != (width, dim) or bias.shape != (width,):
+        raise ConfigError(f"a head for {len(classes)} classes on {dim} features is "
+                          f"({width}, {dim}) and ({width},), not {weight.shape} and {bias.shape}")
+    canary = np.ascontiguousarray(canary_x[:N_CANARY], np.float32)
+    feats = load_cache_model(base.root, canary=False).features(canary)
+    with tempfile.TemporaryDirectory(prefix="cachenet-head-") as tmp:
+        work = Path(tmp)
+        np.savez(work / "head.npz", weight=weight, bias=bias)
+        np.savez(work / "canary.npz", x=canary, logits=feats @ weight.T + bias)
+        fields = {
+            **_partition_fields(base, classes, trainer),
+            "output": {"name": OUTPUT_NAME, "shape": [-1, width], "kind": "logits",
+                       "features": base.features},
+            "model": {**base.data["model"], "file": "model.onnx", "precision": "fp32"},
+            "head": {"file": "head.npz", "base": base.version},
+            "canary": {"file": "canary.npz", "n": len(canary)},
+        }
+        return write_bundle(out, fields, {"model.onnx": base.root / base.model_file("fp32"),
+                                          "head.npz": work / "head.npz",
+                                          "canary.npz": work / "canary.npz"})
+
+
 def write_partition_bundle(out: Path, model: nn.Module, base: Manifest,
                            classes: tuple[int, ...], *, canary_x: np.ndarray,
                            exporter: str = "dynamo", trainer: str = "finetune") -> Manifest:
     """Export ``model`` as a bundle answering ``classes`` + ``other``, not yet calibrated.
 
     Its threshold is above every score (it escalates everything) until
-    :func:`calibrated_copy` writes a copy calibrated for one agent.
+    :func:`calibrated_copy` writes a copy calibrated for one agent. A
+    :class:`~cachenet.fleet.partition.HeadPartition` becomes a head bundle.
     """
+    from cachenet.fleet.partition import HeadPartition
+
+    if isinstance(model, HeadPartition):
+        return write_head_bundle(out, model.fc.weight.detach().numpy(),
+                                 model.fc.bias.detach().numpy(), base, classes,
+                                 canary_x=canary_x, trainer=trainer)
     shape = tuple(int(d) for d in base.input["shape"][1:])
     with tempfile.TemporaryDirectory(prefix="cachenet-partition-") as tmp:
         work = Path(tmp)
@@ -232,19 +304,11 @@ def write_partition_bundle(out: Path, model: nn.Module, base: Manifest,
         canary = np.ascontiguousarray(canary_x[:N_CANARY])
         np.savez(work / "canary.npz", x=canary, logits=onnx_logits(onnx_path, canary))
         fields = {
-            "name": f"{base.name}-p{'-'.join(map(str, classes))}",
-            "input": {**base.input, "name": INPUT_NAME},
+            **_partition_fields(base, classes, trainer),
             "output": {"name": OUTPUT_NAME, "shape": [-1, len(classes) + 1], "kind": "logits"},
-            "classes": base.classes,
-            "partition": {"classes": list(classes), "other_index": len(classes),
-                          "names": [base.classes[c] for c in classes],
-                          "base_version": base.version, "trainer": trainer},
             "model": {**base.data["model"], "file": "model.onnx", "precision": "fp32",
                       "exporter": exporter},
-            "variants": {}, "variant_gates": {},
-            "gate": {"score": base.gate["score"], "threshold": calib_mod.NEVER},
             "canary": {"file": "canary.npz", "n": len(canary)},
-            "dataset": base.data.get("dataset"),
         }
         return write_bundle(out, fields, {"model.onnx": onnx_path,
                                           "canary.npz": work / "canary.npz"})

@@ -12,6 +12,7 @@ Fine-tuning itself is tested in ``tests/cachenet/fleet``.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,3 +156,27 @@ def test_the_library_deletes_its_least_recently_used_idle_models(answers_nothing
         m.root.resolve() for m in spec.library.values()}
     with pytest.raises(ConfigError, match="at least one"):
         SpecializerConfig(max_library=0)
+
+
+def test_the_head_trainer_stores_head_bundles_on_the_general_model(answers_nothing, digits_splits,
+                                                                   tmp_path):
+    """Whether a trained head beats the general model depends on training: asserted is
+    what it is and how it is stored, not whether it won."""
+    spec = build_specializer(answers_nothing, ModelStore(tmp_path / "store"),
+                             config=dataclasses.replace(CONFIG, trainer="head"),
+                             cache_dir=tmp_path / "cache")
+    classes = [2, 3, 7]
+    report(spec, "cam", {2: 40, 3: 30, 7: 30}, requests=100, escalations=30)
+    record = spec.check("cam")
+    assert record["source"] == "trained" and record["outcome"] in ("pushed", "rejected")
+    made = spec.library[tuple(classes)]
+    base = spec.base
+    assert made.head == {"file": "head.npz", "base": base.version}
+    assert made.files["model.onnx"]["sha256"] == base.files[base.model_file()]["sha256"]
+    assert made.data["partition"]["trainer"] == "head"
+    if record["outcome"] == "pushed":
+        from cachenet.core.manifest import read_manifest
+
+        stored = spec.store.current(agent="cam")
+        assert stored.version == record["version"]
+        assert read_manifest(Path(stored.path)).head == made.head
