@@ -104,7 +104,8 @@ class ControlClient:
             protect = self._in_use()
             path = await asyncio.to_thread(install, self.root, header.version, files,
                                            header.manifest_json,
-                                           keep=self.config.keep_bundles, protect=protect)
+                                           keep=self.config.keep_bundles, protect=protect,
+                                           sources=protect)  # what a head's push leaves out
             reason = await asyncio.to_thread(
                 self.agent.reloader.load_and_swap, path, self.agent.model,
                 precision=self.config.precision, threads=self.config.threads)

@@ -5,7 +5,9 @@ and, while an install runs, a staging folder (``<root>/.incoming-*``). A push
 comes from the network, so nothing in it becomes a path unchecked: the version
 must match :data:`~cachenet.core.manifest.VERSION_PATTERN` (never ``.``, ``..``
 or a path), every file name must be a plain relative path, the manifest must
-list exactly the files that came, and every path is checked to resolve inside
+list every file that came (a push may leave out files the device already holds:
+a head bundle's model file is its general model's, and is taken, by its sha256,
+from a bundle the agent has), and every path is checked to resolve inside
 ``root`` before anything is written, renamed or removed. Pruning removes only
 version folders (a valid version name holding a manifest), never anything else
 that shares the directory. Standard library only: the edge runs it.
@@ -13,13 +15,20 @@ that shares the directory. Standard library only: the edge runs it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import tempfile
 from pathlib import Path
 
 from cachenet.core.bundle import verify_bundle
-from cachenet.core.manifest import MANIFEST, VERSION_PATTERN, check_version, safe_relpath
+from cachenet.core.manifest import (
+    MANIFEST,
+    VERSION_PATTERN,
+    check_version,
+    parse_manifest,
+    safe_relpath,
+)
 from cachenet.exceptions import BundleError, CachenetError, IntegrityError
 
 log = logging.getLogger(__name__)
@@ -43,6 +52,38 @@ def _write_files(staging: Path, files: dict[str, bytes], manifest_json: bytes) -
     (staging / MANIFEST).write_bytes(manifest_json)
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fill_from(staging: Path, manifest: dict, received: set[str],
+               sources: tuple[Path, ...]) -> list[str]:
+    """Copy each file the manifest lists but the push left out from the first of
+    ``sources`` (bundles the device holds) that has it with the listed sha256; the
+    names filled. A file no source has is refused, naming it."""
+    filled = []
+    for name, entry in manifest["files"].items():
+        if name in received:
+            continue
+        for src in sources:
+            base = src.resolve()
+            path = (base / safe_relpath(name)).resolve()
+            if base in path.parents and path.is_file() and _sha256(path) == entry["sha256"]:
+                dest = _inside(staging, staging / safe_relpath(name))
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dest)
+                filled.append(name)
+                break
+        else:
+            raise IntegrityError(f"the push leaves out {name}, and no bundle this agent "
+                                 "holds has it (sha256 " f"{entry['sha256'][:12]}...)")
+    return filled
+
+
 def _replaceable(path: Path, protect: tuple[Path, ...]) -> bool:
     """An installed version folder (a version name holding a manifest), not in use."""
     return (path.is_dir() and not path.is_symlink() and (path / MANIFEST).is_file()
@@ -51,14 +92,17 @@ def _replaceable(path: Path, protect: tuple[Path, ...]) -> bool:
 
 
 def install(root: Path, version: str, files: dict[str, bytes], manifest_json: bytes, *,
-            keep: int = 3, protect: tuple[Path, ...] = ()) -> Path:
+            keep: int = 3, protect: tuple[Path, ...] = (),
+            sources: tuple[Path, ...] = ()) -> Path:
     """Write a pushed bundle to ``root/<version>`` atomically; keep the newest ``keep``.
 
     ``files`` (name -> bytes) and ``manifest_json`` must make a bundle that verifies,
-    whose manifest says ``version`` and lists exactly ``files``. Any failure, the
-    disk's included, raises a :class:`~cachenet.exceptions.BundleError` and leaves
-    ``root`` as it was. ``protect`` (the folders in use, the configured bundle) is
-    never replaced nor pruned, and neither is a folder that is not an installed version.
+    whose manifest says ``version`` and lists ``files``; a file it lists that the push
+    left out is copied from the first bundle folder of ``sources`` that holds it with
+    the listed sha256. Any failure, the disk's included, raises a
+    :class:`~cachenet.exceptions.BundleError` and leaves ``root`` as it was.
+    ``protect`` (the folders in use, the configured bundle) is never replaced nor
+    pruned, and neither is a folder that is not an installed version.
     """
     check_version(version, "pushed version")
     try:
@@ -72,13 +116,15 @@ def install(root: Path, version: str, files: dict[str, bytes], manifest_json: by
         if target.parent != root:
             raise IntegrityError(f"version {version!r} does not name a folder of {root}")
         _write_files(staging, files, manifest_json)
+        listed = parse_manifest(manifest_json, "the pushed manifest")
+        if not set(files) <= set(listed["files"]):
+            raise IntegrityError(f"the push carries {sorted(files)}, its manifest lists "
+                                 f"{sorted(listed['files'])}")
+        _fill_from(staging, listed, set(files), sources)
         manifest = verify_bundle(staging)  # the manifest vouches for exactly these bytes
         if manifest.version != version:
             raise IntegrityError(f"push says version {version}, its manifest says "
                                  f"{manifest.version}")
-        if set(manifest.files) != set(files):
-            raise IntegrityError(f"the push carries {sorted(files)}, its manifest lists "
-                                 f"{sorted(manifest.files)}")
         if target.exists() or target.is_symlink():
             if not _replaceable(target, protect):
                 raise IntegrityError(f"{target} exists and is not an installed version this "

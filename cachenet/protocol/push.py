@@ -28,16 +28,24 @@ CHUNK_BYTES = 256 << 10
 MAX_FILES = 256
 
 
+def held_by_device(manifest: dict) -> set[str]:
+    """Files of a bundle that a push leaves out because the device already holds them: a
+    head bundle's model file, which is its base (general) model's, byte for byte."""
+    return {manifest["model"]["file"]} if manifest.get("head") else set()
+
+
 def iter_push(bundle: Path, push_id: str, *, chunk_bytes: int = CHUNK_BYTES,
               signing_key: object = None) -> Iterator[pb.PushMessage]:
     """The messages that carry ``bundle`` (verified first) to an agent: its device view
-    (:func:`cachenet.core.signing.device_view`), the files under ``full/`` left behind;
-    signed with ``signing_key`` when the stored bundle is not (stored before the key)."""
+    (:func:`cachenet.core.signing.device_view`), the files under ``full/`` left behind,
+    and those the device holds already (:func:`held_by_device`: the manifest lists them,
+    with their sha256, and the agent takes them from its own bundles); signed with
+    ``signing_key`` when the stored bundle is not (stored before the key)."""
     manifest = verify_bundle(bundle)
     view = device_view(manifest.data)  # never the cloud's full model
     if signing_key is not None and not view.get("signature"):  # stored before the key
         view = sign_manifest(view, signing_key)
-    names = sorted(view["files"])
+    names = sorted(set(view["files"]) - held_by_device(view))
     blobs = {name: (bundle / name).read_bytes() for name in names}
     whole = hashlib.sha256()
     for name in names:

@@ -116,3 +116,44 @@ def test_agent_killed_mid_push_comes_back_on_a_consistent_version(digits_bundle,
     finally:
         proxy.stop()
         cloud.stop()
+
+
+def test_a_head_is_pushed_without_the_model_the_agent_has(digits_bundle, digits_splits,
+                                                          tmp_path):
+    """A head bundle's model file is the general model's: the push leaves it out, the
+    agent takes it from its own bundle (by sha256), and the head serves."""
+    import numpy as np
+
+    from cachenet.fleet import specialize as sp
+
+    general = verify_bundle(digits_bundle[0])
+    dim, classes = general.features["dim"], (1, 4)
+    rng = np.random.default_rng(0)
+    head = sp.write_head_bundle(tmp_path / "head", rng.normal(size=(3, dim)),
+                                rng.normal(size=3), general, classes,
+                                canary_x=digits_splits.test.x[:16])
+    store = ModelStore(tmp_path / "store")
+    live = tmp_path / "agent" / "bundle"
+    shutil.copytree(digits_bundle[0], live)
+    cloud = start_cloud(digits_bundle[0], tmp_path, "--store", str(tmp_path / "store"))
+    proxy = ProxyThread(("127.0.0.1", cloud.info["port"]), LinkProfile())
+    proxy.start()
+    agent = start_edge(live, tmp_path, "--cloud", f"127.0.0.1:{proxy.port}",
+                       "--agent-id", "cam-1")
+    try:
+        with EdgeClient(agent.info["endpoint"]) as c:
+            c.stats()
+            down = proxy.bytes_down
+            pushed = store.push(head.root, agent="cam-1")
+            wait_for(lambda: c.stats()["reloads"]["applied"] == 1)
+            model_bytes = general.files[general.model_file()]["bytes"]
+            assert proxy.bytes_down - down < model_bytes // 2  # the head, not the model
+        installed_at = live.parent / ".pushed" / pushed.version
+        assert (installed_at / "model.onnx").read_bytes() == \
+            (digits_bundle[0] / general.model_file()).read_bytes()
+        assert verify_bundle(installed_at).head == head.head
+        assert f"agent cam-1 applied {pushed.version}" in cloud.log_path.read_text()
+    finally:
+        assert agent.stop() == 0
+        proxy.stop()
+        assert cloud.stop() == 0

@@ -89,6 +89,25 @@ def test_the_manifest_must_list_exactly_the_files_that_came(parts, device):
         install(device / "state", "other", files, raw)
 
 
+def test_a_file_the_push_leaves_out_comes_from_a_bundle_the_device_holds(parts, device,
+                                                                        digits_bundle):
+    manifest, files, raw = parts
+    model = manifest["model"]["file"]
+    sent = {k: v for k, v in files.items() if k != model}
+    state = device / "state"
+    with pytest.raises(IntegrityError, match=f"leaves out {model}, and no bundle"):
+        install(state, manifest["version"], sent, raw, sources=(device / "victim",))
+    # A source whose file of that name has other bytes does not count.
+    (device / "victim" / model).write_bytes(b"not the model")
+    with pytest.raises(IntegrityError, match=f"leaves out {model}"):
+        install(state, manifest["version"], sent, raw, sources=(device / "victim",))
+    assert installed(state) == [] and (device / "victim" / "keep.txt").read_text() == "mine"
+    path = install(state, manifest["version"], sent, raw,
+                   sources=(device / "victim", digits_bundle[0]))
+    assert (path / model).read_bytes() == files[model]
+    assert (digits_bundle[0] / model).read_bytes() == files[model]  # copied, not moved
+
+
 def test_a_disk_error_is_a_bundle_error_and_leaves_no_staging(parts, device):
     """A file name the file system refuses (too long) fails the install cleanly."""
     manifest, files, _ = parts
