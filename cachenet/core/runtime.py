@@ -175,11 +175,6 @@ def check_model(model: CacheModel) -> None:
         if model.features_name not in outputs:
             raise IntegrityError(f"the model's outputs are {outputs}; the manifest's "
                                  f"features output '{model.features_name}' is not one")
-        feats = model.features(np.zeros((1, *model.input_shape), model.dtype))
-        dim = model.manifest.features["dim"]  # type: ignore[index]
-        if feats.shape != (1, dim):
-            raise IntegrityError(f"the model's features have shape {feats.shape}; the "
-                                 f"manifest says (1, {dim})")
     got = _run(model, np.zeros((1, *model.input_shape), model.dtype), "a zero input")
     width = model.manifest.output_width
     if got.shape != (1, width):
@@ -189,6 +184,12 @@ def check_model(model: CacheModel) -> None:
     if not np.issubdtype(got.dtype, np.floating) or not np.isfinite(got).all():
         raise IntegrityError(f"the model answers a zero input with {got.dtype} logits that "
                              "are not all finite numbers")
+    if model.features_name is not None:  # it ran above: the input is the model's
+        feats = model.features(np.zeros((1, *model.input_shape), model.dtype))
+        dim = model.manifest.features["dim"]  # type: ignore[index]
+        if feats.shape != (1, dim):
+            raise IntegrityError(f"the model's features have shape {feats.shape}; the "
+                                 f"manifest says (1, {dim})")
 
 
 def _read_canary(model: CacheModel, file: str) -> dict[str, np.ndarray]:

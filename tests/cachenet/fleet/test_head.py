@@ -147,3 +147,15 @@ def test_the_head_trainer_is_registered_and_computes_features_once(base, replay)
     assert first.fc.out_features == 3 and second.fc.out_features == 4
     with pytest.raises(Exception, match="stopped"):
         train((1, 2), None, lambda: True)
+
+
+@pytest.mark.parametrize("features,match", [
+    ({"name": "features", "dim": 999}, "features have shape"),
+    ({"name": "nope", "dim": 4}, "'nope' is not one"),
+])
+def test_features_the_model_does_not_have_are_refused(digits_bundle, tmp_path, features, match):
+    m = verify_bundle(digits_bundle[0])
+    bad = repack(digits_bundle[0], tmp_path / "bad",
+                 fields={"output": {**m.data["output"], "features": features}})
+    with pytest.raises(IntegrityError, match=match):
+        load_cache_model(bad.root)

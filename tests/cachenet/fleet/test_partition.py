@@ -57,7 +57,7 @@ def test_fine_tuning_is_seeded_and_stops_when_asked(context):
 
 
 def test_unknown_trainers_are_refused(context):
-    with pytest.raises(ConfigError, match="known: finetune, oracle"):
+    with pytest.raises(ConfigError, match="known: finetune, head, oracle"):
         pt.make_trainer("magic", context)
     with pytest.raises(ConfigError, match="needs the full model"):
         pt.make_trainer("oracle", pt.TrainerContext(context.base, context.replay))
