@@ -48,6 +48,10 @@ class ServerConfig:
                                         "this")
     specialize_target: float = setting(0.99, "agreement target the specialised models are "
                                        "calibrated to", flag="--target")
+    specialize_calibration: str = setting("class", "how a specialised model's threshold is "
+                                          "certified: class (no class of the full model's "
+                                          "answer shown above the target) or marginal",
+                                          flag="--specialize-calibration")
     partition_trainer: str = setting("finetune", "how partition models are made: finetune "
                                      "(the general cache model fine-tuned), head (a new last "
                                      "layer on its frozen features: seconds to train, "
@@ -106,6 +110,9 @@ class ServerConfig:
                               f"{self.layer_cache_refresh}")
         if self.specialize and self.store is None:
             raise ConfigError("specialisation pushes through the model store: give --store")
+        if self.specialize_calibration not in ("class", "marginal"):
+            raise ConfigError(f"specialize_calibration must be class or marginal, not "
+                              f"'{self.specialize_calibration}'")
 
     def tls(self) -> TLSFiles | None:
         if self.tls_cert is None and self.tls_key is None and self.tls_ca is None:
@@ -121,7 +128,8 @@ class ServerConfig:
         return SpecializerConfig(min_interval_s=self.specialize_interval_s,
                                  escalation_trigger=self.escalation_trigger,
                                  target=self.specialize_target, max_library=self.library_size,
-                                 trainer=self.partition_trainer)
+                                 trainer=self.partition_trainer,
+                                 calibration=self.specialize_calibration)
 
 
 def load_config(*, file: Path | None = None, environ: Mapping[str, str] | None = None,

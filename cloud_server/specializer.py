@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 class SpecializerConfig:
     target: float = 0.99
     delta: float = 0.05
+    #: certify marginally or class by class (:data:`cachenet.fleet.specialize.CALIBRATIONS`)
+    calibration: str = "class"
     escalation_trigger: float = 0.15
     shift_trigger: float = 0.3
     min_interval_s: float = 60.0
@@ -315,7 +317,7 @@ class Specializer:
                 self._scored(self.base.root, None, cal_idx, ev_idx),
                 float(self.base.gate["threshold"]), full_calib=self.replay.hold_full[cal_idx],
                 full_eval=self.replay.hold_full[ev_idx], score_kind=self.base.gate["score"],
-                target=c.target, delta=c.delta)
+                target=c.target, delta=c.delta, calibration=c.calibration)
             record.update(source=source, comparison=cmp.to_dict())
             if not cmp.better:
                 s.rejected.add(manifest.version)

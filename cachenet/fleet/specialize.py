@@ -147,14 +147,32 @@ class Comparison:
         return {**asdict(self), "better": self.better}
 
 
+#: How a specialised model's threshold is certified: ``marginal`` (the disagreement
+#: over all the draw's answerable inputs) or ``class`` (and no class of the full model's
+#: answer shown above the target: the promise for any mix of the context's classes).
+CALIBRATIONS = ("marginal", "class")
+
+
 def calibrate_answerable(conf: np.ndarray, agree: np.ndarray, *, score_kind: str,
-                         target: float, delta: float) -> calib_mod.Calibration:
-    """Calibrate among the inputs a model may answer: not ``other`` (confidence 0)."""
+                         target: float, delta: float, full_labels: np.ndarray | None = None,
+                         calibration: str = "marginal") -> calib_mod.Calibration:
+    """Calibrate among the inputs a model may answer: not ``other`` (confidence 0); with
+    ``calibration="class"``, class by class of ``full_labels`` too."""
+    if calibration not in CALIBRATIONS:
+        raise ConfigError(f"calibration must be one of {', '.join(CALIBRATIONS)}, not "
+                          f"'{calibration}'")
     ok = conf > 0
     if not ok.any():
         return calib_mod.Calibration.answers_nothing(
             score_kind, "agreement", target, delta, len(conf),
             "the model calls every calibration input 'other'")
+    if calibration == "class":
+        if full_labels is None:
+            raise ConfigError("class calibration needs the full model's labels")
+        groups = np.asarray(full_labels, np.int64)
+        return calib_mod.calibrate_classwise(conf[ok], agree[ok], groups[ok],
+                                             int(groups.max()) + 1, score=score_kind,
+                                             target=target, delta=delta)
     return calib_mod.calibrate_agreement(conf[ok], agree[ok], score=score_kind, target=target,
                                          delta=delta)
 
@@ -171,7 +189,7 @@ class AgentAnswers:
 
 def answer_as_agent(model: Scored, general: Scored, general_threshold: float, *,
                     full_calib: np.ndarray, score_kind: str, target: float,
-                    delta: float) -> AgentAnswers:
+                    delta: float, calibration: str = "marginal") -> AgentAnswers:
     """How the agent would answer the evaluation draw with ``model`` active.
 
     A partition model's threshold is calibrated on the calibration draw; the general
@@ -188,7 +206,8 @@ def answer_as_agent(model: Scored, general: Scored, general_threshold: float, *,
     else:
         lab_c, conf_c = cascade.read(model.calib, score_kind, model.partition)
         cal = calibrate_answerable(conf_c, lab_c == full_calib, score_kind=score_kind,
-                                   target=target, delta=delta)
+                                   target=target, delta=delta, full_labels=full_calib,
+                                   calibration=calibration)
         stage = cascade.Stage.from_manifest({"score": score_kind, "threshold": cal.threshold},
                                             model.partition)
     answers = cascade.answer_batch(stage, model.eval, general_stage, general.eval)
@@ -197,10 +216,12 @@ def answer_as_agent(model: Scored, general: Scored, general_threshold: float, *,
 
 def system_outcome(model: Scored, general: Scored, general_threshold: float, *,
                    full_calib: np.ndarray, full_eval: np.ndarray, score_kind: str,
-                   target: float, delta: float) -> tuple[calib_mod.Calibration, dict[str, float]]:
+                   target: float, delta: float, calibration: str = "marginal"
+                   ) -> tuple[calib_mod.Calibration, dict[str, float]]:
     """:func:`answer_as_agent`, summed up: the calibration and ``{hit_rate, agreement}``."""
     a = answer_as_agent(model, general, general_threshold, full_calib=full_calib,
-                        score_kind=score_kind, target=target, delta=delta)
+                        score_kind=score_kind, target=target, delta=delta,
+                        calibration=calibration)
     n = int(a.local.sum())
     return a.calibration, {"hit_rate": n / len(a.local), "agreement":
                            float((a.labels == full_eval)[a.local].mean()) if n else None}
@@ -208,11 +229,12 @@ def system_outcome(model: Scored, general: Scored, general_threshold: float, *,
 
 def compare(candidate: Scored, current: Scored, general: Scored, general_threshold: float, *,
             full_calib: np.ndarray, full_eval: np.ndarray, score_kind: str, target: float,
-            delta: float) -> Comparison:
+            delta: float, calibration: str = "marginal") -> Comparison:
     """Candidate against the agent's current model, both calibrated to ``target`` on the
-    calibration draw and run as the agent would on the evaluation draw."""
+    calibration draw (``calibration``: see :data:`CALIBRATIONS`) and run as the agent
+    would on the evaluation draw."""
     kw = {"full_calib": full_calib, "full_eval": full_eval, "score_kind": score_kind,
-          "target": target, "delta": delta}
+          "target": target, "delta": delta, "calibration": calibration}
     cal, cand = system_outcome(candidate, general, general_threshold, **kw)
     _, cur = system_outcome(current, general, general_threshold, **kw)
     classes = tuple(candidate.partition["classes"]) if candidate.partition else ()

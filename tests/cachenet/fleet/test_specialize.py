@@ -112,3 +112,33 @@ def test_partition_bundle_is_calibrated_loaded_and_answers_its_classes(digits_bu
     for i in range(20):  # the agent's per-request path reads the same answer
         label, conf = loaded.stage.read_row(loaded.logits(x[i])[0])
         assert label == pred.labels[i] and conf == pytest.approx(pred.confidence[i], abs=1e-9)
+
+
+def test_class_certification_stops_where_a_class_is_shown_to_break_the_target():
+    """By construction: 3,000 inputs of class 0, all answered right, and 400 of class 1,
+    3% of them wrong at every score. Marginally (12 wrong of 3,400) everything may be
+    answered; class by class, not while class 1 is shown above the 1% target."""
+    from cachenet.core.calibration import shown_above
+
+    conf = np.concatenate([np.linspace(0.5, 1.0, 3000), np.linspace(0.5, 1.0, 400)])
+    labels = np.repeat([0, 1], [3000, 400])
+    agree = np.ones(3400, bool)
+    agree[np.flatnonzero(labels == 1)[::25][:12]] = False
+    kw = {"score_kind": "max_softmax", "target": 0.99, "delta": 0.05}
+    marginal = sp.calibrate_answerable(conf, agree, **kw)
+    by_class = sp.calibrate_answerable(conf, agree, full_labels=labels, calibration="class",
+                                       **kw)
+
+    def shown(threshold: float) -> list[bool]:
+        out = []
+        for c in (0, 1):
+            answered = (conf >= threshold) & (labels == c)
+            out.append(shown_above(int((~agree[answered]).sum()), int(answered.sum()),
+                                   0.01, 0.05))
+        return out
+
+    assert marginal.feasible and shown(marginal.threshold) == [False, True]
+    assert by_class.feasible and by_class.threshold > marginal.threshold
+    assert shown(by_class.threshold) == [False, False]
+    with pytest.raises(Exception, match="calibration must be one of"):
+        sp.calibrate_answerable(conf, agree, calibration="bogus", **kw)
