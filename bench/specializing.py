@@ -45,7 +45,8 @@ class SpecializingCloud:
     with no agent of its own: each run starts a fresh one), entered on ``stack``."""
 
     def __init__(self, stack: ExitStack, *, bundle: Path, dataset: str, work: Path,
-                 library: Path, deadline_ms: float) -> None:
+                 library: Path, deadline_ms: float, trainer: str = "finetune",
+                 link: Any = None) -> None:
         from cachenet.core.bundle import verify_bundle
         from cloud_server.server import SPECIALIZER_HEALTH
 
@@ -58,7 +59,9 @@ class SpecializingCloud:
             cloud_args=("--target", str(target), "--store", str(work / "store"),
                         "--library", str(library), "--specialize", "--replay", dataset,
                         "--specialize-interval", str(CHECK_INTERVAL_S),
-                        "--report-interval", str(REPORT_INTERVAL_S), "--log-level", "INFO"),
+                        "--report-interval", str(REPORT_INTERVAL_S),
+                        "--partition-trainer", trainer, "--log-level", "INFO"),
+            **({"link": link} if link is not None else {}),
             # It labels its replay data before it specialises: minutes for a large model.
             wait_for=(SPECIALIZER_HEALTH,), ready_timeout_s=600,
             deadline_ms=deadline_ms, agent_args=AGENT_ARGS, agent_env=AGENT_ENV)))

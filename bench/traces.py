@@ -7,6 +7,9 @@
 * ``confusable``: class runs of mean length 50 over the classes the cache model
   confuses most (:func:`confusable_classes`, chosen on the calibration split, never
   the test split): the stream on which a promise kept only on average breaks;
+* ``context`` (:func:`context_trace`, not in :data:`TRACES`: ``bench/context.py``
+  runs it on a fleet): a device holds a context of 2-3 classes for a long while,
+  class runs within it over images it has not shown, then moves to another;
 * ``video``: a fixed camera: one test image (an object) held for a run of frames
   (mean 30), each frame shifted by up to 2 px, its brightness within 10%, with
   sensor noise (:mod:`cachenet.toolchain.data.video`); its frames are rendered from
@@ -108,6 +111,33 @@ def make_trace(name: str, labels: np.ndarray, n: int, seed: int = 0, *,
     if name not in makers:
         raise ValueError(f"unknown trace '{name}'; known: {', '.join(TRACES)}")
     return np.asarray(makers[name](), dtype=np.int64)
+
+
+def context_trace(labels: np.ndarray, contexts: int, per_context: int, seed: int = 0,
+                  sizes: tuple[int, int] = (2, 3), mean_run: float = 50.0
+                  ) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+    """One device's ``context`` stream: ``contexts`` contexts of 2-3 classes (a new set
+    each time, seeded), each ``per_context`` requests of class runs (mean ``mean_run``)
+    over its classes, each image shown once within its context while its class has
+    unshown ones. Returns (indices into ``labels``, each request's context, the
+    classes of each context)."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    idx, ctx, groups = [], [], []
+    for c in range(contexts):
+        group = rng.choice(classes, size=int(rng.integers(sizes[0], sizes[1] + 1)),
+                           replace=False)
+        groups.append(sorted(int(g) for g in group))
+        unshown = {int(g): list(rng.permutation(np.flatnonzero(labels == g))) for g in group}
+        shown = 0
+        while shown < per_context:
+            k = int(group[rng.integers(len(group))])
+            for _ in range(min(int(rng.geometric(1.0 / mean_run)), per_context - shown)):
+                pool = unshown[k] or list(np.flatnonzero(labels == k))
+                idx.append(int(pool.pop()) if unshown[k] else int(rng.choice(pool)))
+                ctx.append(c)
+                shown += 1
+    return np.asarray(idx, np.int64), np.asarray(ctx, np.int64), groups
 
 
 def save_trace(path: Path, name: str, idx: np.ndarray, labels: np.ndarray, seed: int) -> None:
