@@ -100,6 +100,10 @@ class ControlClient:
         """Install and swap in a push; the reason it was rejected, or None. Never raises:
         whatever goes wrong (the disk, the bundle, a bug) is the push's rejection."""
         try:
+            engine = self.agent.engine
+            if engine is not None and header.version in engine.retired_versions:
+                return (f"version {header.version} was retired on this device after its "
+                        "audit broke the target")
             self.agent.trust.check_push(header.manifest_json, self.agent.model.manifest.data)
             protect = self._in_use()
             path = await asyncio.to_thread(install, self.root, header.version, files,
@@ -181,9 +185,32 @@ class ControlClient:
                 self.received = header.version
                 await self._settle(header.push_id, header.version, reason)
 
+    async def _next_report(self) -> None:
+        """The report interval, or sooner when the engine wants the cloud to hear now."""
+        soon = self.agent.engine.report_soon if self.agent.engine is not None else None
+        deadline = time.monotonic() + self.stats_interval_s
+        while time.monotonic() < deadline:
+            if soon is not None and soon.is_set():
+                soon.clear()
+                return
+            await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    async def _send_retired(self) -> None:
+        """Tell the cloud of partition models the device retired (an ``Ack`` that says
+        not applied, with the reason): it does not push them again."""
+        retired = self.agent.engine.retired if self.agent.engine is not None else None
+        while retired:
+            version, reason = retired[0]
+            await self.ack("audit", version, reason)
+            retired.popleft()
+
     async def report_stats(self) -> None:
         while True:
-            await asyncio.sleep(self.stats_interval_s)
+            await self._next_report()
+            try:
+                await self._send_retired()
+            except grpc.RpcError as exc:
+                log.debug("reporting a retired model failed: %s", exc)
             snap = self.agent.stats.snapshot()
             try:
                 await self.stub.ReportStats(pb.StatsReport(

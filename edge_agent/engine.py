@@ -23,8 +23,10 @@ calls it from one thread. numpy only.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +97,14 @@ class Engine:
         self.thresholds: ClassThresholds | None = None
         self._controlled: cascade.Stage | None = None  # the general stage, with them
         self._serving: tuple[str, str] = ("", "")  # (active, general) versions last seen
+        #: partition models retired because their audit broke, for the cloud to hear of:
+        #: (version, reason), drained by the control plane; and every one retired, whose
+        #: push is refused if it comes again
+        self.retired: collections.deque[tuple[str, str]] = collections.deque(maxlen=64)
+        self.retired_versions: set[str] = set()
+        #: set when the cloud should hear from the device now (a retirement, a move back
+        #: to the general model): the control plane reports at once
+        self.report_soon = threading.Event()
 
     def _restart_on_swap(self) -> None:
         """A swapped-in model starts its steps' audit afresh."""
@@ -220,8 +230,10 @@ class Engine:
             layer_cascade, answered = decision.settle
             layer_cascade.settle(answered, np.zeros(1, np.int64), np.asarray([label]),
                                  np.asarray([answer["confidence"]]))
-        self.models.observe(label, hit=source == "edge" and "cache_general"
-                            not in answer["versions"])
+        switched = self.models.observe(label, hit=source == "edge" and "cache_general"
+                                       not in answer["versions"])
+        if switched is not None and switched.partition is None:
+            self.report_soon.set()  # the context moved: the cloud hears of it now
 
     def audited(self, decision: Decision, cloud_label: int | None, reason: str | None) -> None:
         """A shadow escalation came back: ``cloud_label``, or why there is none."""
@@ -233,17 +245,32 @@ class Engine:
         agree = int(decision.answer["label"]) == cloud_label
         if decision.thresholds is not None and decision.thresholds is self.thresholds:
             self.thresholds.update(int(decision.answer["label"]), not agree, decision.audit_p)
-        if not self.audit.record(step, agree, decision.epoch) or step != "model":
+        if not self.audit.record(step, agree, decision.epoch):
+            return
+        if step == "partition":
+            self._retire(decision.answer["versions"]["cache"])
+            return
+        if step != "model":
             return
         prior = decision.general.prior if decision.general is not None else None
         if prior is not None and self.label_shift and self.audit.allowed("prior"):
             self.audit.divert("model", "prior")  # the adapted part goes first
             prior.reset()  # back later, learning the stream afresh
 
+    def _retire(self, version: str) -> None:
+        """A partition model's audit broke the target: roll back to the general model
+        (the model set stops holding it) and tell the cloud, which does not push it
+        again."""
+        if self.models.retire(version):
+            self.retired_versions.add(version)
+            self.retired.append((version, "retired on the device: its audit's bound broke "
+                                          f"the agreement target {self.audit.config.target}"))
+            self.report_soon.set()
+
     def snapshot(self) -> dict[str, Any]:
         general = self.models.general
         prior = general.prior
-        return {"audit": self.audit.snapshot(),
+        return {"audit": self.audit.snapshot(), "retired": sorted(self.retired_versions),
                 "prior": prior.snapshot() if prior is not None else None,
                 "class_thresholds": (self.thresholds.snapshot()
                                      if self.thresholds is not None else None)}

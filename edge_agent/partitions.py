@@ -88,6 +88,19 @@ class ModelSet:
         self.recent.clear()
         return target
 
+    def retire(self, version: str) -> bool:
+        """Stop holding the partition model ``version`` (its audit broke): the general
+        model answers in its place. Whether it was held."""
+        with self._lock:
+            model = self.partitions.pop(version, None)
+            if model is None:
+                return False
+            if self.active is model:
+                self.active = self.general
+                self.recent.clear()
+            log.warning("retired partition model %s: its audit broke the target", version)
+            return True
+
     def held(self) -> list[CacheModel]:
         """Every model held: the general one and the partition models."""
         with self._lock:

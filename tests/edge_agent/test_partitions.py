@@ -53,3 +53,30 @@ def test_switches_when_the_cloud_answers_show_the_stream_moved(models):
     # A general model that is pushed replaces the general one.
     s.add(models["general"])
     assert s.general is models["general"] and s.active is models["general"]
+
+
+def test_a_partition_whose_audit_breaks_is_retired_and_the_cloud_is_told(models):
+    """Every audited answer of the partition model disagrees: its bound breaks, the
+    model set stops holding it, the general model answers, and the control plane has
+    the retirement to report (and refuses the version if it is pushed again)."""
+    from cachenet.core.audit import Audit, AuditConfig
+    from edge_agent.engine import Decision, Engine
+
+    s = ModelSet(models["general"], k=3)
+    part = models[(3, 4, 5)]
+    s.add(part)
+    engine = Engine(s, Audit(AuditConfig(rate=1.0, target=0.99)), class_control=None)
+    answer = {"label": 3, "versions": {"cache": part.version}}
+    for _ in range(200):
+        if part.version in engine.retired_versions:
+            break
+        decision = Decision(dict(answer), "partition", audit=True,
+                            epoch=engine.audit.epoch("partition"), audit_p=1.0)
+        engine.audited(decision, cloud_label=4, reason=None)
+    assert part.version in engine.retired_versions
+    assert s.active is s.general and part.version not in s.partitions
+    version, reason = engine.retired[0]
+    assert version == part.version and "audit" in reason
+    assert engine.report_soon.is_set()
+    assert part.version in engine.snapshot()["retired"]
+    assert not s.retire(part.version)  # once
