@@ -39,7 +39,7 @@ import numpy as np
 from torch import nn
 
 from cachenet.core.bundle import verify_bundle
-from cachenet.core.manifest import Manifest
+from cachenet.core.manifest import Manifest, read_manifest
 from cachenet.exceptions import CachenetError, ConfigError, TrainingStopped
 from cachenet.fleet import specialize as sp
 from cachenet.fleet.partition import (
@@ -127,6 +127,7 @@ class Specializer:
         self._agent_versions: dict[str, Manifest] = {}
         self._lock = threading.Lock()
         self.stopping = threading.Event()  # set on shutdown: training stops at its next step
+        self._hold: tuple[np.ndarray, np.ndarray | None] | None = None  # see _held_out
         self._load_library()
 
     def _load_library(self) -> None:
@@ -281,11 +282,34 @@ class Specializer:
             log.info("library: deleted %s for classes %s, the least recently used (at most "
                      "%d kept)", gone.version, oldest, self.config.max_library)
 
+    def _held_out(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The general model's logits and features (if it has them) on every held-out
+        input, computed once: a head on it is scored with one matrix product."""
+        if self._hold is None:
+            from cachenet.core.runtime import load_cache_model
+
+            model, x = load_cache_model(self.base.root, canary=False), self.replay.hold_x
+            rows = [slice(i, i + 256) for i in range(0, len(x), 256)]
+            logits = np.concatenate([model.raw(x[r]) for r in rows])
+            feats = (np.concatenate([model.features(x[r]) for r in rows])
+                     if model.features_name else None)
+            self._hold = (logits, feats)
+        return self._hold
+
+    def _logits(self, root: Path, idx: np.ndarray) -> np.ndarray:
+        """A bundle's logits on held-out inputs ``idx``, as an agent computes them."""
+        m = read_manifest(root)
+        if m.version == self.base.version:
+            return self._held_out()[0][idx]
+        feats = self._held_out()[1]
+        if m.head and m.head["base"] == self.base.version and feats is not None:
+            with np.load(root / m.head["file"], allow_pickle=False) as f:
+                return feats[idx] @ f["weight"].T + f["bias"]
+        return sp.bundle_logits(root, self.replay.hold_x[idx])
+
     def _scored(self, root: Path, partition: dict | None, cal_idx: np.ndarray,
                 ev_idx: np.ndarray) -> sp.Scored:
-        x = self.replay.hold_x
-        return sp.Scored(sp.bundle_logits(root, x[cal_idx]), sp.bundle_logits(root, x[ev_idx]),
-                         partition)
+        return sp.Scored(self._logits(root, cal_idx), self._logits(root, ev_idx), partition)
 
     def check(self, agent: str) -> dict[str, Any]:
         """Pick or train a candidate for ``agent``, compare, and store it if better."""
@@ -393,5 +417,8 @@ def build_specializer(bundle: Path, store: ModelStore, *, replay: str | None = N
     config = config or SpecializerConfig()
     trainer = make_trainer(config.trainer, TrainerContext(base.eval(), data, full,
                                                           config.finetune))
-    return Specializer(base_bundle=bundle, base_model=base.eval(), replay=data, store=store,
-                       config=config, library_dir=library_dir, trainer=trainer)
+    specializer = Specializer(base_bundle=bundle, base_model=base.eval(), replay=data,
+                              store=store, config=config, library_dir=library_dir,
+                              trainer=trainer)
+    specializer._held_out()  # before the first check, not during it
+    return specializer

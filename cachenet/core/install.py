@@ -15,13 +15,12 @@ that shares the directory. Standard library only: the edge runs it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import tempfile
 from pathlib import Path
 
-from cachenet.core.bundle import verify_bundle
+from cachenet.core.bundle import sha256_file, verify_bundle
 from cachenet.core.manifest import (
     MANIFEST,
     VERSION_PATTERN,
@@ -52,14 +51,6 @@ def _write_files(staging: Path, files: dict[str, bytes], manifest_json: bytes) -
     (staging / MANIFEST).write_bytes(manifest_json)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fill_from(staging: Path, manifest: dict, received: set[str],
                sources: tuple[Path, ...]) -> list[str]:
     """Copy each file the manifest lists but the push left out from the first of
@@ -72,7 +63,7 @@ def _fill_from(staging: Path, manifest: dict, received: set[str],
         for src in sources:
             base = src.resolve()
             path = (base / safe_relpath(name)).resolve()
-            if base in path.parents and path.is_file() and _sha256(path) == entry["sha256"]:
+            if base in path.parents and path.is_file() and sha256_file(path) == entry["sha256"]:
                 dest = _inside(staging, staging / safe_relpath(name))
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, dest)

@@ -268,13 +268,11 @@ def _finetune(ctx: TrainerContext) -> PartitionTrainer:
 
 def _head(ctx: TrainerContext) -> PartitionTrainer:
     base = copy.deepcopy(ctx.base).float().eval()
-    cached: list[np.ndarray] = []  # the replay data's features, on the first call
+    features = base_features(base, ctx.replay.train_x)  # once, before the first check
 
     def train(classes: tuple[int, ...], hard: Hard | None,
               should_stop: Callable[[], bool]) -> nn.Module:
-        if not cached:
-            cached.append(base_features(base, ctx.replay.train_x))
-        return train_head(base, cached[0], classes, ctx.replay, hard=hard,
+        return train_head(base, features, classes, ctx.replay, hard=hard,
                           rows=ctx.finetune, should_stop=should_stop)
     return train
 

@@ -50,3 +50,24 @@ def test_the_context_benchmark_runs_every_system_on_every_device(digits_bundle, 
         assert [f["context"] for f in d["first_specialized"]] == [0, 1]
         assert d["versions_stored"] >= d["pushes_applied"] >= 0 and d["push_bytes"] >= 0
     assert "specializing-cloud.log" in {p.name for p in tmp_path.iterdir()}
+
+
+def test_the_steps_benchmark_counts_edge_answers_by_step(digits_bundle, digits_splits, tmp_path):
+    from bench.steps import main
+    from bench.traces import make_trace, save_trace
+
+    idx = make_trace("runs50", digits_splits.test.y, 40, seed=2)
+    save_trace(tmp_path / "suite" / "traces" / "runs50.npz", "runs50", idx,
+               digits_splits.test.y, 2)
+    out = tmp_path / "steps.json"
+    assert main(["--bundle", str(digits_bundle[0]), "--suite", str(tmp_path / "suite"),
+                 "--dataset", "digits", "--traces", "runs50",
+                 "--configs", "defaults,no-label-shift", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["traces"]["runs50"]["configs"]
+    assert set(rows) == {"gate alone (offline)", "defaults", "no-label-shift"}
+    assert "prior" not in rows["no-label-shift"]
+    for steps in rows.values():
+        assert sum(s["answers"] for s in steps.values()) <= 40
+        assert all(0 <= s["wrong"] <= s["answers"] for s in steps.values())
+    # The bundle's gate answers some digits and escalates others (the fixture's budget).
+    assert 0 < rows["gate alone (offline)"]["model"]["answers"] < 40

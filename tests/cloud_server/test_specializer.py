@@ -174,6 +174,11 @@ def test_the_head_trainer_stores_head_bundles_on_the_general_model(answers_nothi
     assert made.head == {"file": "head.npz", "base": base.version}
     assert made.files["model.onnx"]["sha256"] == base.files[base.model_file()]["sha256"]
     assert made.data["partition"]["trainer"] == "head"
+    # Scored from the held-out features computed once, as an agent computes it.
+    idx = np.arange(0, len(spec.replay.hold_x), 7)
+    for root in (made.root, base.root):
+        assert np.abs(spec._logits(root, idx)
+                      - sp.bundle_logits(root, spec.replay.hold_x[idx])).max() < 1e-4
     if record["outcome"] == "pushed":
         from cachenet.core.manifest import read_manifest
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 
@@ -21,40 +22,48 @@ def variant(source, dest, note: str):
     return dest
 
 
-def test_cloud_pushes_a_new_version_and_the_agent_swaps_it_in(digits_bundle, digits_splits,
-                                                              tmp_path):
+@contextlib.contextmanager
+def pushing(bundle, tmp_path):
+    """A cloud with a model store, the WAN proxy, and agent cam-1 running a copy of
+    ``bundle``: (store, proxy, cloud, the agent's bundle folder, its client)."""
     store = ModelStore(tmp_path / "store")
-    store.push(digits_bundle[0])
     live = tmp_path / "agent" / "bundle"
-    shutil.copytree(digits_bundle[0], live)
-    cloud = start_cloud(digits_bundle[0], tmp_path, "--store", str(tmp_path / "store"))
+    shutil.copytree(bundle, live)
+    cloud = start_cloud(bundle, tmp_path, "--store", str(tmp_path / "store"))
     proxy = ProxyThread(("127.0.0.1", cloud.info["port"]), LinkProfile())
     proxy.start()
     agent = start_edge(live, tmp_path, "--cloud", f"127.0.0.1:{proxy.port}",
                        "--agent-id", "cam-1")
     try:
         with EdgeClient(agent.info["endpoint"]) as c:
-            first = c.stats()["model"]["version"]
-            b = variant(digits_bundle[0], tmp_path / "b", "version B")
-            pushed = store.push(b, agent="cam-1")
-            assert pushed.version != first
-            wait_for(lambda: c.stats()["model"]["version"] == pushed.version)
-            assert c.stats()["reloads"]["applied"] == 1
-            assert c.infer(digits_splits.test.x[0])["versions"]["cache"] == pushed.version
-            # The link goes down; a version pushed meanwhile arrives after it heals.
-            proxy.configure(dataclasses.replace(LinkProfile(), drop=True))
-            d = variant(digits_bundle[0], tmp_path / "d", "version D")
-            later = store.push(d, agent="cam-1")
-            proxy.configure(LinkProfile())
-            wait_for(lambda: c.stats()["model"]["version"] == later.version)
-            assert c.stats()["reloads"]["rejected"] == 0
-        log = cloud.log_path.read_text()
-        assert f"agent cam-1 applied {pushed.version}" in log
-        assert (live.parent / ".pushed" / later.version / "manifest.json").exists()
+            yield store, proxy, cloud, live, c
     finally:
         assert agent.stop() == 0
         proxy.stop()
         assert cloud.stop() == 0
+
+
+def test_cloud_pushes_a_new_version_and_the_agent_swaps_it_in(digits_bundle, digits_splits,
+                                                              tmp_path):
+    with pushing(digits_bundle[0], tmp_path) as (store, proxy, cloud, live, c):
+        store.push(digits_bundle[0])  # what the agent runs: nothing to push
+        first = c.stats()["model"]["version"]
+        b = variant(digits_bundle[0], tmp_path / "b", "version B")
+        pushed = store.push(b, agent="cam-1")
+        assert pushed.version != first
+        wait_for(lambda: c.stats()["model"]["version"] == pushed.version)
+        assert c.stats()["reloads"]["applied"] == 1
+        assert c.infer(digits_splits.test.x[0])["versions"]["cache"] == pushed.version
+        # The link goes down; a version pushed meanwhile arrives after it heals.
+        proxy.configure(dataclasses.replace(LinkProfile(), drop=True))
+        d = variant(digits_bundle[0], tmp_path / "d", "version D")
+        later = store.push(d, agent="cam-1")
+        proxy.configure(LinkProfile())
+        wait_for(lambda: c.stats()["model"]["version"] == later.version)
+        assert c.stats()["reloads"]["rejected"] == 0
+    log = cloud.log_path.read_text()
+    assert f"agent cam-1 applied {pushed.version}" in log
+    assert (live.parent / ".pushed" / later.version / "manifest.json").exists()
 
 
 def test_twenty_pushes_under_continuous_load_lose_nothing(digits_bundle, digits_splits,
@@ -132,28 +141,15 @@ def test_a_head_is_pushed_without_the_model_the_agent_has(digits_bundle, digits_
     head = sp.write_head_bundle(tmp_path / "head", rng.normal(size=(3, dim)),
                                 rng.normal(size=3), general, classes,
                                 canary_x=digits_splits.test.x[:16])
-    store = ModelStore(tmp_path / "store")
-    live = tmp_path / "agent" / "bundle"
-    shutil.copytree(digits_bundle[0], live)
-    cloud = start_cloud(digits_bundle[0], tmp_path, "--store", str(tmp_path / "store"))
-    proxy = ProxyThread(("127.0.0.1", cloud.info["port"]), LinkProfile())
-    proxy.start()
-    agent = start_edge(live, tmp_path, "--cloud", f"127.0.0.1:{proxy.port}",
-                       "--agent-id", "cam-1")
-    try:
-        with EdgeClient(agent.info["endpoint"]) as c:
-            c.stats()
-            down = proxy.bytes_down
-            pushed = store.push(head.root, agent="cam-1")
-            wait_for(lambda: c.stats()["reloads"]["applied"] == 1)
-            model_bytes = general.files[general.model_file()]["bytes"]
-            assert proxy.bytes_down - down < model_bytes // 2  # the head, not the model
-        installed_at = live.parent / ".pushed" / pushed.version
-        assert (installed_at / "model.onnx").read_bytes() == \
-            (digits_bundle[0] / general.model_file()).read_bytes()
-        assert verify_bundle(installed_at).head == head.head
-        assert f"agent cam-1 applied {pushed.version}" in cloud.log_path.read_text()
-    finally:
-        assert agent.stop() == 0
-        proxy.stop()
-        assert cloud.stop() == 0
+    with pushing(digits_bundle[0], tmp_path) as (store, proxy, cloud, live, c):
+        c.stats()
+        down = proxy.bytes_down
+        pushed = store.push(head.root, agent="cam-1")
+        wait_for(lambda: c.stats()["reloads"]["applied"] == 1)
+        model_bytes = general.files[general.model_file()]["bytes"]
+        assert proxy.bytes_down - down < model_bytes // 2  # the head, not the model
+    installed_at = live.parent / ".pushed" / pushed.version
+    assert (installed_at / "model.onnx").read_bytes() == \
+        (digits_bundle[0] / general.model_file()).read_bytes()
+    assert verify_bundle(installed_at).head == head.head
+    assert f"agent cam-1 applied {pushed.version}" in cloud.log_path.read_text()

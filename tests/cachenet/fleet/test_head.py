@@ -13,22 +13,6 @@ from cachenet.core.runtime import load_cache_model
 from cachenet.exceptions import IntegrityError, ManifestError
 from cachenet.fleet import partition as pt
 from cachenet.fleet import specialize as sp
-from cachenet.fleet.replay import ReplayData
-from cachenet.toolchain.models import load_checkpoint
-
-
-@pytest.fixture(scope="module")
-def replay(digits_bundle, digits_splits):
-    from cloud_server.model import load_full_model
-
-    full, _ = load_full_model(digits_bundle[0], device="cpu")
-    return ReplayData.from_splits(digits_splits, full)
-
-
-@pytest.fixture(scope="module")
-def base(digits_bundle):
-    model, _, _ = load_checkpoint(digits_bundle[0] / "full" / "cache.pt")
-    return model.eval()
 
 
 def _fc(base) -> tuple[np.ndarray, np.ndarray]:
