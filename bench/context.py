@@ -70,12 +70,15 @@ def stream(client: Any, x: np.ndarray, full: np.ndarray, system: str) -> dict[st
 
 
 def first_specialized(run: dict[str, Any], ctx: np.ndarray, general: str) -> list[dict]:
-    """Per context: the requests and seconds from its start until a model other than the
-    general one first read a request (None: never)."""
+    """Per context: the requests and seconds from its start until a model pushed during
+    it (neither the general one nor one that read a request of an earlier context) first
+    read a request (None: never)."""
     out = []
+    seen = {"", general}
     for c in np.unique(ctx):
         rows = np.flatnonzero(ctx == c)
-        at = next((int(i) for i in rows if run["versions"][i] not in ("", general)), None)
+        at = next((int(i) for i in rows if run["versions"][i] not in seen), None)
+        seen |= {run["versions"][i] for i in rows}
         out.append({"context": int(c), "requests": None if at is None else int(at - rows[0]),
                     "seconds": None if at is None else
                     float(run["starts"][at] - run["starts"][rows[0]])})

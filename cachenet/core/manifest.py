@@ -24,12 +24,14 @@ Schema (fields not listed are kept and not interpreted)::
     gate           {score: a registered score, threshold: finite number}
     variants       {precision: bundle path}                     (optional)
     variant_gates  {precision: gate}                            (optional)
-    canary         {file: bundle path, n: int >= 0} | null      (optional)
+    canary         {file: bundle path, n: int >= 0, inputs: bundle path (optional: the
+                   inputs, 'x', from another file than the outputs)} | null  (optional)
     partition      {classes: distinct class indices, other_index: len(classes)} | null
-    head           {file: bundle path, base: version} | null    (optional): the answer
-                   is a linear head on the model file's features (output.features),
-                   which is the base bundle's model; the file holds weight (width x
-                   dim) and bias (width)
+    head           {file: bundle path, base: version, from_base: [bundle path, ...]
+                   (optional)} | null (optional): the answer is a linear head on the
+                   model file's features (output.features), which is the base bundle's
+                   model; the file holds weight (width x dim) and bias (width);
+                   from_base: files that are the base bundle's, byte for byte
     full_model     {files: [bundle path, ...]} | null           (optional)
     files          {bundle path: {sha256: 64 hex digits, bytes: int >= 0}}, non-empty
     signature      string | null                                (optional)
@@ -288,12 +290,18 @@ def _check_references(data: dict) -> None:
     canary = _obj(data, "canary", optional=True, nullable=True)
     if canary is not None:
         referenced.append(_file(canary.get("file"), "canary.file"))
+        if canary.get("inputs") is not None:
+            referenced.append(_file(canary["inputs"], "canary.inputs"))
         n = canary.get("n", 0)
         if not _is_int(n) or n < 0:
             raise ManifestError(f"'canary.n' must be a non-negative integer, got {n!r:.40}")
     head = data.get("head")
     if head is not None:
         referenced.append(_file(head.get("file"), "head.file"))
+        from_base = head.get("from_base", [])
+        if not isinstance(from_base, list):
+            raise ManifestError("'head.from_base' must be a list of file names")
+        referenced += [_file(f, "head.from_base[]") for f in from_base]
     full = _obj(data, "full_model", optional=True, nullable=True)
     if full is not None:
         files = full.get("files", [])

@@ -211,6 +211,10 @@ def check_canary(model: CacheModel) -> None:
     if not canary:
         return
     stored = _read_canary(model, canary["file"])
+    if canary.get("inputs"):  # the inputs kept apart (a head shares its base's)
+        stored["x"] = _read_canary(model, canary["inputs"]).get("x")  # type: ignore[assignment]
+        if stored["x"] is None:
+            del stored["x"]
     key = "logits" if model.precision == "fp32" else f"logits_{model.precision}"
     if "x" not in stored or key not in stored:
         raise IntegrityError(f"canary file has no inputs 'x' or no expected outputs '{key}' "

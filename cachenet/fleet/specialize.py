@@ -284,23 +284,41 @@ def write_head_bundle(out: Path, weight: np.ndarray, bias: np.ndarray, base: Man
     if weight.shape != (width, dim) or bias.shape != (width,):
         raise ConfigError(f"a head for {len(classes)} classes on {dim} features is "
                           f"({width}, {dim}) and ({width},), not {weight.shape} and {bias.shape}")
-    canary = np.ascontiguousarray(canary_x[:N_CANARY], np.float32)
+    # The canary inputs are the base's own file where it has one (the device holds it);
+    # the head's file holds its expected outputs alone.
+    shared = (base.data.get("canary") or {}).get("file")
+    if shared is not None and (base.data["canary"].get("inputs") is None):
+        with np.load(base.root / shared, allow_pickle=False) as f:
+            canary = np.ascontiguousarray(f["x"], np.float32)
+    else:
+        shared, canary = None, np.ascontiguousarray(canary_x[:N_CANARY], np.float32)
     feats = load_cache_model(base.root, canary=False).features(canary)
     with tempfile.TemporaryDirectory(prefix="cachenet-head-") as tmp:
         work = Path(tmp)
         np.savez(work / "head.npz", weight=weight, bias=bias)
-        np.savez(work / "canary.npz", x=canary, logits=feats @ weight.T + bias)
+        logits = feats @ weight.T + bias
+        files = {"model.onnx": base.root / base.model_file("fp32"),
+                 "head.npz": work / "head.npz"}
+        if shared is not None:
+            np.savez(work / "head-canary.npz", logits=logits)
+            files |= {"canary.npz": base.root / shared,
+                      "head-canary.npz": work / "head-canary.npz"}
+            canary_field = {"file": "head-canary.npz", "inputs": "canary.npz",
+                            "n": len(canary)}
+        else:
+            np.savez(work / "canary.npz", x=canary, logits=logits)
+            files["canary.npz"] = work / "canary.npz"
+            canary_field = {"file": "canary.npz", "n": len(canary)}
         fields = {
             **_partition_fields(base, classes, trainer),
             "output": {"name": OUTPUT_NAME, "shape": [-1, width], "kind": "logits",
                        "features": base.features},
             "model": {**base.data["model"], "file": "model.onnx", "precision": "fp32"},
-            "head": {"file": "head.npz", "base": base.version},
-            "canary": {"file": "canary.npz", "n": len(canary)},
+            "head": {"file": "head.npz", "base": base.version,
+                     "from_base": ["model.onnx", *(["canary.npz"] if shared else [])]},
+            "canary": canary_field,
         }
-        return write_bundle(out, fields, {"model.onnx": base.root / base.model_file("fp32"),
-                                          "head.npz": work / "head.npz",
-                                          "canary.npz": work / "canary.npz"})
+        return write_bundle(out, fields, files)
 
 
 def write_partition_bundle(out: Path, model: nn.Module, base: Manifest,

@@ -30,8 +30,12 @@ MAX_FILES = 256
 
 def held_by_device(manifest: dict) -> set[str]:
     """Files of a bundle that a push leaves out because the device already holds them: a
-    head bundle's model file, which is its base (general) model's, byte for byte."""
-    return {manifest["model"]["file"]} if manifest.get("head") else set()
+    head bundle's files that are its base (general) bundle's, byte for byte (its model
+    file, and its canary inputs)."""
+    head = manifest.get("head")
+    if not head:
+        return set()
+    return set(head.get("from_base") or [manifest["model"]["file"]])
 
 
 def iter_push(bundle: Path, push_id: str, *, chunk_bytes: int = CHUNK_BYTES,

@@ -50,7 +50,14 @@ def test_a_head_bundle_answers_with_its_head_on_the_general_models_features(
     # the head's few kilobytes alone.
     assert head.files["model.onnx"]["sha256"] == general.files[general.model_file()]["sha256"]
     assert head.files["head.npz"]["bytes"] < 8192
-    assert head.head == {"file": "head.npz", "base": general.version}
+    # So are its canary inputs; what is its own is kilobytes.
+    assert head.head == {"file": "head.npz", "base": general.version,
+                         "from_base": ["model.onnx", "canary.npz"]}
+    assert head.files["canary.npz"]["sha256"] == general.files["canary.npz"]["sha256"]
+    assert head.data["canary"] == {"file": "head-canary.npz", "inputs": "canary.npz",
+                                   "n": general.data["canary"]["n"]}
+    assert sum(e["bytes"] for n, e in head.files.items()
+               if n not in head.head["from_base"]) < 16384
     assert head.gate["threshold"] > 1.0  # escalates everything until calibrated
     loaded = load_cache_model(head.root)  # hashes checked, canary replayed
     assert loaded.partition == classes and loaded.covers(7) and not loaded.covers(3)
