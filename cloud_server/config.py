@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cachenet.core import settings
+from cachenet.core.calibration import check_calibration
 from cachenet.core.settings import setting
 from cachenet.exceptions import ConfigError
 from cachenet.protocol.tls import TLSFiles
@@ -110,9 +111,7 @@ class ServerConfig:
                               f"{self.layer_cache_refresh}")
         if self.specialize and self.store is None:
             raise ConfigError("specialisation pushes through the model store: give --store")
-        if self.specialize_calibration not in ("class", "marginal"):
-            raise ConfigError(f"specialize_calibration must be class or marginal, not "
-                              f"'{self.specialize_calibration}'")
+        check_calibration(self.specialize_calibration)
 
     def tls(self) -> TLSFiles | None:
         if self.tls_cert is None and self.tls_key is None and self.tls_ca is None:

@@ -40,6 +40,7 @@ from torch import nn
 
 from cachenet.core.bundle import verify_bundle
 from cachenet.core.manifest import Manifest, read_manifest
+from cachenet.core.runtime import apply_head, load_cache_model, read_head
 from cachenet.exceptions import CachenetError, ConfigError, TrainingStopped
 from cachenet.fleet import specialize as sp
 from cachenet.fleet.partition import (
@@ -59,7 +60,7 @@ log = logging.getLogger(__name__)
 class SpecializerConfig:
     target: float = 0.99
     delta: float = 0.05
-    #: certify marginally or class by class (:data:`cachenet.fleet.specialize.CALIBRATIONS`)
+    #: certify marginally or class by class (:data:`cachenet.core.calibration.CALIBRATIONS`)
     calibration: str = "class"
     escalation_trigger: float = 0.15
     shift_trigger: float = 0.3
@@ -286,8 +287,6 @@ class Specializer:
         """The general model's logits and features (if it has them) on every held-out
         input, computed once: a head on it is scored with one matrix product."""
         if self._hold is None:
-            from cachenet.core.runtime import load_cache_model
-
             model, x = load_cache_model(self.base.root, canary=False), self.replay.hold_x
             rows = [slice(i, i + 256) for i in range(0, len(x), 256)]
             logits = np.concatenate([model.raw(x[r]) for r in rows])
@@ -303,8 +302,7 @@ class Specializer:
             return self._held_out()[0][idx]
         feats = self._held_out()[1]
         if m.head and m.head["base"] == self.base.version and feats is not None:
-            with np.load(root / m.head["file"], allow_pickle=False) as f:
-                return feats[idx] @ f["weight"].T + f["bias"]
+            return apply_head(feats[idx], read_head(m))
         return sp.bundle_logits(root, self.replay.hold_x[idx])
 
     def _scored(self, root: Path, partition: dict | None, cal_idx: np.ndarray,

@@ -18,6 +18,7 @@ from pathlib import Path
 from cachenet.cli.diffusion import add_diffusion, add_generate
 from cachenet.cli.signing import add_signing
 from cachenet.core import strictjson
+from cachenet.core.calibration import CALIBRATIONS
 from cachenet.core.gate import SCORES
 from cachenet.exceptions import CachenetError
 
@@ -123,7 +124,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--delta", type=_unit, default=0.05, help="1 - confidence of the bound")
     p.add_argument("--escalation-budget", type=_unit,
                    help="calibrate to escalate at most this share instead of to --target")
-    p.add_argument("--calibration", choices=["marginal", "class"], default="marginal",
+    p.add_argument("--calibration", choices=CALIBRATIONS, default="marginal",
                    help="marginal: bound the disagreement over all the edge's answers; "
                    "class: also hold every class of the full model's answer to the target, "
                    "certifying those the data can (default marginal)")

@@ -60,10 +60,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from cachenet.exceptions import CalibrationError
+from cachenet.exceptions import CalibrationError, ConfigError
 
 #: The calibration modes whose ``target`` is an agreement to hold (not a budget).
 AGREEMENT_MODES = ("agreement", "class")
+#: How a threshold is certified to an agreement target (:func:`calibrate_to_target`):
+#: ``marginal``, over all the inputs, or ``class``, also with no class of the full
+#: model's answer shown above the target.
+CALIBRATIONS = ("marginal", "class")
 
 #: Threshold reported when no candidate passes: above every score, so the edge
 #: answers nothing and everything escalates.
@@ -313,6 +317,26 @@ def _first_failure(accepted: np.ndarray, dis: np.ndarray, *, total: int, target:
     n_min = first_tested_n(total, 1.0 - target, delta, tolerate)
     first = next((j for j, n in enumerate(accepted) if n >= n_min), len(accepted))
     return first if passed is None else passed.index + 1
+
+
+def check_calibration(calibration: str) -> str:
+    """``calibration`` if it is one of :data:`CALIBRATIONS`, else :class:`ConfigError`."""
+    if calibration not in CALIBRATIONS:
+        raise ConfigError(f"calibration must be one of {', '.join(CALIBRATIONS)}, not "
+                          f"'{calibration}'")
+    return calibration
+
+
+def calibrate_to_target(conf: np.ndarray, agree: np.ndarray, groups: np.ndarray,
+                        num_groups: int, *, calibration: str, score: str,
+                        target: float = 0.99, delta: float = 0.05) -> Calibration:
+    """The agreement search ``calibration`` names: :func:`calibrate_agreement`, or
+    :func:`calibrate_classwise` over ``groups`` (each input's class of the full
+    model's answer)."""
+    if check_calibration(calibration) == "class":
+        return calibrate_classwise(conf, agree, groups, num_groups, score=score,
+                                   target=target, delta=delta)
+    return calibrate_agreement(conf, agree, score=score, target=target, delta=delta)
 
 
 def calibrate_classwise(conf: np.ndarray, agree: np.ndarray, groups: np.ndarray,

@@ -52,11 +52,10 @@ def _write_files(staging: Path, files: dict[str, bytes], manifest_json: bytes) -
 
 
 def _fill_from(staging: Path, manifest: dict, received: set[str],
-               sources: tuple[Path, ...]) -> list[str]:
+               sources: tuple[Path, ...]) -> None:
     """Copy each file the manifest lists but the push left out from the first of
-    ``sources`` (bundles the device holds) that has it with the listed sha256; the
-    names filled. A file no source has is refused, naming it."""
-    filled = []
+    ``sources`` (bundles the device holds) that has it with the listed sha256. A file
+    no source has is refused, naming it."""
     for name, entry in manifest["files"].items():
         if name in received:
             continue
@@ -67,12 +66,10 @@ def _fill_from(staging: Path, manifest: dict, received: set[str],
                 dest = _inside(staging, staging / safe_relpath(name))
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, dest)
-                filled.append(name)
                 break
         else:
             raise IntegrityError(f"the push leaves out {name}, and no bundle this agent "
-                                 "holds has it (sha256 " f"{entry['sha256'][:12]}...)")
-    return filled
+                                 f"holds has it (sha256 {entry['sha256'][:12]}...)")
 
 
 def _replaceable(path: Path, protect: tuple[Path, ...]) -> bool:

@@ -58,7 +58,7 @@ class CacheModel:
         self.features_name: str | None = features["name"] if features else None
         #: a head bundle's linear head on those features, (weight, bias): its answers
         self.head: tuple[np.ndarray, np.ndarray] | None = (
-            _read_head(manifest) if manifest.head else None)
+            read_head(manifest) if manifest.head else None)
         #: the bundle's layer caches, attached by the agent (cachenet.layercache.edge)
         self.layers: object | None = None
         #: the stream's class prior and its gate, attached by the agent (cachenet.core.prior)
@@ -101,8 +101,7 @@ class CacheModel:
         if self.head is None:
             return self.session.run(None, feed)[0]  # type: ignore[attr-defined]
         feats = self.session.run([self.features_name], feed)[0]  # type: ignore[attr-defined]
-        weight, bias = self.head
-        return (feats @ weight.T + bias).astype(np.float32, copy=False)
+        return apply_head(feats, self.head)
 
     def features(self, batch: np.ndarray) -> np.ndarray:
         """The model file's features of a checked batch (what a head reads)."""
@@ -143,7 +142,13 @@ def _run(model: CacheModel, x: np.ndarray, what: str) -> np.ndarray:
                              f"describes: {type(exc).__name__}: {str(exc)[:300]}") from exc
 
 
-def _read_head(manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
+def apply_head(features: np.ndarray, head: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """A linear head's logits on ``features``: ``features @ weight.T + bias``."""
+    weight, bias = head
+    return (features @ weight.T + bias).astype(np.float32, copy=False)
+
+
+def read_head(manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
     """A head bundle's (weight, bias), checked: width x dim and width, finite."""
     file = manifest.head["file"]  # type: ignore[index]
     try:
@@ -212,9 +217,8 @@ def check_canary(model: CacheModel) -> None:
         return
     stored = _read_canary(model, canary["file"])
     if canary.get("inputs"):  # the inputs kept apart (a head shares its base's)
-        stored["x"] = _read_canary(model, canary["inputs"]).get("x")  # type: ignore[assignment]
-        if stored["x"] is None:
-            del stored["x"]
+        stored.pop("x", None)
+        stored |= {k: v for k, v in _read_canary(model, canary["inputs"]).items() if k == "x"}
     key = "logits" if model.precision == "fp32" else f"logits_{model.precision}"
     if "x" not in stored or key not in stored:
         raise IntegrityError(f"canary file has no inputs 'x' or no expected outputs '{key}' "

@@ -42,6 +42,7 @@ from cachenet.core import cascade
 from cachenet.core.bundle import repack, write_bundle
 from cachenet.core.gate import Gate
 from cachenet.core.manifest import Manifest, read_manifest
+from cachenet.core.runtime import apply_head, load_cache_model
 from cachenet.exceptions import ConfigError
 from cachenet.fleet.replay import ReplayData
 from cachenet.toolchain.export import INPUT_NAME, OUTPUT_NAME, export_checked, onnx_logits
@@ -147,34 +148,25 @@ class Comparison:
         return {**asdict(self), "better": self.better}
 
 
-#: How a specialised model's threshold is certified: ``marginal`` (the disagreement
-#: over all the draw's answerable inputs) or ``class`` (and no class of the full model's
-#: answer shown above the target: the promise for any mix of the context's classes).
-CALIBRATIONS = ("marginal", "class")
-
-
 def calibrate_answerable(conf: np.ndarray, agree: np.ndarray, *, score_kind: str,
                          target: float, delta: float, full_labels: np.ndarray | None = None,
                          calibration: str = "marginal") -> calib_mod.Calibration:
     """Calibrate among the inputs a model may answer: not ``other`` (confidence 0); with
-    ``calibration="class"``, class by class of ``full_labels`` too."""
-    if calibration not in CALIBRATIONS:
-        raise ConfigError(f"calibration must be one of {', '.join(CALIBRATIONS)}, not "
-                          f"'{calibration}'")
+    ``calibration="class"`` (:data:`~cachenet.core.calibration.CALIBRATIONS`), class by
+    class of ``full_labels`` too: the promise for any mix of a context's classes."""
+    calib_mod.check_calibration(calibration)
     ok = conf > 0
     if not ok.any():
         return calib_mod.Calibration.answers_nothing(
             score_kind, "agreement", target, delta, len(conf),
             "the model calls every calibration input 'other'")
-    if calibration == "class":
-        if full_labels is None:
-            raise ConfigError("class calibration needs the full model's labels")
-        groups = np.asarray(full_labels, np.int64)
-        return calib_mod.calibrate_classwise(conf[ok], agree[ok], groups[ok],
-                                             int(groups.max()) + 1, score=score_kind,
-                                             target=target, delta=delta)
-    return calib_mod.calibrate_agreement(conf[ok], agree[ok], score=score_kind, target=target,
-                                         delta=delta)
+    if calibration == "class" and full_labels is None:
+        raise ConfigError("class calibration needs the full model's labels")
+    groups = np.zeros(len(conf), np.int64) if full_labels is None else \
+        np.asarray(full_labels, np.int64)
+    return calib_mod.calibrate_to_target(conf[ok], agree[ok], groups[ok], int(groups.max()) + 1,
+                                         calibration=calibration, score=score_kind,
+                                         target=target, delta=delta)
 
 
 @dataclass
@@ -231,7 +223,8 @@ def compare(candidate: Scored, current: Scored, general: Scored, general_thresho
             full_calib: np.ndarray, full_eval: np.ndarray, score_kind: str, target: float,
             delta: float, calibration: str = "marginal") -> Comparison:
     """Candidate against the agent's current model, both calibrated to ``target`` on the
-    calibration draw (``calibration``: see :data:`CALIBRATIONS`) and run as the agent
+    calibration draw (``calibration``: :data:`~cachenet.core.calibration.CALIBRATIONS`)
+    and run as the agent
     would on the evaluation draw."""
     kw = {"full_calib": full_calib, "full_eval": full_eval, "score_kind": score_kind,
           "target": target, "delta": delta, "calibration": calibration}
@@ -246,8 +239,6 @@ def compare(candidate: Scored, current: Scored, general: Scored, general_thresho
 def bundle_logits(root: Path, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """The logits of the bundle at ``root`` on ``x``, as an agent computes them (a head
     bundle's head on its model's features)."""
-    from cachenet.core.runtime import load_cache_model
-
     model = load_cache_model(root, canary=False)
     x = np.ascontiguousarray(x, np.float32)
     return np.concatenate([model.raw(x[i:i + batch_size])
@@ -274,8 +265,6 @@ def write_head_bundle(out: Path, weight: np.ndarray, bias: np.ndarray, base: Man
     """A partition bundle that is a linear head (``weight``, ``bias``: its logits are
     ``features @ weight.T + bias``) on ``base``'s model file, which it holds byte for
     byte; not yet calibrated (see :func:`write_partition_bundle`)."""
-    from cachenet.core.runtime import load_cache_model
-
     if base.features is None:
         raise ConfigError(f"bundle {base.name} {base.version} declares no features output "
                           "for a head to read; rebuild it with this cachenet")
@@ -296,7 +285,7 @@ def write_head_bundle(out: Path, weight: np.ndarray, bias: np.ndarray, base: Man
     with tempfile.TemporaryDirectory(prefix="cachenet-head-") as tmp:
         work = Path(tmp)
         np.savez(work / "head.npz", weight=weight, bias=bias)
-        logits = feats @ weight.T + bias
+        logits = apply_head(feats, (weight, bias))
         files = {"model.onnx": base.root / base.model_file("fp32"),
                  "head.npz": work / "head.npz"}
         if shared is not None:

@@ -33,7 +33,6 @@ from cachenet.core.cascade import Stage
 from cachenet.core.gate import Gate, score
 from cachenet.core.prior import SECTION as PRIOR_SECTION
 from cachenet.core.runtime import load_cache_model
-from cachenet.exceptions import ConfigError
 from cachenet.toolchain.adapt import calibrate_section, shipped_prior
 from cachenet.toolchain.data import Splits, default_cache_dir, load_splits
 from cachenet.toolchain.distill import (
@@ -135,7 +134,6 @@ def _evaluate(conf: np.ndarray, cache_lab: np.ndarray, full_lab: np.ndarray, y: 
 #: How the gate's threshold is calibrated to the agreement target: ``marginal`` bounds
 #: the disagreement over all the edge's answers; ``class`` also holds every class of the
 #: full model's answer to it (:func:`~cachenet.core.calibration.calibrate_classwise`).
-CALIBRATIONS = ("marginal", "class")
 
 
 def _calibrate(conf: np.ndarray, agree: np.ndarray, full_labels: np.ndarray,
@@ -145,12 +143,12 @@ def _calibrate(conf: np.ndarray, agree: np.ndarray, full_labels: np.ndarray,
     if escalation_budget is not None:
         cal = calib_mod.calibrate_budget(conf, agree, score=score_kind,
                                          escalation_budget=escalation_budget, delta=delta)
-    elif calibration == "class":
-        return calib_mod.calibrate_classwise(conf, agree, full_labels, num_classes,
-                                             score=score_kind, target=target, delta=delta)
     else:
-        cal = calib_mod.calibrate_agreement(conf, agree, score=score_kind, target=target,
-                                            delta=delta)
+        cal = calib_mod.calibrate_to_target(conf, agree, full_labels, num_classes,
+                                            calibration=calibration, score=score_kind,
+                                            target=target, delta=delta)
+        if calibration == "class":
+            return cal  # it reports its classes itself
     cal.classes = calib_mod.class_report(conf, agree, full_labels, num_classes,
                                          cal.threshold, target=target, delta=delta)
     return cal
@@ -207,12 +205,11 @@ def build(*, dataset: str, out: Path, full: str = "resnet20", full_weights: Path
           calibrate_on_test: float = 0.0) -> BuildReport:
     """Build a cache bundle at ``out``; see the module docstring for the steps. Trained
     models are reused from ``cache_dir``, else from ``reference_dir`` when given.
-    ``calibration``: one of :data:`CALIBRATIONS`; ``calibrate_on_test``: the share of
+    ``calibration``: one of
+    :data:`~cachenet.core.calibration.CALIBRATIONS`; ``calibrate_on_test``: the share of
     the test split to move into the calibration split (after training, which never
     sees either; declared in the manifest's ``dataset``)."""
-    if calibration not in CALIBRATIONS:
-        raise ConfigError(f"calibration must be one of {', '.join(CALIBRATIONS)}, "
-                          f"not '{calibration}'")
+    calib_mod.check_calibration(calibration)
     cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
     splits = load_splits(dataset, seed=seed, cache_dir=cache_dir,
                          limit_per_class=limit_per_class, image_size=image_size)
